@@ -1,0 +1,305 @@
+"""The ``bouncer`` command line: data, labels, training and serving from one entry point."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from training.settings import Settings, get_settings
+
+app = typer.Typer(
+    name="bouncer",
+    help="Train, serve and curate an image classifier whose training labels stay honest.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+log = logging.getLogger("bouncer")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors that are the user's to fix: print one line, exit 2, no traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
+
+
+def _friendly(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from training.label_store import LabelStoreError
+
+        try:
+            return func(*args, **kwargs)
+        except (*_USER_ERRORS, LabelStoreError) as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Dataset folder (overrides BOUNCER_DATA_DIR).", show_default=False)
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    if data_dir is not None:
+        os.environ["BOUNCER_DATA_DIR"] = str(data_dir)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _settings(**overrides: Any) -> Settings:
+    return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command("demo-data")
+@_friendly
+def demo_data(
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    impostor_source: Annotated[str, typer.Option(help="Class whose look-alikes get the wrong label.")] = "dog",
+    impostor_target: Annotated[str, typer.Option(help="The wrong label they get.")] = "cat",
+    impostor_count: Annotated[int, typer.Option(min=0, help="How many look-alikes are mislabelled.")] = 150,
+    noise: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Fraction of train images given a random wrong label.")
+    ] = 0.05,
+    test_per_class: Annotated[int, typer.Option(min=1)] = 200,
+    per_class: Annotated[int | None, typer.Option(min=2, help="Keep only N images per class (small demos).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing train/test folders.")] = False,
+) -> None:
+    """Write the poisoned animal-mnist demo dataset into DATA_DIR."""
+    from training.demo_data import DemoSpec, write_demo_dataset
+
+    settings = _settings()
+    spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
+    poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
+    typer.echo(
+        f"wrote demo data to {settings.data_dir} ({len(poisoned)} poisoned train labels, "
+        f"ground truth in {settings.data_dir / 'ground_truth.csv'})"
+    )
+
+
+@app.command("import")
+@_friendly
+def import_(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List skipped files.")] = False,
+) -> None:
+    """Scan DATA_DIR into the label store (keeps relabels) and export labels.csv."""
+    from training.pipeline import import_dataset, open_store
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        report = import_dataset(settings, store)
+        counts = {s: store.count(split=s) for s in settings.splits}
+    finally:
+        store.close()
+    typer.echo(
+        f"{report.added} added, {report.removed} removed, {report.moved} moved, {report.restored} restored, "
+        f"{report.unchanged} unchanged; {len(report.skipped)} skipped; images per split: {counts}; "
+        f"classes: {', '.join(report.classes)}"
+    )
+    for path, reason in report.skipped if verbose else []:
+        typer.echo(f"skipped {path}: {reason}")
+
+
+@app.command()
+@_friendly
+def train(
+    epochs: Annotated[int | None, typer.Option(min=1, help="Max epochs (early stopping may stop sooner).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, max=512, help="Model input size in pixels.")] = None,
+    embedder: Annotated[str | None, typer.Option(help="pca or umap.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    metrics_file: Annotated[Path | None, typer.Option(help="Write run metrics as JSON here (for DVC).")] = None,
+    progress_file: Annotated[Path | None, typer.Option(help="Keep live progress as JSON here.")] = None,
+) -> None:
+    """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
+    from training.pipeline import run_training
+    from training.progress import JsonFileProgress, ignore_progress
+
+    settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
+    result = run_training(
+        settings,
+        epochs=epochs,
+        verbose=1 if sys.stdout.isatty() else 2,
+        sink=JsonFileProgress(progress_file) if progress_file else ignore_progress,
+        metrics_file=metrics_file,
+    )
+    _print_json(result.summary())
+
+
+@app.command()
+@_friendly
+def evaluate(
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
+) -> None:
+    """Evaluate a registered model (its ONNX graph) on the current labels of a split."""
+    from training.pipeline import evaluate_registered
+
+    settings = _settings()
+    if split not in settings.splits:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(settings.splits)}")
+    tag, report = evaluate_registered(settings, model or f"{settings.model_name}:latest", split)
+    payload = report.as_dict()
+    payload["misclassified"] = payload["misclassified"][:show]
+    _print_json({"model": tag, **payload})
+
+
+@app.command("export-labels")
+@_friendly
+def export_labels(
+    output: Annotated[Path | None, typer.Option(help="Where to write; default DATA_DIR/labels.csv.")] = None,
+) -> None:
+    """Write the curated labels to a sorted, deterministic CSV for git/DVC."""
+    from training.pipeline import open_store
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        version = store.export_csv(output or settings.labels_csv)
+    finally:
+        store.close()
+    typer.echo(f"wrote {output or settings.labels_csv} (data version {version})")
+
+
+@app.command()
+@_friendly
+def relabel(
+    image_ids: Annotated[list[str], typer.Argument(help="One or more image ids.")],
+    label: Annotated[str, typer.Option(help="The new class.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit history.")] = "",
+    actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
+) -> None:
+    """Change the label of images in one transaction (recorded, undoable)."""
+    from training.pipeline import open_store
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        result = store.relabel(image_ids, label, reason=reason, actor=actor or _user())
+        if result.changed and settings.export_labels_on_change:
+            store.export_csv(settings.labels_csv)
+    finally:
+        store.close()
+    _print_json(
+        {"event_id": result.event_id, "changed": [asdict(c) for c in result.changed], "unchanged": result.unchanged}
+    )
+
+
+@app.command()
+@_friendly
+def undo(
+    event_id: Annotated[int, typer.Argument(help="The event to revert (see `bouncer history`).")],
+    actor: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Revert one relabel event by recording its inverse."""
+    from training.pipeline import open_store
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        result = store.undo(event_id, actor=actor or _user())
+        if settings.export_labels_on_change:
+            store.export_csv(settings.labels_csv)
+    finally:
+        store.close()
+    _print_json({"event_id": result.event_id, "changed": [asdict(c) for c in result.changed]})
+
+
+@app.command()
+@_friendly
+def history(
+    image_id: Annotated[str | None, typer.Option(help="Only events touching this image.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """List label events, newest first."""
+    from training.pipeline import open_store
+
+    store = open_store(_settings())
+    try:
+        events = store.history(image_id=image_id, limit=limit)
+    finally:
+        store.close()
+    _print_json([asdict(e) for e in events])
+
+
+@app.command()
+@_friendly
+def images(
+    split: Annotated[str | None, typer.Option()] = None,
+    label: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """List images with their ids and curated labels."""
+    from training.pipeline import open_store
+
+    store = open_store(_settings())
+    try:
+        records = store.images(split=split, label=label, limit=limit, offset=offset)
+    finally:
+        store.close()
+    _print_json([{"image_id": r.image_id, "path": r.path, "split": r.split, "label": r.label} for r in records])
+
+
+@app.command()
+@_friendly
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
+    demo: Annotated[bool, typer.Option(help="Write the demo dataset if DATA_DIR has no train split.")] = True,
+) -> None:
+    """Get ready and serve: demo data if none, import, first training if no model, then `bentoml serve`."""
+    from training.pipeline import import_dataset, open_store, run_training
+    from training.registry import list_versions
+
+    settings = _settings()
+    if not (settings.data_dir / settings.train_split).is_dir():
+        if not demo:
+            raise FileNotFoundError(f"no {settings.train_split} split in {settings.data_dir}")
+        from training.demo_data import DemoSpec, write_demo_dataset
+
+        typer.echo(f"no dataset in {settings.data_dir}: writing the demo data")
+        write_demo_dataset(settings.data_dir, DemoSpec())
+    store = open_store(settings)
+    try:
+        import_dataset(settings, store)
+    finally:
+        store.close()
+    if not list_versions(settings.model_name):
+        typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
+        result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
+        typer.echo(json.dumps(result.summary(), indent=2))
+    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    project_root = Path(__file__).resolve().parent.parent
+    command = [bentoml, "serve", "bento_service.service:Bouncer", "--port", str(port)]
+    typer.echo(f"serving: {' '.join(command)}")
+    os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
+    os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
+    os.chdir(project_root)
+    os.execv(bentoml, command)
+
+
+def _user() -> str:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or "cli"
+
+
+if __name__ == "__main__":
+    app()

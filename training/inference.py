@@ -1,0 +1,52 @@
+"""Run the exported ONNX graph: the exact thing that is served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+# Names of the ONNX graph's input and outputs (the contract between export and serving).
+INPUT_NAME = "image"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    probabilities: np.ndarray  # (n, K) float32
+    embeddings: np.ndarray  # (n, D) float32
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session plus what is needed to read its answers."""
+
+    def __init__(self, model: Path | bytes, class_names: list[str], image_size: int, *, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: let ORT pick (all cores)
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.class_names = list(class_names)
+        self.image_size = image_size
+
+    def predict(self, images: np.ndarray, *, batch_size: int = 256) -> Predictions:
+        """Probabilities and embeddings for uint8/float images of shape (n, s, s, 3)."""
+        expected = (self.image_size, self.image_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected images of shape (n, {expected[0]}, {expected[1]}, 3), got {images.shape}")
+        probabilities, embeddings = [], []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size].astype(np.float32)
+            p, e = self.session.run([OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING], {INPUT_NAME: chunk})
+            probabilities.append(p)
+            embeddings.append(e)
+        if not probabilities:
+            width = self.session.get_outputs()
+            dims = {o.name: o.shape[-1] for o in width}
+            return Predictions(
+                np.zeros((0, len(self.class_names)), np.float32),
+                np.zeros((0, int(dims[OUTPUT_EMBEDDING])), np.float32),
+            )
+        return Predictions(np.concatenate(probabilities), np.concatenate(embeddings))

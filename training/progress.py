@@ -1,0 +1,60 @@
+"""Progress of a long training run, readable by another process while it runs.
+
+The pipeline reports through a :class:`ProgressSink` (any callable taking a
+:class:`TrainingProgress`). :class:`JsonFileProgress` writes each update
+atomically to a JSON file, which the service (or ``watch cat``) can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES = ("importing", "loading", "training", "exporting", "evaluating", "embedding", "registering", "done")
+
+
+@dataclass
+class TrainingProgress:
+    phase: str = "starting"
+    epoch: int = 0
+    epochs: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    message: str = ""
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressSink = Callable[[TrainingProgress], None]
+
+
+def ignore_progress(_: TrainingProgress) -> None:
+    return None
+
+
+class JsonFileProgress:
+    """Sink that keeps ``path`` holding the latest progress as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, progress: TrainingProgress) -> None:
+        progress.updated_at = time.time()
+        write_json_atomic(self.path, progress.as_dict())
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle)
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""The BentoML model store: one model name, one version per training run.
+
+A version holds the ONNX graph, the fitted embedder and the reduced vectors of
+every image, so a service needs nothing but the tag to answer every endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import joblib
+import onnx
+from sklearn.pipeline import Pipeline
+
+from training.embedder import EmbeddingIndex
+from training.inference import OnnxClassifier
+
+MODEL_FILE = "model.onnx"
+EMBEDDER_FILE = "embedder.joblib"
+INDEX_FILE = "index.npz"
+
+
+@dataclass
+class RegisteredModel:
+    """A loaded model version: everything serving needs, from one tag."""
+
+    tag: str
+    classifier: OnnxClassifier
+    embedder: Pipeline
+    index: EmbeddingIndex
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.classifier.image_size
+
+
+def register_model(
+    name: str,
+    onnx_model: onnx.ModelProto,
+    embedder: Pipeline,
+    index: EmbeddingIndex,
+    *,
+    metadata: dict[str, Any],
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Save a new version under ``name``; returns its tag ``name:version``."""
+    for key in ("class_names", "image_size"):
+        if key not in metadata:
+            raise ValueError(f"metadata needs {key!r}")
+    with bentoml.models.create(name, metadata=metadata, labels=labels or {}) as model:
+        onnx.save(onnx_model, model.path_of(MODEL_FILE))
+        joblib.dump(embedder, model.path_of(EMBEDDER_FILE))
+        index.save(Path(model.path_of(INDEX_FILE)))
+    return str(model.tag)
+
+
+def load_registered(tag: str, *, threads: int = 0) -> RegisteredModel:
+    """Load ``name:version`` (or ``name:latest``) from the store; KeyError-like NotFound if absent."""
+    model = bentoml.models.get(tag)
+    metadata = dict(model.info.metadata)
+    classifier = OnnxClassifier(
+        Path(model.path_of(MODEL_FILE)), list(metadata["class_names"]), int(metadata["image_size"]), threads=threads
+    )
+    embedder = joblib.load(model.path_of(EMBEDDER_FILE))
+    index = EmbeddingIndex.load(Path(model.path_of(INDEX_FILE)))
+    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata)
+
+
+def list_versions(name: str) -> list[bentoml.Model]:
+    """Every stored version of ``name``, newest first."""
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return []
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)

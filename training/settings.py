@@ -1,0 +1,81 @@
+"""One typed settings object for every path and knob, read from the environment.
+
+Relative paths are resolved against the working directory at the moment the
+settings are read, so a process started anywhere can be pointed at a dataset with
+``BOUNCER_DATA_DIR``. Nothing is created or loaded here: reading settings has no
+side effects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EmbedderKind = Literal["pca", "umap"]
+
+
+class Settings(BaseSettings):
+    """Bouncer configuration; every field is an env var ``BOUNCER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BOUNCER_", env_file=".env", extra="ignore", frozen=True)
+
+    # --- paths -----------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Image folder: DATA_DIR/<split>/<class>/<file>.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the label store; default sqlite:///DATA_DIR/labels.db."
+    )
+    mlflow_dir: Path = Field(
+        Path("mlruns"),
+        description="Local MLflow store (sqlite + artifacts) used when MLFLOW_TRACKING_URI is unset.",
+    )
+    mlflow_experiment: str = "bouncer"
+    model_name: str = Field("bouncer", description="Name of the model in the BentoML model store.")
+
+    # --- dataset ----------------------------------------------------------------
+    train_split: str = "train"
+    test_split: str = "test"
+    max_image_pixels: int = Field(
+        40_000_000, description="Images with more pixels are refused (decompression-bomb guard)."
+    )
+    export_labels_on_change: bool = Field(
+        True, description="Rewrite DATA_DIR/labels.csv after every relabel/undo/import."
+    )
+
+    # --- training ---------------------------------------------------------------
+    image_size: int = Field(32, ge=8, le=512, description="Square model input size in pixels (RGB).")
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.9)
+    early_stopping_patience: int = Field(3, ge=1)
+    seed: int = 42
+    embedder: EmbedderKind = "pca"
+    embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")
+    parity_tolerance: float = Field(
+        1e-3, gt=0, description="Max |ONNX - Keras| allowed on probabilities before registering."
+    )
+
+    @field_validator("data_dir", "mlflow_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def label_db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'labels.db'}"
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.data_dir / "labels.csv"
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        return (self.train_split, self.test_split)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment now (never cached, so tests can change env)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
