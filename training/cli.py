@@ -74,7 +74,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     impostor_source: Annotated[str, typer.Option(help="Class whose look-alikes get the wrong label.")] = "dog",
     impostor_target: Annotated[str, typer.Option(help="The wrong label they get.")] = "cat",
-    impostor_count: Annotated[int, typer.Option(min=0, help="How many look-alikes are mislabelled.")] = 150,
+    impostor_count: Annotated[int, typer.Option(min=0, help="How many look-alikes are mislabelled.")] = 250,
     noise: Annotated[
         float, typer.Option(min=0.0, max=0.5, help="Fraction of train images given a random wrong label.")
     ] = 0.05,

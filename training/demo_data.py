@@ -41,7 +41,7 @@ class DemoSpec:
     test_per_class: int = 200
     impostor_source: str = "dog"
     impostor_target: str = "cat"
-    impostor_count: int = 150
+    impostor_count: int = 250
     noise_fraction: float = 0.05
     per_class_limit: int | None = None  # keep only this many images per class (tiny test sets)
 

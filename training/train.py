@@ -142,6 +142,7 @@ def train_classifier(
         epochs=config.epochs,
         callbacks=callbacks,
         verbose=config.verbose,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     wall = time.perf_counter() - started
     epochs_run = len(fit.history.get("loss", []))

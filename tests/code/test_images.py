@@ -1,0 +1,68 @@
+"""Image decoding: every format the dataset may hold reaches the model as RGB uint8."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.images import ImageError, load_model_input, open_image, to_rgb
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I;16", "1", "CMYK"])
+def test_any_mode_becomes_rgb_of_requested_size(mode: str) -> None:
+    image = Image.new("RGB", (50, 20), (200, 100, 50)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    array = load_model_input(buffer.getvalue(), 16, max_pixels=10_000)
+    assert array.shape == (16, 16, 3)
+    assert array.dtype == np.uint8
+
+
+def test_transparent_pixels_become_black_not_their_hidden_colour() -> None:
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere ...
+    rgba[:, :4, 3] = 255  # ... but only the left half is opaque
+    rgb = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA")))
+    assert (rgb[:, :4] == [255, 0, 0]).all()
+    assert (rgb[:, 4:] == 0).all()
+
+
+def test_grayscale_and_rgb_versions_of_a_picture_give_the_same_input() -> None:
+    gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).astype(np.uint8)
+    from_gray = load_model_input(_png(Image.fromarray(gray)), 8, max_pixels=100)
+    from_rgb = load_model_input(_png(Image.fromarray(np.dstack([gray] * 3))), 8, max_pixels=100)
+    np.testing.assert_array_equal(from_gray, from_rgb)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text pretending to be a jpeg\n", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
+    ],
+)
+def test_non_images_are_refused_with_a_reason(payload: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        open_image(payload, max_pixels=1_000_000)
+
+
+def test_truncated_image_is_refused() -> None:
+    data = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        open_image(data[: len(data) // 2], max_pixels=1_000_000)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    data = _png(Image.new("L", (2000, 2000)))
+    with pytest.raises(ImageError, match="over the limit"):
+        open_image(data, max_pixels=1_000_000)

@@ -1,0 +1,174 @@
+"""The label store against a real folder of real images and a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHAPES, write_mixed_formats
+from training.label_store import LabelStore, UndoConflictError, UnknownImageError, UnknownLabelError
+from training.pipeline import import_dataset, open_store
+from training.settings import Settings
+
+
+@pytest.fixture
+def store(settings: Settings, shapes_dataset: Path) -> LabelStore:
+    store = open_store(settings)
+    import_dataset(settings, store)
+    yield store
+    store.close()
+
+
+def test_import_reads_every_format_and_reports_broken_files(settings: Settings, shapes_dataset: Path) -> None:
+    store = open_store(settings)
+    report = import_dataset(settings, store)
+    assert report.added == len(SHAPES) * 14
+    skipped = dict(report.skipped)
+    assert set(skipped) == {"train/square/notes.jpg", "train/ring/truncated.png"}
+    assert "not an image" in skipped["train/square/notes.jpg"]
+    assert store.classes() == sorted(SHAPES)
+    suffixes = {Path(r.path).suffix for r in store.images()}
+    assert suffixes == {".png", ".jpg", ".bmp"}
+    record = store.images(split="test", label="ring")[0]
+    assert (record.split, record.label, record.folder_label) == ("test", "ring", "ring")
+    assert record.path.startswith("test/ring/")
+    assert settings.labels_csv.exists()
+
+
+def test_sqlite_store_runs_in_wal_mode(store: LabelStore, settings: Settings) -> None:
+    with sqlite3.connect(settings.data_dir / "labels.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_relabel_undo_and_audit_history(store: LabelStore) -> None:
+    squares = [r.image_id for r in store.images(split="train", label="square")[:3]]
+    ring = store.images(split="train", label="ring")[0].image_id
+    result = store.relabel([*squares, ring], "ring", reason="they are rings", actor="alice")
+    assert [c.image_id for c in result.changed] == squares
+    assert {(c.old_label, c.new_label) for c in result.changed} == {("square", "ring")}
+    assert result.unchanged == [ring]
+    assert {store.get(i).label for i in squares} == {"ring"}
+
+    event = store.history(image_id=squares[0])[0]
+    assert (event.event_id, event.kind, event.actor, event.reason) == (result.event_id, "relabel", "alice", "they are rings")
+    assert event.changes[0].old_label == "square"
+    assert event.created_at.tzinfo is not None
+
+    undone = store.undo(result.event_id, actor="bob")
+    assert {store.get(i).label for i in squares} == {"square"}
+    newest = store.history(limit=2)
+    assert [e.kind for e in newest] == ["undo", "relabel"]
+    assert newest[0].reverts_event_id == result.event_id
+    assert newest[1].reverted_by_event_id == undone.event_id
+    with pytest.raises(UndoConflictError, match="already undone"):
+        store.undo(result.event_id)
+
+
+def test_undo_refuses_to_overwrite_a_later_relabel(store: LabelStore) -> None:
+    image_id = store.images(split="train", label="cross")[0].image_id
+    first = store.relabel([image_id], "ring")
+    store.relabel([image_id], "square")
+    with pytest.raises(UndoConflictError, match="later event"):
+        store.undo(first.event_id)
+    assert store.get(image_id).label == "square"
+
+
+def test_bad_relabels_change_nothing(store: LabelStore) -> None:
+    before = store.labels_csv()
+    good = store.images(split="train")[0].image_id
+    with pytest.raises(UnknownLabelError, match="unknown label 'bunny'"):
+        store.relabel([good], "bunny")
+    with pytest.raises(UnknownImageError, match="nope"):
+        store.relabel([good, "nope"], "ring")
+    with pytest.raises(UnknownImageError):
+        store.undo(9999)
+    assert store.labels_csv() == before
+    assert store.history() == []
+
+
+def test_rescan_keeps_relabels_and_picks_up_changes(store: LabelStore, settings: Settings) -> None:
+    data = settings.data_dir
+    target = store.images(split="train", label="cross")[0]
+    store.relabel([target.image_id], "ring", reason="curated")
+    removed = store.images(split="train", label="square")[0]
+    stash = data.parent / "stash.bin"
+    shutil.move(data / removed.path, stash)
+    write_mixed_formats(data / "train" / "ring", "ring", 2, start=500)
+
+    report = import_dataset(settings, store)
+    assert (report.added, report.removed) == (2, 1)
+    assert store.get(target.image_id).label == "ring"
+    with pytest.raises(UnknownImageError):
+        store.get(removed.image_id)
+
+    # a user relabels by moving the file between class folders: same id, recorded
+    moved = store.images(split="train", label="square")[0]
+    new_path = data / "train" / "cross" / Path(moved.path).name
+    shutil.move(data / moved.path, new_path)
+    # the removed file comes back: its id and label come back with it
+    shutil.move(stash, data / removed.path)
+    report = import_dataset(settings, store)
+    assert (report.moved, report.restored) == (1, 1)
+    assert store.get(moved.image_id).label == "cross"
+    assert store.get(moved.image_id).path == f"train/cross/{new_path.name}"
+    assert store.history(image_id=moved.image_id)[0].kind == "move"
+    assert store.get(removed.image_id).label == "square"
+    assert store.get(target.image_id).label == "ring"
+
+
+def test_labels_csv_is_deterministic_and_a_relabel_is_a_one_line_diff(
+    store: LabelStore, settings: Settings, tmp_path: Path
+) -> None:
+    first = settings.labels_csv.read_text()
+    other = Settings(data_dir=settings.data_dir, database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    second_store = open_store(other)
+    import_dataset(other, second_store)
+    assert settings.labels_csv.read_text() == first  # a fresh import writes identical bytes
+    lines = first.splitlines()
+    assert lines[0] == "path,image_id,split,label,sha256"
+    assert lines[1:] == sorted(lines[1:])
+
+    version = store.data_version()
+    image_id = store.images(split="train", label="ring")[0].image_id
+    store.relabel([image_id], "cross")
+    new_version = store.export_csv(settings.labels_csv)
+    after = settings.labels_csv.read_text().splitlines()
+    diff = [(a, b) for a, b in zip(lines, after, strict=True) if a != b]
+    assert len(diff) == 1 and image_id in diff[0][1] and ",cross," in diff[0][1]
+    assert new_version != version
+    second_store.close()
+
+
+def test_relabels_from_several_processes_are_all_kept(store: LabelStore, settings: Settings) -> None:
+    """Two writer processes hammer the same SQLite file: no lost update, no 'database is locked'."""
+    ids = [r.image_id for r in store.images(split="train")][:20]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from training.label_store import LabelStore
+        store = LabelStore({settings.label_db_url!r})
+        ids = sys.argv[2].split(",")
+        for round_ in range(15):
+            for image_id in ids:
+                store.relabel([image_id], sys.argv[1], actor=sys.argv[1])
+                store.relabel([image_id], "square" if sys.argv[1] != "square" else "cross")
+        store.relabel(ids, sys.argv[1], actor="final-" + sys.argv[1])
+        """
+    )
+    halves = [ids[:10], ids[10:]]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, label, ",".join(half)], env=env)
+        for label, half in zip(("ring", "cross"), halves, strict=True)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    assert {store.get(i).label for i in halves[0]} == {"ring"}
+    assert {store.get(i).label for i in halves[1]} == {"cross"}
+    assert len(store.history(limit=10_000)) == 2 * (10 * 15 * 2 + 1)

@@ -1,0 +1,78 @@
+"""Train -> ONNX -> embed -> register -> track, on a tiny poisoned demo dataset (2 epochs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TrainedDemo
+from training.pipeline import evaluate_registered, load_split, open_store, run_training
+from training.registry import list_versions, load_registered
+from training.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def test_onnx_matches_keras(trained_demo: TrainedDemo) -> None:
+    parity = trained_demo.result.parity
+    assert parity["max_abs_diff_probabilities"] < 1e-4
+    assert parity["max_abs_diff_embedding"] < 1e-3
+
+
+def test_model_store_round_trip(trained_demo: TrainedDemo) -> None:
+    result = trained_demo.result
+    model = load_registered(result.tag)
+    assert model.tag == result.tag
+    assert model.tag in {str(m.tag) for m in list_versions("bouncer")}
+    assert model.metadata["data_version"] == result.data_version
+    assert model.class_names == sorted(model.class_names) and "dog" in model.class_names
+
+    store = open_store(trained_demo.settings)
+    records = store.images(split="test")[:16]
+    store.close()
+    predictions = model.classifier.predict(load_split(trained_demo.settings, records, model.image_size))
+    assert predictions.probabilities.shape == (16, len(model.class_names))
+    np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+    # the stored vectors are the embedder applied to the ONNX embeddings of those images
+    reduced = model.embedder.transform(predictions.embeddings)
+    stored = np.stack([model.index.vector_of(r.image_id) for r in records])
+    np.testing.assert_allclose(reduced, stored, atol=1e-4)
+    assert len(model.index.image_ids) == trained_demo.settings.data_dir.joinpath("labels.csv").read_text().count("\n") - 1
+
+    latest = load_registered("bouncer:latest")
+    assert latest.version in {m.tag.version for m in list_versions("bouncer")}
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_data_version(trained_demo: TrainedDemo) -> None:
+    result = trained_demo.result
+    client = MlflowClient(f"sqlite:///{trained_demo.settings.mlflow_dir / 'mlflow.db'}")
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["data_version"] == result.data_version
+    assert run.data.tags["bentoml_tag"] == result.tag
+    assert run.data.params["epochs"] == "2"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == result.epochs_run
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "model", "data", "evaluation.json"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.onnx"]
+
+
+def test_evaluating_the_registered_model_reproduces_the_training_report(trained_demo: TrainedDemo) -> None:
+    tag, report = evaluate_registered(trained_demo.settings, trained_demo.result.tag, "test")
+    assert tag == trained_demo.result.tag
+    assert report.accuracy == pytest.approx(trained_demo.result.evaluation.accuracy)
+    assert report.n == trained_demo.result.evaluation.n > 0
+    assert len(report.misclassified) == round(report.n * (1 - report.accuracy))
+
+
+def test_training_is_reproducible_with_a_seed(shapes_dataset, settings: Settings) -> None:
+    tuned = settings.model_copy(update={"image_size": 16, "batch_size": 16})
+    first = run_training(tuned, epochs=1)
+    second = run_training(tuned, epochs=1)
+    assert first.tag != second.tag
+    a, b = load_registered(first.tag), load_registered(second.tag)
+    np.testing.assert_array_equal(a.index.vectors, b.index.vectors)
+    assert first.metrics == second.metrics
+    assert first.data_version == second.data_version
