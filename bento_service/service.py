@@ -19,8 +19,7 @@ from pydantic import BaseModel, Field
 
 from training.evaluate import evaluate_predictions
 from training.images import ImageError, load_model_input
-from training.label_store import LabelStore
-from training.pipeline import load_split
+from training.pipeline import load_split, open_store
 from training.registry import load_registered
 from training.settings import get_settings
 
@@ -47,7 +46,7 @@ class Bouncer:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.model = load_registered(str(self.bento_model.tag))
-        self.store = LabelStore(self.settings.label_db_url)
+        self.store = open_store(self.settings)
         log.info("serving %s", self.model.tag)
 
     def _prediction(self, probabilities: np.ndarray) -> Prediction:

@@ -23,6 +23,7 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
 
 from training.settings import Settings  # noqa: E402
 
+
 def isolated_env(root: Path) -> dict[str, str]:
     return {
         "BOUNCER_DATA_DIR": str(root / "data"),

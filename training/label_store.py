@@ -188,9 +188,6 @@ class LabelStore:
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite"):
-            db_path = url.split("///", 1)[-1]
-            if db_path and db_path != ":memory:":
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url, for_writes=True)
             read_engine = _sqlite_engine(url, for_writes=False)
         else:

@@ -54,6 +54,8 @@ class TrainingResult:
 
 
 def open_store(settings: Settings) -> LabelStore:
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
     return LabelStore(settings.label_db_url)
 
 

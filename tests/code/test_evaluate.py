@@ -9,9 +9,7 @@ from training.evaluate import evaluate_predictions
 
 
 def test_scores_match_a_hand_computed_example() -> None:
-    probabilities = np.array(
-        [[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32
-    )
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
     labels = ["cat", "dog", "dog", "bunny"]
     report = evaluate_predictions(
         probabilities, labels, ["cat", "dog", "bunny"], image_ids=list("abcd"), paths=[f"{i}.png" for i in "abcd"]
@@ -30,9 +28,7 @@ def test_scores_match_a_hand_computed_example() -> None:
 
 
 def test_a_label_the_model_never_saw_counts_as_an_error() -> None:
-    report = evaluate_predictions(
-        np.array([[1.0, 0.0]]), ["zebra"], ["cat", "dog"], image_ids=["z"], paths=["z.png"]
-    )
+    report = evaluate_predictions(np.array([[1.0, 0.0]]), ["zebra"], ["cat", "dog"], image_ids=["z"], paths=["z.png"])
     assert report.accuracy == 0.0
     assert np.isfinite(report.loss)
     assert "zebra" in report.confusion_matrix["labels"]

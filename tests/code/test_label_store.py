@@ -57,7 +57,12 @@ def test_relabel_undo_and_audit_history(store: LabelStore) -> None:
     assert {store.get(i).label for i in squares} == {"ring"}
 
     event = store.history(image_id=squares[0])[0]
-    assert (event.event_id, event.kind, event.actor, event.reason) == (result.event_id, "relabel", "alice", "they are rings")
+    assert (event.event_id, event.kind, event.actor, event.reason) == (
+        result.event_id,
+        "relabel",
+        "alice",
+        "they are rings",
+    )
     assert event.changes[0].old_label == "square"
     assert event.created_at.tzinfo is not None
 

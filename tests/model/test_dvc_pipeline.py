@@ -47,7 +47,9 @@ def test_dvc_repro_then_relabel_marks_train_stale(tmp_path: Path) -> None:
     assert "up to date" in _run(["dvc", "status"], repo, env)
 
     env["BOUNCER_DATA_DIR"] = str(repo / "data")
-    listing = json.loads(_run(["bouncer", "-q", "images", "--split", "train", "--label", "bear", "--limit", "1"], repo, env))
+    listing = json.loads(
+        _run(["bouncer", "-q", "images", "--split", "train", "--label", "bear", "--limit", "1"], repo, env)
+    )
     _run(["bouncer", "-q", "relabel", listing[0]["image_id"], "--label", "zebra", "--reason", "test"], repo, env)
     status = _run(["dvc", "status"], repo, env)
     assert "train" in status and "labels.csv" in status and "modified" in status

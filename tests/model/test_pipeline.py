@@ -39,7 +39,9 @@ def test_model_store_round_trip(trained_demo: TrainedDemo) -> None:
     reduced = model.embedder.transform(predictions.embeddings)
     stored = np.stack([model.index.vector_of(r.image_id) for r in records])
     np.testing.assert_allclose(reduced, stored, atol=1e-4)
-    assert len(model.index.image_ids) == trained_demo.settings.data_dir.joinpath("labels.csv").read_text().count("\n") - 1
+    assert (
+        len(model.index.image_ids) == trained_demo.settings.data_dir.joinpath("labels.csv").read_text().count("\n") - 1
+    )
 
     latest = load_registered("bouncer:latest")
     assert latest.version in {m.tag.version for m in list_versions("bouncer")}
