@@ -103,12 +103,9 @@ def import_(
     from training.pipeline import import_dataset, open_store
 
     settings = _settings()
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         report = import_dataset(settings, store)
         counts = {s: store.count(split=s) for s in settings.splits}
-    finally:
-        store.close()
     typer.echo(
         f"{report.added} added, {report.removed} removed, {report.moved} moved, {report.restored} restored, "
         f"{report.unchanged} unchanged; {len(report.skipped)} skipped; images per split: {counts}; "
@@ -171,11 +168,8 @@ def export_labels(
     from training.pipeline import open_store
 
     settings = _settings()
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         version = store.export_csv(output or settings.labels_csv)
-    finally:
-        store.close()
     typer.echo(f"wrote {output or settings.labels_csv} (data version {version})")
 
 
@@ -191,13 +185,10 @@ def relabel(
     from training.pipeline import open_store
 
     settings = _settings()
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         result = store.relabel(image_ids, label, reason=reason, actor=actor or _user())
         if result.changed and settings.export_labels_on_change:
             store.export_csv(settings.labels_csv)
-    finally:
-        store.close()
     _print_json(
         {"event_id": result.event_id, "changed": [asdict(c) for c in result.changed], "unchanged": result.unchanged}
     )
@@ -213,13 +204,10 @@ def undo(
     from training.pipeline import open_store
 
     settings = _settings()
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         result = store.undo(event_id, actor=actor or _user())
         if settings.export_labels_on_change:
             store.export_csv(settings.labels_csv)
-    finally:
-        store.close()
     _print_json({"event_id": result.event_id, "changed": [asdict(c) for c in result.changed]})
 
 
@@ -232,11 +220,8 @@ def history(
     """List label events, newest first."""
     from training.pipeline import open_store
 
-    store = open_store(_settings())
-    try:
+    with open_store(_settings()) as store:
         events = store.history(image_id=image_id, limit=limit)
-    finally:
-        store.close()
     _print_json([asdict(e) for e in events])
 
 
@@ -251,11 +236,8 @@ def images(
     """List images with their ids and curated labels."""
     from training.pipeline import open_store
 
-    store = open_store(_settings())
-    try:
+    with open_store(_settings()) as store:
         records = store.images(split=split, label=label, limit=limit, offset=offset)
-    finally:
-        store.close()
     _print_json([{"image_id": r.image_id, "path": r.path, "split": r.split, "label": r.label} for r in records])
 
 
@@ -278,11 +260,8 @@ def serve(
 
         typer.echo(f"no dataset in {settings.data_dir}: writing the demo data")
         write_demo_dataset(settings.data_dir, DemoSpec())
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         import_dataset(settings, store)
-    finally:
-        store.close()
     if not list_versions(settings.model_name):
         typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
         result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)

@@ -45,12 +45,18 @@ class LabelStoreError(Exception):
     """Base for errors callers should turn into a 4xx answer."""
 
 
-class UnknownImageError(LabelStoreError, KeyError):
+class NotFoundError(LabelStoreError, KeyError):
+    """Something named by id does not exist (a 404)."""
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
 
 
-class UnknownEventError(UnknownImageError):
+class UnknownImageError(NotFoundError):
+    pass
+
+
+class UnknownEventError(NotFoundError):
     pass
 
 
@@ -200,6 +206,12 @@ class LabelStore:
     def close(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # --- import -----------------------------------------------------------------
     def fingerprints(self) -> dict[str, Fingerprint]:

@@ -107,15 +107,12 @@ def run_training(
     started = time.perf_counter()
     progress = TrainingProgress(phase="importing", epochs=epochs or settings.epochs)
     sink(progress)
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         import_dataset(settings, store)
         classes = store.classes()
         train_records = store.images(split=settings.train_split)
         test_records = store.images(split=settings.test_split)
         data_version = store.data_version()
-    finally:
-        store.close()
     if not train_records:
         raise ValueError(f"no training images under {settings.data_dir / settings.train_split}")
     if len(classes) < 2:
@@ -260,11 +257,8 @@ def run_training(
 def evaluate_registered(settings: Settings, tag: str, split: str) -> tuple[str, EvaluationReport]:
     """Evaluate a stored model version on the current labels of ``split``."""
     model = load_registered(tag)
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         records = store.images(split=split)
-    finally:
-        store.close()
     images = load_split(settings, records, model.image_size)
     predictions = model.classifier.predict(images)
     report = evaluate_predictions(

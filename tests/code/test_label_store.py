@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHAPES, write_mixed_formats
-from training.label_store import LabelStore, UndoConflictError, UnknownImageError, UnknownLabelError
+from training.label_store import (
+    LabelStore,
+    UndoConflictError,
+    UnknownEventError,
+    UnknownImageError,
+    UnknownLabelError,
+)
 from training.pipeline import import_dataset, open_store
 from training.settings import Settings
 
@@ -92,7 +98,7 @@ def test_bad_relabels_change_nothing(store: LabelStore) -> None:
         store.relabel([good], "bunny")
     with pytest.raises(UnknownImageError, match="nope"):
         store.relabel([good, "nope"], "ring")
-    with pytest.raises(UnknownImageError):
+    with pytest.raises(UnknownEventError, match="9999"):
         store.undo(9999)
     assert store.labels_csv() == before
     assert store.history() == []
