@@ -266,7 +266,8 @@ def serve(
         typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
         result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
         typer.echo(json.dumps(result.summary(), indent=2))
-    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    beside_python = Path(sys.executable).with_name("bentoml")  # this venv's, even when it is not activated
+    bentoml = str(beside_python) if beside_python.exists() else shutil.which("bentoml") or "bentoml"
     project_root = Path(__file__).resolve().parent.parent
     command = [bentoml, "serve", "bento_service.service:Bouncer", "--port", str(port)]
     typer.echo(f"serving: {' '.join(command)}")
