@@ -137,7 +137,9 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedDe
 
         settings = Settings()
         write_demo_dataset(settings.data_dir, DemoSpec(per_class_limit=40, impostor_count=8, noise_fraction=0.05))
-        result = run_training(settings, epochs=2)
+        from training.progress import JsonFileProgress
+
+        result = run_training(settings, epochs=2, sink=JsonFileProgress(root / "progress.json"))
         yield TrainedDemo(root, env, settings, result)
     finally:
         for key, value in saved.items():

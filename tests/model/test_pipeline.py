@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,6 +12,7 @@ from tests.conftest import TrainedDemo
 from training.pipeline import evaluate_registered, load_split, open_store, run_training
 from training.registry import list_versions, load_registered
 from training.settings import Settings
+from training.tracking import tracking_uri
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +81,17 @@ def test_training_is_reproducible_with_a_seed(shapes_dataset, settings: Settings
     np.testing.assert_array_equal(a.index.vectors, b.index.vectors)
     assert first.metrics == second.metrics
     assert first.data_version == second.data_version
+
+
+def test_progress_file_tells_another_process_how_training_went(trained_demo: TrainedDemo) -> None:
+    progress = json.loads((trained_demo.root / "progress.json").read_text())
+    assert progress["phase"] == "done"
+    assert progress["message"] == f"registered {trained_demo.result.tag}"
+    assert [h["epoch"] for h in progress["history"]] == list(range(1, trained_demo.result.epochs_run + 1))
+    assert {"loss", "accuracy", "val_loss"} <= set(progress["history"][-1])
+
+
+def test_mlflow_tracking_uri_from_the_environment_wins(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tracking_uri(settings) == f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri(settings) == "http://mlflow.example:5000"
