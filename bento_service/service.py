@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument, NotFound
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel, Field
 
+from training.dataset import resolve_inside
 from training.evaluate import evaluate_predictions
 from training.images import ImageError, load_model_input
+from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.pipeline import load_split, open_store
 from training.registry import load_registered
 from training.settings import get_settings
@@ -35,8 +41,40 @@ class Prediction(BaseModel):
     model_version: str
 
 
-class EvaluateRequest(BaseModel):
-    split: str = Field("test", description="Which split to evaluate on its current labels.")
+class ImageInfo(BaseModel):
+    image_id: str
+    path: str
+    split: str
+    label: str
+
+
+class LabelChangeOut(BaseModel):
+    image_id: str
+    old_label: str
+    new_label: str
+
+
+class RelabelResult(BaseModel):
+    event_id: int | None = Field(description="The recorded event (pass it to `undo`); null if nothing changed.")
+    changed: list[LabelChangeOut]
+    unchanged: list[str]
+
+
+class Conflict(BentoMLException):
+    error_code = HTTPStatus.CONFLICT
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """Turn the label store's domain errors into 4xx answers that name the problem."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise NotFound(str(exc)) from exc
+    except UnknownLabelError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    except UndoConflictError as exc:
+        raise Conflict(str(exc)) from exc
 
 
 @bentoml.service(traffic={"timeout": 300})
@@ -91,3 +129,59 @@ class Bouncer:
             "model_version": self.model.version,
             "data_version": self.store.data_version(),
         }
+
+    @bentoml.api
+    def images(
+        self,
+        split: str | None = None,
+        label: str | None = None,
+        limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
+        offset: Annotated[int, Field(ge=0)] = 0,
+    ) -> list[ImageInfo]:
+        """List images with their ids and curated labels, sorted by path."""
+        records = self.store.images(split=split, label=label, limit=limit, offset=offset)
+        return [ImageInfo(image_id=r.image_id, path=r.path, split=r.split, label=r.label) for r in records]
+
+    @bentoml.api
+    def image(self, image_id: str) -> Path:
+        """The bytes of one image, as stored under DATA_DIR."""
+        with client_errors():
+            record = self.store.get(image_id)
+        try:
+            return resolve_inside(self.settings.data_dir, record.path)
+        except PermissionError as exc:
+            raise NotFound(f"image {image_id!r} is not under the data directory") from exc
+
+    @bentoml.api
+    def relabel(
+        self, image_ids: Annotated[list[str], Field(min_length=1)], label: str, reason: str = ""
+    ) -> RelabelResult:
+        """Give every image ``label`` in one recorded, undoable transaction."""
+        with client_errors():
+            result = self.store.relabel(image_ids, label, reason=reason, actor="api")
+        if result.changed and self.settings.export_labels_on_change:
+            self.store.export_csv(self.settings.labels_csv)
+        return RelabelResult(
+            event_id=result.event_id,
+            changed=[LabelChangeOut(**asdict(c)) for c in result.changed],
+            unchanged=result.unchanged,
+        )
+
+    @bentoml.api
+    def undo(self, event_id: int) -> RelabelResult:
+        """Revert one event (refused with 409 if a later event changed the same images)."""
+        with client_errors():
+            result = self.store.undo(event_id, actor="api")
+        if self.settings.export_labels_on_change:
+            self.store.export_csv(self.settings.labels_csv)
+        return RelabelResult(
+            event_id=result.event_id, changed=[LabelChangeOut(**asdict(c)) for c in result.changed], unchanged=[]
+        )
+
+    @bentoml.api
+    def history(
+        self, image_id: str | None = None, limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    ) -> list[dict[str, Any]]:
+        """Label events newest first, each with its ``event_id``."""
+        with client_errors():
+            return [asdict(e) for e in self.store.history(image_id=image_id, limit=limit)]

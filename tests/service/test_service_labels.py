@@ -1,0 +1,66 @@
+"""Label endpoints over HTTP: listing, image bytes, relabel, undo, history and their 4xx answers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import TrainedDemo
+
+pytestmark = pytest.mark.slow
+
+
+def _post(server: str, endpoint: str, payload: dict) -> httpx.Response:
+    return httpx.post(f"{server}/{endpoint}", json=payload, timeout=30)
+
+
+def test_images_listing_and_bytes(server: str, trained_demo: TrainedDemo) -> None:
+    listed = _post(server, "images", {"split": "test", "label": "dog", "limit": 3}).json()
+    assert len(listed) == 3 and {i["label"] for i in listed} == {"dog"}
+    assert set(listed[0]) >= {"image_id", "path", "split", "label"}
+    response = _post(server, "image", {"image_id": listed[0]["image_id"]})
+    assert response.status_code == 200
+    assert response.content == (trained_demo.settings.data_dir / listed[0]["path"]).read_bytes()
+    assert _post(server, "image", {"image_id": "../../etc/passwd"}).status_code == 404
+    assert _post(server, "images", {"limit": 0}).status_code == 400
+
+
+def test_relabel_history_undo_over_http(server: str, trained_demo: TrainedDemo) -> None:
+    labels_csv = trained_demo.settings.data_dir / "labels.csv"
+    before = labels_csv.read_text()
+    ids = [i["image_id"] for i in _post(server, "images", {"split": "train", "label": "bear", "limit": 2}).json()]
+    response = _post(server, "relabel", {"image_ids": ids, "label": "zebra", "reason": "stripes"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert [c["image_id"] for c in result["changed"]] == ids and result["unchanged"] == []
+    assert labels_csv.read_text() != before
+    events = _post(server, "history", {"image_id": ids[0]}).json()
+    assert events[0]["event_id"] == result["event_id"] and events[0]["reason"] == "stripes"
+
+    undone = _post(server, "undo", {"event_id": result["event_id"]})
+    assert undone.status_code == 200
+    assert labels_csv.read_text() == before
+    again = _post(server, "undo", {"event_id": result["event_id"]})
+    assert again.status_code == 409 and "already undone" in again.text
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        ({"image_ids": ["nope"], "label": "cat"}, 404, "nope"),
+        ({"image_ids": [], "label": "cat"}, 400, "image_ids"),
+        ({"image_ids": ["x"], "label": "bunny"}, 400, "bunny"),
+        ({"images": ["x"], "label": "cat"}, 400, "image_ids"),
+    ],
+)
+def test_bad_relabels_are_4xx_and_change_nothing(
+    server: str, trained_demo: TrainedDemo, payload: dict, status: int, message: str
+) -> None:
+    if payload.get("label") == "bunny":
+        payload["image_ids"] = [_post(server, "images", {"limit": 1}).json()[0]["image_id"]]
+    labels_csv = trained_demo.settings.data_dir / "labels.csv"
+    before = labels_csv.read_text()
+    response = _post(server, "relabel", payload)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert labels_csv.read_text() == before
