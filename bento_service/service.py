@@ -26,8 +26,9 @@ from training.evaluate import evaluate_predictions
 from training.images import ImageError, load_model_input
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.pipeline import load_split, open_store
-from training.registry import load_registered
+from training.registry import list_versions, load_registered
 from training.settings import get_settings
+from training.similarity import nearest_neighbours
 
 log = logging.getLogger("bentoml.bouncer")
 
@@ -60,8 +61,38 @@ class RelabelResult(BaseModel):
     unchanged: list[str]
 
 
+class Neighbour(BaseModel):
+    image_id: str
+    path: str
+    split: str
+    label: str
+    distance: float
+
+
+class SimilarResult(BaseModel):
+    query: str | None = Field(description="The query image_id (null for an uploaded image).")
+    results: list[Neighbour]
+
+
+class ModelVersion(BaseModel):
+    version: str
+    tag: str
+    created_at: str
+    metrics: dict[str, float]
+    data_version: str | None
+    serving: bool
+
+
 class Conflict(BentoMLException):
     error_code = HTTPStatus.CONFLICT
+
+
+class Unauthorized(BentoMLException):
+    error_code = HTTPStatus.UNAUTHORIZED
+
+
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 @contextmanager
@@ -87,6 +118,42 @@ class Bouncer:
         self.store = open_store(self.settings)
         log.info("serving %s", self.model.tag)
 
+    def _require_token(self, ctx: bentoml.Context) -> None:
+        """Writes need the bearer token when BOUNCER_API_TOKEN is set; reads stay open."""
+        token = self.settings.api_token
+        if token and ctx.request.headers.get("authorization", "") != f"Bearer {token}":
+            raise Unauthorized("this endpoint needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'")
+
+    def _pixels(self, upload: Path, field: str) -> np.ndarray:
+        size = upload.stat().st_size
+        if size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(f"{field}: upload is {size} bytes, over the {self.settings.max_upload_bytes} limit")
+        try:
+            return load_model_input(
+                upload.read_bytes(), self.model.image_size, max_pixels=self.settings.max_image_pixels
+            )
+        except ImageError as exc:
+            raise InvalidArgument(f"{field}: {exc}") from exc
+
+    def _similar(
+        self, query: np.ndarray, k: int, split: str, label: str | None, exclude: str | None
+    ) -> list[Neighbour]:
+        if split not in self.settings.splits:
+            raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
+        if label is not None and label not in self.store.classes():
+            raise InvalidArgument(f"unknown label {label!r}; known classes: {', '.join(self.store.classes())}")
+        candidates = self.store.images(split=split, label=label)
+        return [
+            Neighbour(
+                image_id=n.record.image_id,
+                path=n.record.path,
+                split=n.record.split,
+                label=n.record.label,
+                distance=n.distance,
+            )
+            for n in nearest_neighbours(self.model.index, query, candidates, k, exclude=exclude)
+        ]
+
     def _prediction(self, probabilities: np.ndarray) -> Prediction:
         best = int(np.argmax(probabilities))
         return Prediction(
@@ -99,13 +166,59 @@ class Bouncer:
     @bentoml.api
     def predict(self, image: Annotated[Path, bentoml.validators.ContentType("image/*")]) -> Prediction:
         """Classify one uploaded image (multipart field ``image``)."""
-        try:
-            pixels = load_model_input(
-                image.read_bytes(), self.model.image_size, max_pixels=self.settings.max_image_pixels
-            )
-        except ImageError as exc:
-            raise InvalidArgument(f"image: {exc}") from exc
+        pixels = self._pixels(image, "image")
         return self._prediction(self.model.classifier.predict(pixels[None]).probabilities[0])
+
+    @bentoml.api
+    def predict_batch(self, images: Annotated[list[Path], Field(min_length=1, max_length=256)]) -> list[Prediction]:
+        """Classify several uploaded images (multipart field ``images``, repeated)."""
+        pixels = np.stack([self._pixels(path, f"images[{i}]") for i, path in enumerate(images)])
+        return [self._prediction(p) for p in self.model.classifier.predict(pixels).probabilities]
+
+    @bentoml.api
+    def similar(
+        self,
+        image_id: str,
+        k: Annotated[int, Field(ge=1, le=1000)] = 10,
+        split: str = "train",
+        label: str | None = None,
+    ) -> SimilarResult:
+        """The k nearest images in ``split`` (optionally only those labelled ``label``), query excluded."""
+        with client_errors():
+            record = self.store.get(image_id)
+        query = self.model.index.vector_of(image_id)
+        if query is None:  # added after this model was trained: embed it now
+            pixels = load_split(self.settings, [record], self.model.image_size)
+            query = self.model.embedder.transform(self.model.classifier.predict(pixels).embeddings)[0]
+        return SimilarResult(query=image_id, results=self._similar(query, k, split, label, exclude=image_id))
+
+    @bentoml.api
+    def similar_image(
+        self,
+        image: Annotated[Path, bentoml.validators.ContentType("image/*")],
+        k: Annotated[int, Field(ge=1, le=1000)] = 10,
+        split: str = "train",
+        label: str | None = None,
+    ) -> SimilarResult:
+        """Like ``similar``, for an uploaded image (multipart field ``image``)."""
+        pixels = self._pixels(image, "image")
+        query = self.model.embedder.transform(self.model.classifier.predict(pixels[None]).embeddings)[0]
+        return SimilarResult(query=None, results=self._similar(query, k, split, label, exclude=None))
+
+    @bentoml.api
+    def models(self) -> list[ModelVersion]:
+        """Every registered version, newest first, with its metrics and whether it serves."""
+        return [
+            ModelVersion(
+                version=m.tag.version,
+                tag=str(m.tag),
+                created_at=m.info.creation_time.isoformat(),
+                metrics={k: float(v) for k, v in dict(m.info.metadata.get("metrics", {})).items()},
+                data_version=m.info.metadata.get("data_version"),
+                serving=str(m.tag) == self.model.tag,
+            )
+            for m in list_versions(self.settings.model_name)
+        ]
 
     @bentoml.api
     def evaluate(self, split: str = "test") -> dict[str, Any]:
@@ -154,9 +267,14 @@ class Bouncer:
 
     @bentoml.api
     def relabel(
-        self, image_ids: Annotated[list[str], Field(min_length=1)], label: str, reason: str = ""
+        self,
+        image_ids: Annotated[list[str], Field(min_length=1)],
+        label: str,
+        ctx: bentoml.Context,
+        reason: str = "",
     ) -> RelabelResult:
         """Give every image ``label`` in one recorded, undoable transaction."""
+        self._require_token(ctx)
         with client_errors():
             result = self.store.relabel(image_ids, label, reason=reason, actor="api")
         if result.changed and self.settings.export_labels_on_change:
@@ -168,8 +286,9 @@ class Bouncer:
         )
 
     @bentoml.api
-    def undo(self, event_id: int) -> RelabelResult:
+    def undo(self, event_id: int, ctx: bentoml.Context) -> RelabelResult:
         """Revert one event (refused with 409 if a later event changed the same images)."""
+        self._require_token(ctx)
         with client_errors():
             result = self.store.undo(event_id, actor="api")
         if self.settings.export_labels_on_change:

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, description="Images with more pixels are refused (decompression-bomb guard)."
     )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads are refused with 413.")
+    api_token: str | None = Field(
+        None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."
+    )
     export_labels_on_change: bool = Field(
         True, description="Rewrite DATA_DIR/labels.csv after every relabel/undo/import."
     )

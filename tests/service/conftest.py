@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,11 +25,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_server(trained_demo: TrainedDemo, log_dir: Path, **extra_env: str) -> Iterator[str]:
+    """Start `bentoml serve` with the demo's env (plus ``extra_env``); yield its URL; stop it."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, **trained_demo.env, "BOUNCER_MODEL_TAG": trained_demo.result.tag}
+    log_path = log_dir / f"serve-{port}.log"
+    env = {**os.environ, **trained_demo.env, "BOUNCER_MODEL_TAG": trained_demo.result.tag, **extra_env}
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -59,3 +61,9 @@ def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) 
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(trained_demo, tmp_path_factory.mktemp("server")) as url:
+        yield url
