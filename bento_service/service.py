@@ -22,10 +22,10 @@ from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel, Field
 
 from training.dataset import resolve_inside
-from training.evaluate import evaluate_predictions
 from training.images import ImageError, load_model_input
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
-from training.pipeline import load_split, open_store
+from training.label_store import RelabelResult as StoreRelabelResult
+from training.pipeline import evaluate_split, load_split, open_store
 from training.registry import list_versions, load_registered
 from training.settings import get_settings
 from training.similarity import nearest_neighbours
@@ -59,6 +59,14 @@ class RelabelResult(BaseModel):
     event_id: int | None = Field(description="The recorded event (pass it to `undo`); null if nothing changed.")
     changed: list[LabelChangeOut]
     unchanged: list[str]
+
+    @classmethod
+    def of(cls, result: StoreRelabelResult) -> RelabelResult:
+        return cls(
+            event_id=result.event_id,
+            changed=[LabelChangeOut(**asdict(c)) for c in result.changed],
+            unchanged=result.unchanged,
+        )
 
 
 class Neighbour(BaseModel):
@@ -225,18 +233,9 @@ class Bouncer:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images."""
         if split not in self.settings.splits:
             raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
-        records = self.store.images(split=split)
-        if not records:
+        if self.store.count(split=split) == 0:
             raise NotFound(f"no images in split {split!r}")
-        images = load_split(self.settings, records, self.model.image_size)
-        predictions = self.model.classifier.predict(images)
-        report = evaluate_predictions(
-            predictions.probabilities,
-            [r.label for r in records],
-            self.model.class_names,
-            image_ids=[r.image_id for r in records],
-            paths=[r.path for r in records],
-        )
+        report = evaluate_split(self.settings, self.store, self.model, split)
         return {
             **report.as_dict(),
             "model_version": self.model.version,
@@ -277,13 +276,7 @@ class Bouncer:
         self._require_token(ctx)
         with client_errors():
             result = self.store.relabel(image_ids, label, reason=reason, actor="api")
-        if result.changed and self.settings.export_labels_on_change:
-            self.store.export_csv(self.settings.labels_csv)
-        return RelabelResult(
-            event_id=result.event_id,
-            changed=[LabelChangeOut(**asdict(c)) for c in result.changed],
-            unchanged=result.unchanged,
-        )
+        return RelabelResult.of(result)
 
     @bentoml.api
     def undo(self, event_id: int, ctx: bentoml.Context) -> RelabelResult:
@@ -291,11 +284,7 @@ class Bouncer:
         self._require_token(ctx)
         with client_errors():
             result = self.store.undo(event_id, actor="api")
-        if self.settings.export_labels_on_change:
-            self.store.export_csv(self.settings.labels_csv)
-        return RelabelResult(
-            event_id=result.event_id, changed=[LabelChangeOut(**asdict(c)) for c in result.changed], unchanged=[]
-        )
+        return RelabelResult.of(result)
 
     @bentoml.api
     def history(

@@ -187,8 +187,6 @@ def relabel(
     settings = _settings()
     with open_store(settings) as store:
         result = store.relabel(image_ids, label, reason=reason, actor=actor or _user())
-        if result.changed and settings.export_labels_on_change:
-            store.export_csv(settings.labels_csv)
     _print_json(
         {"event_id": result.event_id, "changed": [asdict(c) for c in result.changed], "unchanged": result.unchanged}
     )
@@ -206,8 +204,6 @@ def undo(
     settings = _settings()
     with open_store(settings) as store:
         result = store.undo(event_id, actor=actor or _user())
-        if settings.export_labels_on_change:
-            store.export_csv(settings.labels_csv)
     _print_json({"event_id": result.event_id, "changed": [asdict(c) for c in result.changed]})
 
 

@@ -192,7 +192,9 @@ def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
 class LabelStore:
     """All label reads and writes; every write is one transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, labels_csv: Path | None = None) -> None:
+        """``labels_csv``: if given, rewritten after every write that changes labels or images."""
+        self.labels_csv_path = labels_csv
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url, for_writes=True)
             read_engine = _sqlite_engine(url, for_writes=False)
@@ -279,6 +281,7 @@ class LabelStore:
             for name in scan.classes:
                 if name not in known:
                     session.add(ClassRow(name=name))
+        self._after_write()
         return report
 
     # --- reads ------------------------------------------------------------------
@@ -389,6 +392,8 @@ class LabelStore:
             for change in changes:
                 rows[change.image_id].label = label
             event_id = self._record(session, "relabel", changes, actor=actor, reason=reason) if changes else None
+        if changes:
+            self._after_write()
         return RelabelResult(event_id, changes, unchanged)
 
     def undo(self, event_id: int, *, actor: str = "unknown", reason: str = "") -> RelabelResult:
@@ -423,7 +428,14 @@ class LabelStore:
                 reason=reason or f"undo event {event_id}",
                 reverts_event_id=event_id,
             )
+        self._after_write()
         return RelabelResult(new_id, inverse, [])
+
+    def _after_write(self) -> None:
+        # After the commit, so the file always reflects committed state; every
+        # writer rewrites it whole from the database, so the last one wins correctly.
+        if self.labels_csv_path is not None:
+            self.export_csv(self.labels_csv_path)
 
     @staticmethod
     def _record(

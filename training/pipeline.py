@@ -20,7 +20,7 @@ from training.dataset import load_images, scan_folder
 from training.evaluate import EvaluationReport, evaluate_predictions
 from training.label_store import ImageRecord, LabelStore, SyncReport
 from training.progress import ProgressSink, TrainingProgress, ignore_progress
-from training.registry import load_registered
+from training.registry import RegisteredModel, load_registered
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,17 @@ class TrainingResult:
 def open_store(settings: Settings) -> LabelStore:
     if settings.database_url is None and not settings.data_dir.is_dir():
         raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
-    return LabelStore(settings.label_db_url)
+    return LabelStore(
+        settings.label_db_url, labels_csv=settings.labels_csv if settings.export_labels_on_change else None
+    )
 
 
 def import_dataset(settings: Settings, store: LabelStore) -> SyncReport:
-    """Scan DATA_DIR, merge it into the label store, and export labels.csv."""
+    """Scan DATA_DIR and merge it into the label store (which rewrites labels.csv)."""
     scan = scan_folder(
         settings.data_dir, settings.splits, max_pixels=settings.max_image_pixels, known=store.fingerprints()
     )
     report = store.sync(scan)
-    if settings.export_labels_on_change:
-        store.export_csv(settings.labels_csv)
     log.info(
         "import: %d added, %d removed, %d moved, %d restored, %d unchanged, %d skipped",
         report.added,
@@ -254,21 +254,24 @@ def run_training(
     return result
 
 
-def evaluate_registered(settings: Settings, tag: str, split: str) -> tuple[str, EvaluationReport]:
-    """Evaluate a stored model version on the current labels of ``split``."""
-    model = load_registered(tag)
-    with open_store(settings) as store:
-        records = store.images(split=split)
-    images = load_split(settings, records, model.image_size)
-    predictions = model.classifier.predict(images)
-    report = evaluate_predictions(
+def evaluate_split(settings: Settings, store: LabelStore, model: RegisteredModel, split: str) -> EvaluationReport:
+    """Evaluate a loaded model version (its ONNX graph) on the current labels of ``split``."""
+    records = store.images(split=split)
+    predictions = model.classifier.predict(load_split(settings, records, model.image_size))
+    return evaluate_predictions(
         predictions.probabilities,
         [r.label for r in records],
         model.class_names,
         image_ids=[r.image_id for r in records],
         paths=[r.path for r in records],
     )
-    return model.tag, report
+
+
+def evaluate_registered(settings: Settings, tag: str, split: str) -> tuple[str, EvaluationReport]:
+    """Evaluate a stored model version on the current labels of ``split``."""
+    model = load_registered(tag)
+    with open_store(settings) as store:
+        return model.tag, evaluate_split(settings, store, model, split)
 
 
 def _phase(progress: TrainingProgress, sink: ProgressSink, phase: str, message: str) -> None:
