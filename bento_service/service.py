@@ -32,7 +32,8 @@ from training.similarity import nearest_neighbours
 
 log = logging.getLogger("bentoml.bouncer")
 
-MODEL_TAG = os.environ.get("BOUNCER_MODEL_TAG", f"{get_settings().model_name}:latest")
+_STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
+MODEL_TAG = os.environ.get("BOUNCER_MODEL_TAG", f"{_STARTUP.model_name}:latest")
 
 
 class Prediction(BaseModel):
@@ -116,7 +117,7 @@ def client_errors() -> Iterator[None]:
         raise Conflict(str(exc)) from exc
 
 
-@bentoml.service(traffic={"timeout": 300})
+@bentoml.service(traffic={"timeout": 300}, workers=_STARTUP.workers)
 class Bouncer:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
 

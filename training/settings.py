@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, description="Images with more pixels are refused (decompression-bomb guard)."
     )
+    workers: int = Field(1, ge=1, le=64, description="Service worker processes (they share the label store).")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads are refused with 413.")
     api_token: str | None = Field(
         None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."

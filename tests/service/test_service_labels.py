@@ -64,3 +64,26 @@ def test_bad_relabels_are_4xx_and_change_nothing(
     assert response.status_code == status, response.text
     assert message in response.text
     assert labels_csv.read_text() == before
+
+
+def test_a_relabel_is_seen_by_every_worker_at_once(trained_demo: TrainedDemo, tmp_path) -> None:
+    from tests.service.conftest import running_server
+
+    with running_server(trained_demo, tmp_path, BOUNCER_WORKERS="2") as url:
+        image_id = _post(url, "images", {"split": "train", "label": "horse", "limit": 1}).json()[0]["image_id"]
+        result = _post(url, "relabel", {"image_ids": [image_id], "label": "cow"}).json()
+        try:
+            # many reads, spread by the server over both worker processes: all must agree
+            seen = [
+                {
+                    i["image_id"]
+                    for i in _post(url, "images", {"split": "train", "label": "cow", "limit": 10_000}).json()
+                }
+                for _ in range(20)
+            ]
+            assert all(image_id in ids for ids in seen)
+            query = _post(url, "images", {"split": "test", "label": "cow", "limit": 1}).json()[0]["image_id"]
+            hits = _post(url, "similar", {"image_id": query, "k": 1000, "label": "horse"}).json()["results"]
+            assert image_id not in {h["image_id"] for h in hits}
+        finally:
+            _post(url, "undo", {"event_id": result["event_id"]})
