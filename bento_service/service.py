@@ -133,6 +133,10 @@ class Bouncer:
         if token and ctx.request.headers.get("authorization", "") != f"Bearer {token}":
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'")
 
+    def _check_split(self, split: str) -> None:
+        if split not in self.settings.splits:
+            raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
+
     def _pixels(self, upload: Path, field: str) -> np.ndarray:
         size = upload.stat().st_size
         if size > self.settings.max_upload_bytes:
@@ -147,10 +151,9 @@ class Bouncer:
     def _similar(
         self, query: np.ndarray, k: int, split: str, label: str | None, exclude: str | None
     ) -> list[Neighbour]:
-        if split not in self.settings.splits:
-            raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
-        if label is not None and label not in self.store.classes():
-            raise InvalidArgument(f"unknown label {label!r}; known classes: {', '.join(self.store.classes())}")
+        self._check_split(split)
+        if label is not None and label not in (classes := self.store.classes()):
+            raise InvalidArgument(f"unknown label {label!r}; known classes: {', '.join(classes)}")
         candidates = self.store.images(split=split, label=label)
         return [
             Neighbour(
@@ -198,7 +201,7 @@ class Bouncer:
         query = self.model.index.vector_of(image_id)
         if query is None:  # added after this model was trained: embed it now
             pixels = load_split(self.settings, [record], self.model.image_size)
-            query = self.model.embedder.transform(self.model.classifier.predict(pixels).embeddings)[0]
+            query = self.model.reduce(pixels)[0]
         return SimilarResult(query=image_id, results=self._similar(query, k, split, label, exclude=image_id))
 
     @bentoml.api
@@ -211,7 +214,7 @@ class Bouncer:
     ) -> SimilarResult:
         """Like ``similar``, for an uploaded image (multipart field ``image``)."""
         pixels = self._pixels(image, "image")
-        query = self.model.embedder.transform(self.model.classifier.predict(pixels[None]).embeddings)[0]
+        query = self.model.reduce(pixels[None])[0]
         return SimilarResult(query=None, results=self._similar(query, k, split, label, exclude=None))
 
     @bentoml.api
@@ -232,8 +235,7 @@ class Bouncer:
     @bentoml.api
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images."""
-        if split not in self.settings.splits:
-            raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
+        self._check_split(split)
         if self.store.count(split=split) == 0:
             raise NotFound(f"no images in split {split!r}")
         report = evaluate_split(self.settings, self.store, self.model, split)

@@ -322,14 +322,6 @@ class LabelStore:
                 raise UnknownImageError(f"unknown image_id {image_id!r}")
             return _record(row)
 
-    def records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
-        """The present images among ``image_ids``, by id (unknown or absent ids left out)."""
-        with self._session() as session:
-            rows = session.scalars(
-                select(ImageRow).where(ImageRow.image_id.in_(list(image_ids)), ImageRow.present.is_(True))
-            )
-            return {row.image_id: _record(row) for row in rows}
-
     def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
         """Events newest first, optionally only those touching one image."""
         query = select(EventRow).order_by(EventRow.event_id.desc()).limit(limit)

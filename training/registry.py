@@ -12,6 +12,7 @@ from typing import Any
 
 import bentoml
 import joblib
+import numpy as np
 import onnx
 from sklearn.pipeline import Pipeline
 
@@ -44,6 +45,10 @@ class RegisteredModel:
     @property
     def image_size(self) -> int:
         return self.classifier.image_size
+
+    def reduce(self, images: np.ndarray) -> np.ndarray:
+        """Vectors in the index's space for images that are not in the index (e.g. uploads)."""
+        return self.embedder.transform(self.classifier.predict(images).embeddings)
 
 
 def register_model(
