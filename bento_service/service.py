@@ -1,14 +1,14 @@
 """Bouncer's HTTP API (BentoML new-style service).
 
-The model version to serve is chosen at start-up from the BentoML model store
-(``BOUNCER_MODEL_TAG``, default ``bouncer:latest``). Everything the endpoints do is
-a call into ``training``.
+Serves the promoted model version (see ``live_model``), or ``BOUNCER_MODEL_TAG``
+(default ``bouncer:latest``) until one is promoted. ``predict`` goes through the
+batched ``Classifier`` dependency; everything else is a call into ``training``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,20 +20,24 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 
+from bento_service.classifier import Classifier
+from bento_service.live_model import LiveModel
+from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
 from training.dataset import resolve_inside
 from training.images import ImageError, load_model_input
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.label_store import RelabelResult as StoreRelabelResult
 from training.pipeline import evaluate_split, load_split, open_store
-from training.registry import list_versions, load_registered
+from training.registry import RegisteredModel, list_versions
 from training.settings import get_settings
 from training.similarity import nearest_neighbours
 
 log = logging.getLogger("bentoml.bouncer")
 
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
-MODEL_TAG = os.environ.get("BOUNCER_MODEL_TAG", f"{_STARTUP.model_name}:latest")
 
 
 class Prediction(BaseModel):
@@ -92,6 +96,29 @@ class ModelVersion(BaseModel):
     serving: bool
 
 
+class PromoteResult(BaseModel):
+    version: str
+    tag: str
+    previous_version: str
+
+
+class TrainResult(BaseModel):
+    model_version: str
+    metrics: dict[str, float]
+    previous_metrics: dict[str, float] | None = Field(
+        description="The serving model's scores on the same, current test labels (null if none served)."
+    )
+    promoted: bool
+    bento_tag: str | None = Field(description="The rebuilt bento (null if not promoted or no build context).")
+    tag: str
+    previous_version: str | None
+    promotion_message: str
+    bento_message: str
+    data_version: str
+    mlflow_run_id: str
+    epochs_run: int
+
+
 class Conflict(BentoMLException):
     error_code = HTTPStatus.CONFLICT
 
@@ -102,6 +129,10 @@ class Unauthorized(BentoMLException):
 
 class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class TrainingError(BentoMLException):
+    error_code = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
 @contextmanager
@@ -119,13 +150,24 @@ def client_errors() -> Iterator[None]:
 
 @bentoml.service(traffic={"timeout": 300}, workers=_STARTUP.workers)
 class Bouncer:
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)
+    classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.model = load_registered(str(self.bento_model.tag))
         self.store = open_store(self.settings)
-        log.info("serving %s", self.model.tag)
+        self.live = LiveModel(
+            self.store,
+            self.settings.model_name,
+            str(self.bento_model.tag),
+            poll_seconds=self.settings.model_poll_seconds,
+        )
+        self.trainer = TrainRunner(self.settings)
+
+    @property
+    def model(self) -> RegisteredModel:
+        """The serving version now; an endpoint reads it once so a live swap cannot split a request."""
+        return self.live.get()
 
     def _require_token(self, ctx: bentoml.Context) -> None:
         """Writes need the bearer token when BOUNCER_API_TOKEN is set; reads stay open."""
@@ -137,19 +179,17 @@ class Bouncer:
         if split not in self.settings.splits:
             raise InvalidArgument(f"unknown split {split!r}; use one of {list(self.settings.splits)}")
 
-    def _pixels(self, upload: Path, field: str) -> np.ndarray:
+    def _pixels(self, upload: Path, field: str, image_size: int) -> np.ndarray:
         size = upload.stat().st_size
         if size > self.settings.max_upload_bytes:
             raise PayloadTooLarge(f"{field}: upload is {size} bytes, over the {self.settings.max_upload_bytes} limit")
         try:
-            return load_model_input(
-                upload.read_bytes(), self.model.image_size, max_pixels=self.settings.max_image_pixels
-            )
+            return load_model_input(upload.read_bytes(), image_size, max_pixels=self.settings.max_image_pixels)
         except ImageError as exc:
             raise InvalidArgument(f"{field}: {exc}") from exc
 
     def _similar(
-        self, query: np.ndarray, k: int, split: str, label: str | None, exclude: str | None
+        self, model: RegisteredModel, query: np.ndarray, k: int, split: str, label: str | None, exclude: str | None
     ) -> list[Neighbour]:
         self._check_split(split)
         if label is not None and label not in (classes := self.store.classes()):
@@ -163,29 +203,43 @@ class Bouncer:
                 label=n.record.label,
                 distance=n.distance,
             )
-            for n in nearest_neighbours(self.model.index, query, candidates, k, exclude=exclude)
+            for n in nearest_neighbours(model.index, query, candidates, k, exclude=exclude)
         ]
 
-    def _prediction(self, probabilities: np.ndarray) -> Prediction:
-        best = int(np.argmax(probabilities))
-        return Prediction(
-            label=self.model.class_names[best],
-            confidence=float(probabilities[best]),
-            probabilities={c: float(p) for c, p in zip(self.model.class_names, probabilities, strict=True)},
-            model_version=self.model.version,
-        )
+    async def _classify(self, pixels: np.ndarray) -> list[Prediction]:
+        """Through the batched Classifier service: concurrent requests share one ONNX run."""
+        scores = await self.classifier.to_async.classify(pixels)
+        predictions = []
+        for score in scores:
+            probabilities: dict[str, float] = score["probabilities"]
+            label = max(probabilities, key=probabilities.__getitem__)
+            predictions.append(
+                Prediction(
+                    label=label,
+                    confidence=probabilities[label],
+                    probabilities=probabilities,
+                    model_version=score["model_version"],
+                )
+            )
+        return predictions
 
     @bentoml.api
-    def predict(self, image: Annotated[Path, bentoml.validators.ContentType("image/*")]) -> Prediction:
-        """Classify one uploaded image (multipart field ``image``)."""
-        pixels = self._pixels(image, "image")
-        return self._prediction(self.model.classifier.predict(pixels[None]).probabilities[0])
+    async def predict(self, image: Annotated[Path, bentoml.validators.ContentType("image/*")]) -> Prediction:
+        """Classify one uploaded image (multipart field ``image``); batched with concurrent requests."""
+        pixels = await asyncio.to_thread(self._pixels, image, "image", self.model.image_size)
+        return (await self._classify(pixels[None]))[0]
 
     @bentoml.api
-    def predict_batch(self, images: Annotated[list[Path], Field(min_length=1, max_length=256)]) -> list[Prediction]:
+    async def predict_batch(
+        self, images: Annotated[list[Path], Field(min_length=1, max_length=256)]
+    ) -> list[Prediction]:
         """Classify several uploaded images (multipart field ``images``, repeated)."""
-        pixels = np.stack([self._pixels(path, f"images[{i}]") for i, path in enumerate(images)])
-        return [self._prediction(p) for p in self.model.classifier.predict(pixels).probabilities]
+        size = self.model.image_size
+
+        def decode() -> np.ndarray:
+            return np.stack([self._pixels(path, f"images[{i}]", size) for i, path in enumerate(images)])
+
+        return await self._classify(await asyncio.to_thread(decode))
 
     @bentoml.api
     def similar(
@@ -196,13 +250,13 @@ class Bouncer:
         label: str | None = None,
     ) -> SimilarResult:
         """The k nearest images in ``split`` (optionally only those labelled ``label``), query excluded."""
+        model = self.model
         with client_errors():
             record = self.store.get(image_id)
-        query = self.model.index.vector_of(image_id)
+        query = model.index.vector_of(image_id)
         if query is None:  # added after this model was trained: embed it now
-            pixels = load_split(self.settings, [record], self.model.image_size)
-            query = self.model.reduce(pixels)[0]
-        return SimilarResult(query=image_id, results=self._similar(query, k, split, label, exclude=image_id))
+            query = model.reduce(load_split(self.settings, [record], model.image_size))[0]
+        return SimilarResult(query=image_id, results=self._similar(model, query, k, split, label, exclude=image_id))
 
     @bentoml.api
     def similar_image(
@@ -213,13 +267,14 @@ class Bouncer:
         label: str | None = None,
     ) -> SimilarResult:
         """Like ``similar``, for an uploaded image (multipart field ``image``)."""
-        pixels = self._pixels(image, "image")
-        query = self.model.reduce(pixels[None])[0]
-        return SimilarResult(query=None, results=self._similar(query, k, split, label, exclude=None))
+        model = self.model
+        query = model.reduce(self._pixels(image, "image", model.image_size)[None])[0]
+        return SimilarResult(query=None, results=self._similar(model, query, k, split, label, exclude=None))
 
     @bentoml.api
     def models(self) -> list[ModelVersion]:
         """Every registered version, newest first, with its metrics and whether it serves."""
+        serving = self.model.tag
         return [
             ModelVersion(
                 version=m.tag.version,
@@ -227,10 +282,53 @@ class Bouncer:
                 created_at=m.info.creation_time.isoformat(),
                 metrics={k: float(v) for k, v in dict(m.info.metadata.get("metrics", {})).items()},
                 data_version=m.info.metadata.get("data_version"),
-                serving=str(m.tag) == self.model.tag,
+                serving=str(m.tag) == serving,
             )
             for m in list_versions(self.settings.model_name)
         ]
+
+    @bentoml.api
+    def promote(self, version: str, ctx: bentoml.Context, reason: str = "") -> PromoteResult:
+        """Serve ``version`` (e.g. roll back); every worker follows within BOUNCER_MODEL_POLL_SECONDS."""
+        self._require_token(ctx)
+        tag = f"{self.settings.model_name}:{version}"
+        known = {m.tag.version for m in list_versions(self.settings.model_name)}
+        if version not in known:
+            raise NotFound(f"unknown model version {version!r}; see `models` for the registered ones")
+        previous = self.model
+        self.store.promote(self.settings.model_name, tag, actor="api", reason=reason or "promote")
+        self.live.swap_to(tag)
+        self.classifier.swap_to(tag)  # other Bouncer workers follow on their next poll
+        return PromoteResult(version=version, tag=tag, previous_version=previous.version)
+
+    @bentoml.task
+    async def train(
+        self,
+        ctx: bentoml.Context,
+        epochs: Annotated[int | None, Field(ge=1, le=1000)] = None,
+        force: bool = False,
+    ) -> TrainResult:
+        """Retrain on the current labels in a niced child process; promote if not worse (or ``force``).
+
+        Watch it with ``train_progress``. Only one training runs at a time (409).
+        """
+        self._require_token(ctx)
+        try:
+            result = await self.trainer.run(epochs=epochs, force=force, serving_tag=self.model.tag, actor="api")
+        except TrainingBusy as exc:
+            raise Conflict(str(exc)) from exc
+        except TrainingFailed as exc:
+            log.error("training failed: %s", exc)
+            raise TrainingError(str(exc)) from exc
+        if result["promoted"]:  # this worker and the classifier now; other workers on their next poll
+            self.live.swap_to(result["tag"])
+            await self.classifier.to_async.swap_to(result["tag"])
+        return TrainResult(**result)
+
+    @bentoml.api
+    def train_progress(self) -> dict[str, Any]:
+        """The current or last training: state (idle/running/succeeded/failed), phase, epoch, metrics so far."""
+        return self.trainer.status()
 
     @bentoml.api
     def evaluate(self, split: str = "test") -> dict[str, Any]:
@@ -238,12 +336,9 @@ class Bouncer:
         self._check_split(split)
         if self.store.count(split=split) == 0:
             raise NotFound(f"no images in split {split!r}")
-        report = evaluate_split(self.settings, self.store, self.model, split)
-        return {
-            **report.as_dict(),
-            "model_version": self.model.version,
-            "data_version": self.store.data_version(),
-        }
+        model = self.model
+        report = evaluate_split(self.settings, self.store, model, split)
+        return {**report.as_dict(), "model_version": model.version, "data_version": self.store.data_version()}
 
     @bentoml.api
     def images(
@@ -296,3 +391,39 @@ class Bouncer:
         """Label events newest first, each with its ``event_id``."""
         with client_errors():
             return [asdict(e) for e in self.store.history(image_id=image_id, limit=limit)]
+
+
+class TrainGate:
+    """Refuse /train/submit at once (401, 409): errors raised inside a task only show in /train/get."""
+
+    PATHS = frozenset({"/train", "/train/submit", "/train/retry"})
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.settings = get_settings()
+        self.runner = TrainRunner(self.settings)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.PATHS:
+            refusal = self._refusal(Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, headers: Headers) -> JSONResponse | None:
+        token = self.settings.api_token
+        if token and headers.get("authorization", "") != f"Bearer {token}":
+            return JSONResponse(
+                {"error": "train needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"},
+                status_code=HTTPStatus.UNAUTHORIZED,
+            )
+        if self.runner.is_running():
+            return JSONResponse(
+                {"error": "a training is already running; watch it with train_progress"},
+                status_code=HTTPStatus.CONFLICT,
+            )
+        return None
+
+
+Bouncer.add_asgi_middleware(TrainGate)

@@ -72,6 +72,19 @@ class Base(DeclarativeBase):
     pass
 
 
+class PromotionRow(Base):
+    """Which model version serves: the newest row per model name wins (kept as an audit trail)."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256), index=True)
+    tag: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(String(2048), default="")
+
+
 class ImageRow(Base):
     __tablename__ = "images"
 
@@ -151,6 +164,14 @@ class RelabelResult:
     event_id: int | None  # None when nothing changed
     changed: list[LabelChange]
     unchanged: list[str]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    tag: str
+    created_at: datetime
+    actor: str
+    reason: str
 
 
 @dataclass
@@ -453,6 +474,24 @@ class LabelStore:
             for c in changes
         )
         return row.event_id
+
+    # --- serving version ----------------------------------------------------------
+    # Kept here because it is the one database every worker (and replica) already shares.
+    def serving(self, model_name: str) -> Promotion | None:
+        """The latest promotion of ``model_name``, or None if none was ever recorded."""
+        query = (
+            select(PromotionRow).where(PromotionRow.model_name == model_name).order_by(PromotionRow.id.desc()).limit(1)
+        )
+        with self._session() as session:
+            row = session.scalar(query)
+            return None if row is None else Promotion(row.tag, row.created_at, row.actor, row.reason)
+
+    def promote(self, model_name: str, tag: str, *, actor: str = "unknown", reason: str = "") -> Promotion:
+        """Record that ``tag`` serves from now on; every worker polls this and swaps to it."""
+        row = PromotionRow(model_name=model_name, tag=tag, created_at=datetime.now(UTC), actor=actor, reason=reason)
+        with self._writer.begin() as session:
+            session.add(row)
+        return Promotion(row.tag, row.created_at, row.actor, row.reason)
 
     # --- export -----------------------------------------------------------------
     def labels_csv(self) -> str:

@@ -118,7 +118,7 @@ def run_training(
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes, found {classes}")
 
-    _phase(progress, sink, "loading", f"decoding {len(train_records) + len(test_records)} images")
+    report_phase(progress, sink, "loading", f"decoding {len(train_records) + len(test_records)} images")
     size = settings.image_size
     x_train = load_split(settings, train_records, size)
     x_test = load_split(settings, test_records, size)
@@ -146,7 +146,7 @@ def run_training(
                 "data_version": data_version,
             }
         )
-        _phase(progress, sink, "training", f"training on {len(train_records)} images")
+        report_phase(progress, sink, "training", f"training on {len(train_records)} images")
         trained = train_classifier(
             x_train,
             [r.label for r in train_records],
@@ -157,7 +157,7 @@ def run_training(
             extra_callbacks=[MlflowEpochMetrics()],
         )
 
-        _phase(progress, sink, "exporting", "converting to ONNX and checking parity")
+        report_phase(progress, sink, "exporting", "converting to ONNX and checking parity")
         keras_inference = inference_model(trained.model)
         onnx_model = export_onnx(keras_inference, size)
         classifier = OnnxClassifier(onnx_model.SerializeToString(), classes, size)
@@ -166,7 +166,7 @@ def run_training(
         sample = pool[rng.choice(len(pool), size=min(PARITY_SAMPLE, len(pool)), replace=False)]
         parity = check_parity(keras_inference, classifier, sample, tolerance=settings.parity_tolerance)
 
-        _phase(progress, sink, "evaluating", f"evaluating the ONNX model on {len(test_records)} test images")
+        report_phase(progress, sink, "evaluating", f"evaluating the ONNX model on {len(test_records)} test images")
         train_predictions = classifier.predict(x_train)
         test_predictions = classifier.predict(x_test)
         evaluation = evaluate_predictions(
@@ -183,7 +183,7 @@ def run_training(
             )
         )
 
-        _phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
+        report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
         embedder = fit_embedder(
             settings.embedder, train_predictions.embeddings, settings.embedding_dim, seed=settings.seed
         )
@@ -195,7 +195,7 @@ def run_training(
             np.concatenate([train_predictions.embeddings, test_predictions.embeddings]),
         )
 
-        _phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
+        report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
         metrics = {
             "test_accuracy": evaluation.accuracy,
             "test_loss": evaluation.loss,
@@ -224,6 +224,7 @@ def run_training(
                 "onnx_opset": onnx_model.opset_import[0].version,
             },
             labels={"data_version": data_version},
+            keras_model=keras_inference,
         )
         mlflow.log_metrics({**metrics, **{f"parity_{k}": v for k, v in parity_figures.items()}})
         mlflow.set_tag("bentoml_tag", tag)
@@ -250,7 +251,7 @@ def run_training(
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.write_text(json.dumps(result.summary(), indent=2, sort_keys=True) + "\n")
-    _phase(progress, sink, "done", f"registered {tag}")
+    report_phase(progress, sink, "registered", f"registered {tag}")
     return result
 
 
@@ -274,7 +275,7 @@ def evaluate_registered(settings: Settings, tag: str, split: str) -> tuple[str, 
         return model.tag, evaluate_split(settings, store, model, split)
 
 
-def _phase(progress: TrainingProgress, sink: ProgressSink, phase: str, message: str) -> None:
+def report_phase(progress: TrainingProgress, sink: ProgressSink, phase: str, message: str) -> None:
     progress.phase, progress.message = phase, message
     log.info("%s: %s", phase, message)
     sink(progress)

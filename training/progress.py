@@ -16,7 +16,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("importing", "loading", "training", "exporting", "evaluating", "embedding", "registering", "done")
+# run_training goes as far as "registered"; the train task then compares, promotes and builds.
+PHASES = (
+    "importing",
+    "loading",
+    "training",
+    "exporting",
+    "evaluating",
+    "embedding",
+    "registering",
+    "registered",
+    "comparing",
+    "promoting",
+    "building",
+    "done",
+)
 
 
 @dataclass
@@ -44,12 +58,14 @@ def ignore_progress(_: TrainingProgress) -> None:
 class JsonFileProgress:
     """Sink that keeps ``path`` holding the latest progress as JSON."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """``extra``: fields written alongside the progress (e.g. the run id)."""
         self.path = path
+        self.extra = extra or {}
 
     def __call__(self, progress: TrainingProgress) -> None:
         progress.updated_at = time.time()
-        write_json_atomic(self.path, progress.as_dict())
+        write_json_atomic(self.path, {**progress.as_dict(), **self.extra})
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

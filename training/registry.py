@@ -22,6 +22,7 @@ from training.inference import OnnxClassifier
 MODEL_FILE = "model.onnx"
 EMBEDDER_FILE = "embedder.joblib"
 INDEX_FILE = "index.npz"
+KERAS_FILE = "model.keras"  # the same weights in Keras, for fine-tuning and the naive-serving benchmark
 
 
 @dataclass
@@ -59,6 +60,7 @@ def register_model(
     *,
     metadata: dict[str, Any],
     labels: dict[str, str] | None = None,
+    keras_model: Any | None = None,
 ) -> str:
     """Save a new version under ``name``; returns its tag ``name:version``."""
     for key in ("class_names", "image_size"):
@@ -68,6 +70,8 @@ def register_model(
         onnx.save(onnx_model, model.path_of(MODEL_FILE))
         joblib.dump(embedder, model.path_of(EMBEDDER_FILE))
         index.save(Path(model.path_of(INDEX_FILE)))
+        if keras_model is not None:
+            keras_model.save(model.path_of(KERAS_FILE))
     return str(model.tag)
 
 
@@ -81,6 +85,14 @@ def load_registered(tag: str, *, threads: int = 0) -> RegisteredModel:
     embedder = joblib.load(model.path_of(EMBEDDER_FILE))
     index = EmbeddingIndex.load(Path(model.path_of(INDEX_FILE)))
     return RegisteredModel(str(model.tag), classifier, embedder, index, metadata)
+
+
+def keras_model_path(tag: str) -> Path:
+    """Where ``tag`` keeps its Keras model (FileNotFoundError for versions saved without one)."""
+    path = Path(bentoml.models.get(tag).path_of(KERAS_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{tag} has no {KERAS_FILE}")
+    return path
 
 
 def list_versions(name: str) -> list[bentoml.Model]:

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = "bouncer"
     model_name: str = Field("bouncer", description="Name of the model in the BentoML model store.")
+    model_tag: str | None = Field(
+        None, description="Version to serve until one is promoted; default <model_name>:latest."
+    )
+    state_dir: Path | None = Field(
+        None, description="Training lock, progress and logs of the train task; default DATA_DIR/.bouncer."
+    )
 
     # --- dataset ----------------------------------------------------------------
     train_split: str = "train"
@@ -45,6 +51,17 @@ class Settings(BaseSettings):
     api_token: str | None = Field(
         None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."
     )
+    model_poll_seconds: float = Field(
+        2.0, gt=0, description="How often each worker checks which version is promoted (live swap)."
+    )
+    batch_max_size: int = Field(64, ge=1, description="Adaptive batching: most images in one ONNX call.")
+    batch_max_latency_ms: int = Field(
+        5000, ge=10, description="Adaptive batching: requests that would wait longer are refused with 503."
+    )
+    build_bento: bool = Field(
+        True, description="After a promoted training, run `bentoml build` (skipped where no bentofile.yaml exists)."
+    )
+    train_niceness: int = Field(10, ge=0, le=19, description="Niceness of the train task's child process.")
     export_labels_on_change: bool = Field(
         True, description="Rewrite DATA_DIR/labels.csv after every relabel/undo/import."
     )
@@ -63,10 +80,18 @@ class Settings(BaseSettings):
         1e-3, gt=0, description="Max |ONNX - Keras| allowed on probabilities before registering."
     )
 
-    @field_validator("data_dir", "mlflow_dir")
+    @field_validator("data_dir", "mlflow_dir", "state_dir")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @property
+    def default_model_tag(self) -> str:
+        return self.model_tag or f"{self.model_name}:latest"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.state_dir or self.data_dir / ".bouncer"
 
     @property
     def label_db_url(self) -> str:

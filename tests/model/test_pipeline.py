@@ -85,7 +85,7 @@ def test_training_is_reproducible_with_a_seed(shapes_dataset, settings: Settings
 
 def test_progress_file_tells_another_process_how_training_went(trained_demo: TrainedDemo) -> None:
     progress = json.loads((trained_demo.root / "progress.json").read_text())
-    assert progress["phase"] == "done"
+    assert progress["phase"] == "registered"
     assert progress["message"] == f"registered {trained_demo.result.tag}"
     assert [h["epoch"] for h in progress["history"]] == list(range(1, trained_demo.result.epochs_run + 1))
     assert {"loss", "accuracy", "val_loss"} <= set(progress["history"][-1])

@@ -1,0 +1,46 @@
+"""The ONNX classifier behind ``predict``, as its own service so BentoML batches it.
+
+Adaptive batching groups concurrent calls into one ONNX run, which only happens
+for a batchable API called through a dependency: ``Bouncer.predict`` decodes the
+upload and calls ``classify`` here with one image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from bento_service.live_model import LiveModel
+from training.pipeline import open_store
+from training.settings import get_settings
+
+_STARTUP = get_settings()  # reads env vars only: decides the model tag and batching limits
+
+
+@bentoml.service(workers=1, traffic={"timeout": 300})
+class Classifier:
+    bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self.store = open_store(settings)
+        self.live = LiveModel(
+            self.store, settings.model_name, str(self.bento_model.tag), poll_seconds=settings.model_poll_seconds
+        )
+
+    @bentoml.api(batchable=True, max_batch_size=_STARTUP.batch_max_size, max_latency_ms=_STARTUP.batch_max_latency_ms)
+    def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Class probabilities of (n, s, s, 3) images, each with the version that computed it."""
+        model = self.live.get()
+        probabilities = model.classifier.predict(images).probabilities
+        return [
+            {"model_version": model.version, "probabilities": dict(zip(model.class_names, map(float, p), strict=True))}
+            for p in probabilities
+        ]
+
+    @bentoml.api
+    def swap_to(self, tag: str) -> str:
+        """Serve ``tag`` now instead of on the next poll, so a promote is seen by predict at once."""
+        return self.live.swap_to(tag).tag

@@ -1,0 +1,95 @@
+"""Start the train task's child process, wait for it, and say how it is going.
+
+State lives in files (see :mod:`training.train_job`), so every worker, and a
+worker started after a crash, gives the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import training
+from training.progress import TrainingProgress, write_json_atomic
+from training.settings import Settings
+from training.train_job import JobFiles, TrainingLock, read_json
+
+SOURCE_ROOT = Path(training.__file__).resolve().parents[1]  # where `python -m training.train_job` resolves
+
+
+class TrainingBusy(RuntimeError):
+    pass
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+class TrainRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.files = JobFiles.of(settings)
+
+    def is_running(self) -> bool:
+        return TrainingLock(self.files.lock).is_held_elsewhere()
+
+    async def run(self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str) -> dict[str, Any]:
+        """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed."""
+        lock = TrainingLock(self.files.lock)
+        if not lock.acquire():
+            raise TrainingBusy("a training is already running; watch it with train_progress")
+        run_id = uuid.uuid4().hex[:12]
+        command = [sys.executable, "-m", "training.train_job", "--run-id", run_id, "--actor", actor]
+        command += ["--epochs", str(epochs)] if epochs else []
+        command += ["--force"] if force else []
+        command += ["--serving-tag", serving_tag] if serving_tag else []
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            starting = TrainingProgress(phase="starting", message="starting the training process")
+            write_json_atomic(self.files.progress, {**starting.as_dict(), "run_id": run_id})
+            with self.files.log.open("w") as log:
+                # The child inherits the locked fd: the lock lasts as long as either process lives.
+                child = await asyncio.create_subprocess_exec(
+                    *command, cwd=SOURCE_ROOT, env=env, stdout=log, stderr=log, pass_fds=(lock.fd,)
+                )
+                code = await child.wait()
+        finally:
+            lock.release()
+        outcome = read_json(self.files.result)
+        if outcome is None or outcome.get("run_id") != run_id:
+            error = f"the training process exited with code {code} without a result"
+            write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
+            raise TrainingFailed(f"{error}\n{self._log_tail()}")
+        if outcome["state"] != "succeeded":
+            raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
+        return outcome["result"]
+
+    def status(self) -> dict[str, Any]:
+        """Progress of the current or last run with ``state``: idle, running, succeeded or failed."""
+        progress = read_json(self.files.progress)
+        if progress is None:
+            return {"state": "idle", "message": "no training has run yet"}
+        outcome = read_json(self.files.result) or {}
+        status: dict[str, Any] = {**progress, "result": None, "error": None}
+        if self.is_running():
+            status["state"] = "running"
+        elif outcome.get("run_id") == progress.get("run_id"):
+            status.update(state=outcome["state"], result=outcome.get("result"), error=outcome.get("error"))
+        else:
+            status.update(state="failed", error="the training process died without a result (see train.log)")
+        until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))
+        status["elapsed_s"] = round(until - float(progress.get("started_at", until)), 1)
+        return status
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.files.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
