@@ -19,7 +19,14 @@ from training.settings import get_settings
 _STARTUP = get_settings()  # reads env vars only: decides the model tag and batching limits
 
 
-@bentoml.service(workers=1, traffic={"timeout": 300})
+# BentoML's client to a dependency replaces its HTTP session every `max_requests` calls
+# (default 100) and closes the old one under the requests still using it; at 32
+# concurrent clients that failed ~15% of predicts. Our dependency is local (a Unix
+# socket), so there is nothing to gain from recycling the session: never do it.
+NEVER = 1e9
+
+
+@bentoml.service(workers=1, traffic={"timeout": 300}, runner_connection={"max_requests": int(NEVER), "max_age": NEVER})
 class Classifier:
     bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)
 

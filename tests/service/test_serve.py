@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections import Counter
 
 import httpx
 import pytest
@@ -40,6 +42,37 @@ def test_predict_any_format(
     assert body["label"] in body["probabilities"]
     assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_32_concurrent_clients_all_get_answers(server: str, trained_demo: TrainedDemo) -> None:
+    """Adaptive batching under load: no 503 (dispatcher shedding), no 500 (dropped connections)."""
+    paths = sorted((trained_demo.settings.data_dir / "test").glob("*/*.png"))[:32]
+    images = [p.read_bytes() for p in paths]
+    single = httpx.post(f"{server}/predict", files={"image": ("a.png", images[0], "image/png")}, timeout=30).json()
+
+    async def load() -> tuple[Counter[int], list[dict]]:
+        statuses: Counter[int] = Counter()
+        first_image_answers: list[dict] = []
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def one_client(i: int) -> None:
+                for _ in range(8):  # 256 requests: more than BentoML's 100-request session recycling
+                    response = await client.post(
+                        f"{server}/predict", files={"image": ("a.png", images[i], "image/png")}
+                    )
+                    statuses[response.status_code] += 1
+                    if i == 0 and response.status_code == 200:
+                        first_image_answers.append(response.json())
+
+            await asyncio.gather(*(one_client(i) for i in range(len(images))))
+        return statuses, first_image_answers
+
+    statuses, answers = asyncio.run(load())
+    assert statuses == Counter({200: 8 * len(images)})
+    # batched with other images, the answer for one image is the one it gets alone
+    for answer in answers:
+        assert answer["label"] == single["label"]
+        assert answer["confidence"] == pytest.approx(single["confidence"], abs=1e-5)
 
 
 def test_predict_refuses_what_is_not_an_image(server: str) -> None:

@@ -1,0 +1,224 @@
+"""Single-image predict under 32 concurrent clients: Bouncer vs the same model served naively.
+
+Starts, in this one run and on this machine: (1) `bentoml serve` of Bouncer (ONNX,
+adaptive batching through the Classifier dependency) and (2) benchmarks/naive_server.py
+(FastAPI calling the Keras model's ``predict`` per request), then drives each with the
+same closed loop of concurrent clients posting real test images. Prints throughput,
+p50/p99 latency and non-200 answers (503 = the batching dispatcher shedding load) for
+each, and Bouncer's ratios against the baseline.
+
+Without ``--tag`` it builds a throw-away workspace (demo data + a short training) in a
+temp dir, so it never touches your model store:
+
+    .venv/bin/python benchmarks/predict.py                 # ~2 min on 2 cores
+    .venv/bin/python benchmarks/predict.py --clients 32 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LoadResult:
+    name: str
+    latencies_ms: list[float]
+    statuses: Counter[int]
+    wall_s: float
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.wall_s
+
+    def percentile(self, q: float) -> float:
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(q) - 1]
+
+    def line(self) -> str:
+        bad = {code: n for code, n in self.statuses.items() if code != 200}
+        return (
+            f"{self.name:<34} {self.throughput:8.1f} req/s   p50 {self.percentile(50):7.1f} ms   "
+            f"p99 {self.percentile(99):7.1f} ms   ok {self.ok:6d}   non-200 {bad or 0}"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], ready_url: str, log: Path):
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def drive(name: str, url: str, images: list[bytes], clients: int, seconds: float, warmup: float) -> LoadResult:
+    """Closed loop: each client posts one image, waits for the answer, posts the next."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def one_client(worker: int) -> None:
+            i = worker
+            while (now := time.perf_counter()) < stop_at:
+                body = images[i % len(images)]
+                i += clients
+                response = await client.post(url, files={"image": ("image.png", body, "image/png")})
+                if now >= measure_from:
+                    latencies.append((time.perf_counter() - now) * 1000)
+                    statuses[response.status_code] += 1
+
+        await asyncio.gather(*(one_client(w) for w in range(clients)))
+        wall = time.perf_counter() - measure_from
+    return LoadResult(name, latencies, statuses, wall)
+
+
+def excerpt_errors(log: Path, lines: int = 40) -> str:
+    """The first traceback in a server log, so a failed answer is explained before the temp dir goes."""
+    text = log.read_text(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(text) if "Traceback" in line or "[ERROR]" in line), None)
+    return "" if start is None else "\n".join(text[start : start + lines])
+
+
+def prepare_workspace(root: Path, env: dict[str, str], epochs: int) -> str:
+    """Demo data and one short training in ``root``; returns the model tag."""
+    code = (
+        "from training.demo_data import DemoSpec, write_demo_dataset\n"
+        "from training.pipeline import run_training\n"
+        "from training.settings import get_settings\n"
+        "s = get_settings()\n"
+        "write_demo_dataset(s.data_dir, DemoSpec(per_class_limit=200, impostor_count=20))\n"
+        f"print(run_training(s, epochs={epochs}).tag)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return done.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per server")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--tag", help="serve this existing model version (uses your env's stores)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs for the throw-away model")
+    parser.add_argument("--workdir", type=Path, help="keep the workspace and server logs here (default: a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bouncer-bench-") as tmp:
+        root = Path(tmp) if args.workdir is None else args.workdir.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if args.tag is None:
+            env.update(
+                BENTOML_HOME=str(root / "bentoml"),
+                BOUNCER_DATA_DIR=str(root / "data"),
+                BOUNCER_MLFLOW_DIR=str(root / "mlruns"),
+            )
+            print("preparing a throw-away workspace (demo data + short training) ...", flush=True)
+            tag = prepare_workspace(root, env, args.epochs)
+        else:
+            tag = args.tag
+        data_dir = Path(env.get("BOUNCER_DATA_DIR", "data"))
+        images = [p.read_bytes() for p in sorted((data_dir / "test").glob("*/*.png"))[:256]]
+        if not images:
+            raise SystemExit(f"no test images under {data_dir / 'test'}")
+        env["BOUNCER_MODEL_TAG"] = tag
+        env["BOUNCER_BENCH_TAG"] = tag
+
+        results = []
+        bouncer_port, naive_port = free_port(), free_port()
+        bouncer_cmd = [str(BIN / "bentoml"), "serve", "bento_service.service:Bouncer", "--port", str(bouncer_port)]
+        with server(bouncer_cmd, env, f"http://127.0.0.1:{bouncer_port}/readyz", root / "bouncer.log"):
+            results.append(
+                asyncio.run(
+                    drive(
+                        "bouncer (ONNX + adaptive batching)",
+                        f"http://127.0.0.1:{bouncer_port}/predict",
+                        images,
+                        args.clients,
+                        args.seconds,
+                        args.warmup,
+                    )
+                )
+            )
+        if set(results[-1].statuses) != {200}:
+            print(excerpt_errors(root / "bouncer.log"))
+        naive_cmd = [str(BIN / "uvicorn"), "benchmarks.naive_server:app", "--port", str(naive_port)]
+        with server(naive_cmd, env, f"http://127.0.0.1:{naive_port}/ready", root / "naive.log"):
+            results.append(
+                asyncio.run(
+                    drive(
+                        "naive (FastAPI + Keras predict)",
+                        f"http://127.0.0.1:{naive_port}/predict",
+                        images,
+                        args.clients,
+                        args.seconds,
+                        args.warmup,
+                    )
+                )
+            )
+
+    bouncer, naive = results
+    print(f"\nmodel {tag}; {args.clients} concurrent clients, {args.seconds:.0f} s measured after {args.warmup:.0f} s")
+    for result in results:
+        print(result.line())
+    print(
+        f"\nratio bouncer/naive: throughput x{bouncer.throughput / naive.throughput:.2f}, "
+        f"p50 x{bouncer.percentile(50) / naive.percentile(50):.2f}, "
+        f"p99 x{bouncer.percentile(99) / naive.percentile(99):.2f} (lower latency ratio is better)"
+    )
+    shed = bouncer.statuses.get(503, 0)
+    print(f"bouncer 503 (overloaded) answers: {shed}")
+
+
+if __name__ == "__main__":
+    main()
