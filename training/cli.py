@@ -239,6 +239,28 @@ def images(
 
 @app.command()
 @_friendly
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to serve (see `bentoml models list`).")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the promotion record).")] = "",
+) -> None:
+    """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it."""
+    import bentoml
+
+    from training.pipeline import open_store
+
+    settings = _settings()
+    tag = f"{settings.model_name}:{version}"
+    try:
+        bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise ValueError(f"unknown model version {version!r}; `bentoml models list {settings.model_name}`") from None
+    with open_store(settings) as store:
+        store.promote(settings.model_name, tag, actor=_user(), reason=reason or "cli promote")
+    _print_json({"serving": tag})
+
+
+@app.command()
+@_friendly
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
