@@ -22,6 +22,9 @@ from training.train_job import JobFiles, TrainingLock, read_json
 SOURCE_ROOT = Path(training.__file__).resolve().parents[1]  # where `python -m training.train_job` resolves
 
 
+ACQUIRE_ATTEMPTS = 5
+
+
 class TrainingBusy(RuntimeError):
     pass
 
@@ -40,7 +43,12 @@ class TrainRunner:
     async def run(self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str) -> dict[str, Any]:
         """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed."""
         lock = TrainingLock(self.files.lock)
-        if not lock.acquire():
+        # is_running() probes by taking the lock for a moment: retry briefly so a probe is not a "busy"
+        for _ in range(ACQUIRE_ATTEMPTS):
+            if lock.acquire():
+                break
+            await asyncio.sleep(0.02)
+        else:
             raise TrainingBusy("a training is already running; watch it with train_progress")
         run_id = uuid.uuid4().hex[:12]
         command = [sys.executable, "-m", "training.train_job", "--run-id", run_id, "--actor", actor]

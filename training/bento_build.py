@@ -33,7 +33,8 @@ def build_bento(model_tag: str, project: Path = PROJECT_DIR) -> BuildOutcome:
         return BuildOutcome(None, f"no bentofile.yaml in {project} (running from a built bento?): bento not rebuilt")
     env = {**os.environ, "BOUNCER_MODEL_TAG": model_tag}
     done = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", str(context), "--output", "tag"],
+        # --arg pins the model: `bentoml serve <bento>` from a store would otherwise serve its newest version
+        [sys.executable, "-m", "bentoml", "build", str(context), "--arg", f"model_tag={model_tag}", "--output", "tag"],
         cwd=context,
         env=env,
         capture_output=True,

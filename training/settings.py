@@ -87,7 +87,8 @@ class Settings(BaseSettings):
 
     @property
     def default_model_tag(self) -> str:
-        return self.model_tag or f"{self.model_name}:latest"
+        """BOUNCER_MODEL_TAG, else the model a served bento was built with, else the newest version."""
+        return self.model_tag or _bento_model_tag() or f"{self.model_name}:latest"
 
     @property
     def runtime_dir(self) -> Path:
@@ -104,6 +105,13 @@ class Settings(BaseSettings):
     @property
     def splits(self) -> tuple[str, str]:
         return (self.train_split, self.test_split)
+
+
+def _bento_model_tag() -> str | None:
+    """The ``model_tag`` a bento was built with (``bentoml build --arg``); set while BentoML loads that bento."""
+    import bentoml
+
+    return getattr(bentoml.use_arguments(), "model_tag", None)
 
 
 def get_settings(**overrides: object) -> Settings:

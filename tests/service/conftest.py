@@ -25,17 +25,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SERVICE = "bento_service.service:Bouncer"
+
+
 @contextmanager
-def running_server(trained_demo: TrainedDemo, log_dir: Path, **extra_env: str) -> Iterator[str]:
-    """Start `bentoml serve` with the demo's env (plus ``extra_env``); yield its URL; stop it."""
+def running_server(
+    trained_demo: TrainedDemo, log_dir: Path, *, bento: str | None = None, **extra_env: str
+) -> Iterator[str]:
+    """Start `bentoml serve` with the demo's env (plus ``extra_env``); yield its URL; stop it.
+
+    By default it serves the project's source with the demo model; with ``bento`` (a tag
+    in the store) it serves that built bento and the model it carries, from outside the project.
+    """
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
     env = {**os.environ, **trained_demo.env, "BOUNCER_MODEL_TAG": trained_demo.result.tag, **extra_env}
+    if bento is not None:
+        env.pop("BOUNCER_MODEL_TAG")
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [bentoml, "serve", "bento_service.service:Bouncer", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=PROJECT,
+            [bentoml, "serve", bento or SERVICE, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=PROJECT if bento is None else log_dir,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,276 @@
+"""The train task, train_progress, promote (rollback) and the rebuilt bento, through real servers.
+
+Everything here trains and promotes on its own copy of the demo data (label DB
+included), so the session ``server`` and the tests sharing it keep serving the
+original model. One server (with an API token) is shared by the module; one
+1-epoch training runs for the whole module (``training``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TrainedDemo
+from tests.service.conftest import running_server
+from training.progress import PHASES
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "train-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TRAIN_TIMEOUT_S = 300
+RESULT_FIELDS = {
+    "model_version",
+    "metrics",
+    "previous_metrics",
+    "promoted",
+    "bento_tag",
+    "tag",
+    "previous_version",
+    "promotion_message",
+    "bento_message",
+    "data_version",
+    "mlflow_run_id",
+    "epochs_run",
+}
+
+
+def _post(url: str, endpoint: str, payload: dict, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/{endpoint}", json=payload, timeout=30, **kwargs)
+
+
+def _progress(url: str) -> dict[str, Any]:
+    response = _post(url, "train_progress", {})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _predict(url: str, image: Path) -> httpx.Response:
+    return httpx.post(f"{url}/predict", files={"image": (image.name, image.read_bytes(), "image/png")}, timeout=30)
+
+
+def _serving(url: str) -> list[str]:
+    return [m["version"] for m in _post(url, "models", {}).json() if m["serving"]]
+
+
+def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
+    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
+    source = trained_demo.settings.data_dir
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
+    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
+        src.backup(dst)
+    return target
+
+
+class Deployment:
+    """A server on its own copy of the demo data; ``restart`` starts a new one on the same copy."""
+
+    def __init__(self, trained_demo: TrainedDemo, root: Path) -> None:
+        self.trained_demo = trained_demo
+        self.root = root
+        self.data_dir = copy_demo_data(trained_demo, root / "data")
+        self.env = {
+            "BOUNCER_DATA_DIR": str(self.data_dir),
+            "BOUNCER_MLFLOW_DIR": str(root / "mlruns"),
+            "BOUNCER_API_TOKEN": TOKEN,
+        }
+        self.original_version = trained_demo.result.tag.split(":", 1)[1]
+        self._stack = ExitStack()
+        self.url = ""
+
+    def start(self) -> None:
+        self.url = self._stack.enter_context(running_server(self.trained_demo, self.root, **self.env))
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        self._stack.close()
+        self._stack = ExitStack()
+
+    def image(self, split: str = "test", label: str = "dog") -> Path:
+        return sorted((self.data_dir / split / label).glob("*.png"))[0]
+
+
+@pytest.fixture(scope="module")
+def deployment(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("train-server"))
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@dataclass
+class TrainingRun:
+    first_submit: httpx.Response
+    second_submit: httpx.Response
+    running: list[dict[str, Any]]  # train_progress snapshots taken while the task was in progress
+    predictions: list[tuple[int, str | None]]  # (status, model_version) of predicts fired meanwhile
+    status: dict[str, Any]  # the last /train/status
+    result: httpx.Response  # /train/get
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def training(deployment: Deployment) -> TrainingRun:
+    """Submit one forced 1-epoch training, watch it (progress, predicts) until the task completes."""
+    url, image = deployment.url, deployment.image()
+    started = time.monotonic()
+    first = httpx.post(f"{url}/train/submit", json={"epochs": 1, "force": True}, headers=AUTH, timeout=30)
+    second = httpx.post(f"{url}/train/submit", json={"epochs": 1}, headers=AUTH, timeout=30)
+    assert first.status_code == 200, first.text
+    task_id = first.json()["task_id"]
+    running, predictions = [], []
+    while True:
+        status = httpx.get(f"{url}/train/status", params={"task_id": task_id}, timeout=30).json()
+        if status["status"] not in {"pending", "in_progress"}:
+            break
+        assert time.monotonic() - started < TRAIN_TIMEOUT_S, f"training still {status} after {TRAIN_TIMEOUT_S}s"
+        running.append(_progress(url))
+        answer = _predict(url, image)
+        predictions.append((answer.status_code, answer.json().get("model_version") if answer.is_success else None))
+        time.sleep(0.5)
+    result = httpx.get(f"{url}/train/get", params={"task_id": task_id}, timeout=30)
+    return TrainingRun(first, second, running, predictions, status, result, time.monotonic() - started)
+
+
+def test_token_guards_train_and_promote(deployment: Deployment) -> None:
+    url = deployment.url
+    before = _progress(url)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = httpx.post(f"{url}/train/submit", json={"epochs": 1}, headers=headers, timeout=30)
+        assert refused.status_code == 401, refused.text
+        assert "BOUNCER_API_TOKEN" in refused.text
+        promote = _post(url, "promote", {"version": deployment.original_version}, headers=headers)
+        assert promote.status_code == 401, promote.text
+    time.sleep(1)  # a training that slipped through would have written its progress by now
+    after = _progress(url)
+    assert after["state"] != "running"
+    assert after.get("run_id") == before.get("run_id") and after["state"] == before["state"]
+
+
+def test_train_task_trains_promotes_and_serves_the_new_version(deployment: Deployment, training: TrainingRun) -> None:
+    url = deployment.url
+    assert set(training.first_submit.json()) >= {"task_id", "status"}
+    assert training.second_submit.status_code == 409, training.second_submit.text
+    assert "already running" in training.second_submit.json()["error"]
+
+    # idle only until the task took the lock; succeeded only between the child's exit and the task's end
+    states = "".join(p["state"][0] for p in training.running)
+    assert re.fullmatch(r"i*r+s*", states), [p["state"] for p in training.running]
+    running = [p for p in training.running if p["state"] == "running"]
+    assert all(p["phase"] in {"starting", *PHASES} for p in running), [p["phase"] for p in running]
+    assert len({p["run_id"] for p in running}) == 1
+
+    assert training.status["status"] == "completed", (training.status, training.result.text)
+    assert training.result.status_code == 200, training.result.text
+    result = training.result.json()
+    assert set(result) >= RESULT_FIELDS
+    assert result["promoted"] is True and "forced" in result["promotion_message"]
+    assert result["tag"] == f"bouncer:{result['model_version']}" != deployment.trained_demo.result.tag
+    assert result["previous_version"] == deployment.original_version
+    assert set(result["previous_metrics"]) >= {"test_accuracy", "test_loss"}
+    assert "test_accuracy" in result["metrics"]
+    assert result["epochs_run"] == 1 and result["mlflow_run_id"] and result["data_version"]
+    assert result["bento_tag"] and result["bento_tag"] in result["bento_message"]
+
+    deadline = time.monotonic() + 10
+    while (version := _predict(url, deployment.image()).json()["model_version"]) != result["model_version"]:
+        assert time.monotonic() < deadline, f"predict still answers with {version}"
+        time.sleep(0.5)
+    assert _serving(url) == [result["model_version"]]
+
+    progress = _progress(url)
+    assert progress["state"] == "succeeded" and progress["phase"] == "done"
+    assert progress["run_id"] == running[0]["run_id"]
+    assert progress["result"]["model_version"] == result["model_version"]
+    assert progress["error"] is None and progress["elapsed_s"] > 0
+    assert progress["epochs"] == 1 and progress["epoch"] == 1 and len(progress["history"]) == 1
+
+
+def test_predict_keeps_answering_while_training(deployment: Deployment, training: TrainingRun) -> None:
+    assert len(training.predictions) >= 3, training.predictions
+    assert [status for status, _ in training.predictions] == [200] * len(training.predictions)
+    # the new version serves only once promoted, and from then on only it
+    versions = [version for _, version in training.predictions]
+    assert versions[0] == deployment.original_version
+    switched = [v for v in versions if v != deployment.original_version]
+    assert versions == [deployment.original_version] * (len(versions) - len(switched)) + switched
+
+
+def test_promote_rolls_back_at_once(deployment: Deployment, training: TrainingRun) -> None:
+    url, new_version = deployment.url, training.result.json()["model_version"]
+    original = deployment.original_version
+
+    response = _post(url, "promote", {"version": original, "reason": "rollback"}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"version": original, "tag": f"bouncer:{original}", "previous_version": new_version}
+    assert _predict(url, deployment.image()).json()["model_version"] == original
+    assert _serving(url) == [original]
+
+    unknown = _post(url, "promote", {"version": "nosuchversion"}, headers=AUTH)
+    assert unknown.status_code == 404 and "nosuchversion" in unknown.text
+    assert _serving(url) == [original]
+
+    forward = _post(url, "promote", {"version": new_version, "reason": "roll forward"}, headers=AUTH)
+    assert forward.status_code == 200, forward.text
+    assert _predict(url, deployment.image()).json()["model_version"] == new_version
+    assert _serving(url) == [new_version]
+
+
+def test_restart_keeps_labels_and_the_promoted_version(deployment: Deployment, training: TrainingRun) -> None:
+    new_version = training.result.json()["model_version"]
+    promoted = _post(deployment.url, "promote", {"version": new_version, "reason": "before restart"}, headers=AUTH)
+    assert promoted.status_code == 200, promoted.text
+    image_id = _post(deployment.url, "images", {"split": "train", "label": "cat", "limit": 1}).json()[0]["image_id"]
+    relabel = _post(deployment.url, "relabel", {"image_ids": [image_id], "label": "sheep"}, headers=AUTH)
+    assert relabel.status_code == 200, relabel.text
+
+    deployment.restart()
+    url = deployment.url
+    sheep = _post(url, "images", {"split": "train", "label": "sheep", "limit": 10_000}).json()
+    assert image_id in {i["image_id"] for i in sheep}
+    assert _post(url, "history", {"image_id": image_id}).json()[0]["event_id"] == relabel.json()["event_id"]
+    assert _predict(url, deployment.image()).json()["model_version"] == new_version
+    assert _serving(url) == [new_version]
+    assert _progress(url)["state"] == "succeeded"  # the last run's outcome survives the restart too
+
+
+def register_copy(tag: str) -> str:
+    """A new version with the files of ``tag``: cheap, and it becomes ``latest`` in the store."""
+    import bentoml
+
+    source = bentoml.models.get(tag)
+    with bentoml.models.create(source.tag.name, metadata=dict(source.info.metadata)) as model:
+        for path in Path(source.path).iterdir():
+            if path.name != "model.yaml":
+                shutil.copy2(path, model.path_of(path.name))
+    return str(model.tag)
+
+
+def test_the_rebuilt_bento_serves_the_new_version(
+    deployment: Deployment, training: TrainingRun, tmp_path: Path
+) -> None:
+    result = training.result.json()
+    newer = register_copy(deployment.trained_demo.result.tag)  # the bento must not serve whatever is latest
+    data_dir = copy_demo_data(deployment.trained_demo, tmp_path / "data")  # no promotion recorded here
+    env = {"BOUNCER_DATA_DIR": str(data_dir), "BOUNCER_MLFLOW_DIR": str(tmp_path / "mlruns")}
+    with running_server(deployment.trained_demo, tmp_path, bento=result["bento_tag"], **env) as url:
+        answer = _predict(url, deployment.image())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == result["model_version"] != newer.split(":")[1]
+        assert _serving(url) == [result["model_version"]]
