@@ -28,12 +28,13 @@ from bento_service.live_model import LiveModel
 from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
 from training.dataset import resolve_inside
 from training.images import ImageError, load_model_input
+from training.label_issues import find_suspects, trace_to_training
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.label_store import RelabelResult as StoreRelabelResult
 from training.pipeline import evaluate_split, load_split, open_store
 from training.registry import RegisteredModel, list_versions
 from training.settings import get_settings
-from training.similarity import nearest_neighbours
+from training.similarity import nearest_neighbours, nearest_to_any
 
 log = logging.getLogger("bentoml.bouncer")
 
@@ -94,6 +95,24 @@ class ModelVersion(BaseModel):
     metrics: dict[str, float]
     data_version: str | None
     serving: bool
+
+
+class SuspectOut(BaseModel):
+    image_id: str
+    path: str
+    label: str
+    suggested_label: str
+    score: float = Field(description="0..1, higher = more likely mislabelled (1 - cleanlab label quality).")
+    flagged: bool = Field(description="cleanlab.find_label_issues counts it as a label issue.")
+    reasons: list[str] = Field(description="out_of_fold and/or duplicate_conflict.")
+
+
+class TracedOut(BaseModel):
+    image_id: str
+    path: str
+    label: str
+    votes: int = Field(description="How many misclassified images it pulls to its (wrong) class.")
+    suggested_label: str = Field(description="The most common true class of those images.")
 
 
 class PromoteResult(BaseModel):
@@ -339,6 +358,127 @@ class Bouncer:
         model = self.model
         report = evaluate_split(self.settings, self.store, model, split)
         return {**report.as_dict(), "model_version": model.version, "data_version": self.store.data_version()}
+
+    def _vectors(self, model: RegisteredModel, image_ids: list[str]) -> np.ndarray:
+        """Index vectors of known images (404 for unknown ids); images newer than the model are embedded now."""
+        with client_errors():
+            records = [self.store.get(image_id) for image_id in image_ids]
+        vectors = [model.index.vector_of(r.image_id) for r in records]
+        missing = [r for r, v in zip(records, vectors, strict=True) if v is None]
+        if missing:
+            fresh = iter(model.reduce(load_split(self.settings, missing, model.image_size)))
+            vectors = [next(fresh) if v is None else v for v in vectors]
+        return np.stack(vectors).astype(np.float32)
+
+    @bentoml.api
+    def suspects(self, k: Annotated[int, Field(ge=1, le=100_000)] = 50) -> list[SuspectOut]:
+        """Training images whose current label is probably wrong, best first, with a suggested label.
+
+        cleanlab label quality on the out-of-fold probabilities stored with the serving
+        version, plus exact/near duplicates that disagree. Current labels: a relabel
+        takes an image off the list at once.
+        """
+        model = self.model
+        if model.audit is None:
+            raise Conflict(
+                f"model version {model.version} has no out-of-fold probabilities "
+                "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
+            )
+        found = find_suspects(model.audit, self.store.images(split=self.settings.train_split), model.class_names)
+        return [
+            SuspectOut(
+                image_id=s.record.image_id,
+                path=s.record.path,
+                label=s.record.label,
+                suggested_label=s.suggested_label,
+                score=s.score,
+                flagged=s.flagged,
+                reasons=s.reasons,
+            )
+            for s in found[:k]
+        ]
+
+    @bentoml.api
+    def trace(
+        self,
+        image_ids: list[str] | None = None,
+        k: Annotated[int, Field(ge=1, le=100)] = 5,
+        limit: Annotated[int, Field(ge=1, le=100_000)] = 100,
+    ) -> list[TracedOut]:
+        """Training images that pull misclassified images to the wrong class, most votes first.
+
+        From ``image_ids`` (any split; each is traced towards the class the model
+        predicts for it), or by default from every misclassified test image. For each,
+        its ``k`` nearest training images labelled with the predicted class get a vote.
+        """
+        model = self.model
+        if image_ids:
+            with client_errors():
+                records = [self.store.get(image_id) for image_id in image_ids]
+            probabilities = model.classifier.predict(load_split(self.settings, records, model.image_size)).probabilities
+            errors = [
+                (r.image_id, model.class_names[int(p.argmax())], r.label)
+                for r, p in zip(records, probabilities, strict=True)
+            ]
+        else:
+            report = evaluate_split(self.settings, self.store, model, self.settings.test_split)
+            errors = [(m.image_id, m.predicted, m.label) for m in report.misclassified]
+        errors = [e for e in errors if e[1] != e[2]]  # an image the model gets right pulls nothing
+        if not errors:
+            return []
+        train = self.store.images(split=self.settings.train_split)
+        rows = model.index.rows_of([r.image_id for r in train])
+        train = [r for r, row in zip(train, rows, strict=True) if row >= 0]  # newer than the model: no vector
+        traced = trace_to_training(
+            self._vectors(model, [e[0] for e in errors]),
+            [e[1] for e in errors],
+            [e[2] for e in errors],
+            model.index.vectors[rows[rows >= 0]],
+            train,
+            model.class_names,
+            k=k,
+        )
+        return [
+            TracedOut(
+                image_id=t.record.image_id,
+                path=t.record.path,
+                label=t.record.label,
+                votes=t.votes,
+                suggested_label=t.suggested_label,
+            )
+            for t in traced[:limit]
+        ]
+
+    @bentoml.api
+    def expand(
+        self,
+        image_ids: Annotated[list[str], Field(min_length=1)],
+        k: Annotated[int, Field(ge=1, le=10_000)] = 20,
+        label: str | None = None,
+        split: str = "train",
+    ) -> list[Neighbour]:
+        """Next candidates after a confirmed set: the unreviewed images nearest to any of ``image_ids``.
+
+        Reviewed = touched by a relabel or undo. ``label`` keeps only images currently
+        labelled so (e.g. the wrong class the confirmed images carried).
+        """
+        model = self.model
+        self._check_split(split)
+        if label is not None and label not in (classes := self.store.classes()):
+            raise InvalidArgument(f"unknown label {label!r}; known classes: {', '.join(classes)}")
+        queries = self._vectors(model, image_ids)
+        skip = set(image_ids) | self.store.reviewed_image_ids()
+        candidates = [r for r in self.store.images(split=split, label=label) if r.image_id not in skip]
+        return [
+            Neighbour(
+                image_id=n.record.image_id,
+                path=n.record.path,
+                split=n.record.split,
+                label=n.record.label,
+                distance=n.distance,
+            )
+            for n in nearest_to_any(model.index, queries, candidates, k)
+        ]
 
     @bentoml.api
     def images(

@@ -57,6 +57,11 @@ class EmbeddingIndex:
         with np.load(path, allow_pickle=False) as data:
             return cls(data["image_ids"], data["splits"], data["vectors"])
 
+    def rows_of(self, image_ids: list[str]) -> np.ndarray:
+        """Row of each id in ``vectors``, -1 for ids the index does not hold."""
+        row = {image_id: i for i, image_id in enumerate(self.image_ids.tolist())}
+        return np.array([row.get(image_id, -1) for image_id in image_ids], dtype=np.int64)
+
     def vector_of(self, image_id: str) -> np.ndarray | None:
         hits = np.flatnonzero(self.image_ids == image_id)
         return self.vectors[hits[0]] if len(hits) else None

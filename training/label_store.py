@@ -343,6 +343,12 @@ class LabelStore:
                 raise UnknownImageError(f"unknown image_id {image_id!r}")
             return _record(row)
 
+    def reviewed_image_ids(self) -> set[str]:
+        """Images some relabel or undo has touched: a person already looked at them."""
+        query = select(ChangeRow.image_id).join(EventRow).where(EventRow.kind.in_(("relabel", "undo"))).distinct()
+        with self._session() as session:
+            return set(session.scalars(query))
+
     def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
         """Events newest first, optionally only those touching one image."""
         query = select(EventRow).order_by(EventRow.event_id.desc()).limit(limit)

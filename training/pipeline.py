@@ -195,6 +195,13 @@ def run_training(
             np.concatenate([train_predictions.embeddings, test_predictions.embeddings]),
         )
 
+        audit = None
+        if settings.out_of_fold_folds >= 2:
+            report_phase(
+                progress, sink, "out-of-fold", f"{settings.out_of_fold_folds} fold models for out-of-fold probabilities"
+            )
+            audit = _label_audit(settings, config, x_train, train_records, classes, train_predictions, progress, sink)
+
         report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
         metrics = {
             "test_accuracy": evaluation.accuracy,
@@ -222,9 +229,11 @@ def run_training(
                 "epochs_run": trained.epochs_run,
                 "mlflow_run_id": run.info.run_id,
                 "onnx_opset": onnx_model.opset_import[0].version,
+                "out_of_fold_folds": 0 if audit is None else audit.folds,
             },
             labels={"data_version": data_version},
             keras_model=keras_inference,
+            audit=audit,
         )
         mlflow.log_metrics({**metrics, **{f"parity_{k}": v for k, v in parity_figures.items()}})
         mlflow.set_tag("bentoml_tag", tag)
@@ -253,6 +262,43 @@ def run_training(
         metrics_file.write_text(json.dumps(result.summary(), indent=2, sort_keys=True) + "\n")
     report_phase(progress, sink, "registered", f"registered {tag}")
     return result
+
+
+def _label_audit(
+    settings: Settings,
+    config: Any,
+    x_train: np.ndarray,
+    records: list[ImageRecord],
+    classes: list[str],
+    in_sample: Any,
+    progress: TrainingProgress,
+    sink: ProgressSink,
+) -> Any:
+    from dataclasses import replace
+
+    from training.label_issues import LabelAudit, average_hash
+    from training.out_of_fold import out_of_fold_probabilities
+
+    fold_config = replace(config, epochs=settings.out_of_fold_epochs or config.epochs, verbose=0)
+    started = time.perf_counter()
+    probabilities = out_of_fold_probabilities(
+        x_train,
+        [r.label for r in records],
+        classes,
+        fold_config,
+        folds=settings.out_of_fold_folds,
+        progress=progress,
+        sink=sink,
+    )
+    log.info("out-of-fold probabilities in %.1fs", time.perf_counter() - started)
+    return LabelAudit(
+        image_ids=np.array([r.image_id for r in records]),
+        out_of_fold=probabilities,
+        in_sample=in_sample.probabilities,
+        average_hashes=np.array(average_hash(x_train)),
+        sha256s=np.array([r.sha256 for r in records]),
+        folds=settings.out_of_fold_folds,
+    )
 
 
 def evaluate_split(settings: Settings, store: LabelStore, model: RegisteredModel, split: str) -> EvaluationReport:

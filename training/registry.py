@@ -18,10 +18,12 @@ from sklearn.pipeline import Pipeline
 
 from training.embedder import EmbeddingIndex
 from training.inference import OnnxClassifier
+from training.label_issues import LabelAudit
 
 MODEL_FILE = "model.onnx"
 EMBEDDER_FILE = "embedder.joblib"
 INDEX_FILE = "index.npz"
+AUDIT_FILE = "label_audit.npz"  # out-of-fold probabilities etc. for finding label errors
 KERAS_FILE = "model.keras"  # the same weights in Keras, for fine-tuning and the naive-serving benchmark
 
 
@@ -34,6 +36,7 @@ class RegisteredModel:
     embedder: Pipeline
     index: EmbeddingIndex
     metadata: dict[str, Any]
+    audit: LabelAudit | None = None  # None for versions trained without out-of-fold probabilities
 
     @property
     def version(self) -> str:
@@ -61,6 +64,7 @@ def register_model(
     metadata: dict[str, Any],
     labels: dict[str, str] | None = None,
     keras_model: Any | None = None,
+    audit: LabelAudit | None = None,
 ) -> str:
     """Save a new version under ``name``; returns its tag ``name:version``."""
     for key in ("class_names", "image_size"):
@@ -72,6 +76,8 @@ def register_model(
         index.save(Path(model.path_of(INDEX_FILE)))
         if keras_model is not None:
             keras_model.save(model.path_of(KERAS_FILE))
+        if audit is not None:
+            audit.save(Path(model.path_of(AUDIT_FILE)))
     return str(model.tag)
 
 
@@ -84,7 +90,9 @@ def load_registered(tag: str, *, threads: int = 0) -> RegisteredModel:
     )
     embedder = joblib.load(model.path_of(EMBEDDER_FILE))
     index = EmbeddingIndex.load(Path(model.path_of(INDEX_FILE)))
-    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata)
+    audit_path = Path(model.path_of(AUDIT_FILE))
+    audit = LabelAudit.load(audit_path) if audit_path.is_file() else None
+    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata, audit)
 
 
 def keras_model_path(tag: str) -> Path:

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.9)
     early_stopping_patience: int = Field(3, ge=1)
     seed: int = 42
+    out_of_fold_folds: int = Field(
+        3, ge=0, le=20, description="k-fold models for out-of-fold probabilities (suspects); 0 or 1 skips them."
+    )
+    out_of_fold_epochs: int | None = Field(None, ge=1, description="Max epochs per fold model; default BOUNCER_EPOCHS.")
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")
     parity_tolerance: float = Field(

@@ -50,6 +50,23 @@ def test_model_store_round_trip(trained_demo: TrainedDemo) -> None:
     assert latest.version in {m.tag.version for m in list_versions("bouncer")}
 
 
+def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedDemo) -> None:
+    model = load_registered(trained_demo.result.tag)
+    assert model.audit is not None and model.audit.folds == trained_demo.settings.out_of_fold_folds >= 2
+    with open_store(trained_demo.settings) as store:
+        train = store.images(split="train")
+    assert sorted(model.audit.image_ids.tolist()) == sorted(r.image_id for r in train)
+    np.testing.assert_allclose(model.audit.out_of_fold.sum(axis=1), 1.0, atol=1e-5)
+    # held-out scores are not the final model's memory of its own training images
+    assert not np.allclose(model.audit.out_of_fold, model.audit.in_sample, atol=1e-3)
+    assert len(model.audit.average_hashes) == len(model.audit.sha256s) == len(train)
+
+
+def test_out_of_fold_can_be_switched_off(shapes_dataset, settings: Settings) -> None:
+    result = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=1)
+    assert load_registered(result.tag).audit is None
+
+
 def test_mlflow_run_has_params_metrics_artifacts_and_data_version(trained_demo: TrainedDemo) -> None:
     result = trained_demo.result
     client = MlflowClient(f"sqlite:///{trained_demo.settings.mlflow_dir / 'mlflow.db'}")
