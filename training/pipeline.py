@@ -19,7 +19,7 @@ import numpy as np
 from training.dataset import load_images, scan_folder
 from training.evaluate import EvaluationReport, evaluate_predictions
 from training.label_store import ImageRecord, LabelStore, SyncReport
-from training.progress import ProgressSink, TrainingProgress, ignore_progress
+from training.progress import PHASES, ProgressSink, TrainingProgress, ignore_progress
 from training.registry import RegisteredModel, load_registered
 from training.settings import Settings
 
@@ -322,6 +322,9 @@ def evaluate_registered(settings: Settings, tag: str, split: str) -> tuple[str, 
 
 
 def report_phase(progress: TrainingProgress, sink: ProgressSink, phase: str, message: str) -> None:
+    # clients switch on the phase names; a new phase must be added to the published list first
+    if phase not in PHASES:
+        raise ValueError(f"unknown training phase {phase!r}; add it to training.progress.PHASES")
     progress.phase, progress.message = phase, message
     log.info("%s: %s", phase, message)
     sink(progress)

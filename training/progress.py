@@ -24,6 +24,7 @@ PHASES = (
     "exporting",
     "evaluating",
     "embedding",
+    "out-of-fold",
     "registering",
     "registered",
     "comparing",
