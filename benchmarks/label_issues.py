@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
             f"in {len(train)} train images"
         )
         ours = [s.record.image_id for s in find_suspects(model.audit, train, classes)[:n]]
-        cleanlab_ranked = find_label_issues(labels, oof, return_indices_ranked_by="self_confidence")
+        cleanlab_ranked = find_label_issues(labels, oof, return_indices_ranked_by="self_confidence", n_jobs=1)
         cleanlab_all = [train[i].image_id for i in cleanlab_ranked]
         naive = [train[i.index].image_id for i in in_sample_ranking(labels, in_sample)[:n]]
         header = f"method (k = {n})"

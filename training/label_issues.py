@@ -39,7 +39,9 @@ def label_quality_ranking(labels: np.ndarray, pred_probs: np.ndarray) -> list[La
 
     quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
     try:
-        flagged = find_label_issues(labels, pred_probs, filter_by="prune_by_noise_rate")
+        # n_jobs=1: cleanlab otherwise forks a multiprocessing pool, which can deadlock inside a
+        # threaded server worker (seen: /suspects hung in a BentoML worker)
+        flagged = find_label_issues(labels, pred_probs, filter_by="prune_by_noise_rate", n_jobs=1)
     except ValueError:  # too few examples per class for confident learning's estimates
         flagged = np.zeros(len(labels), dtype=bool)
     suggested = pred_probs.argmax(axis=1)
