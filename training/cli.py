@@ -159,6 +159,49 @@ def evaluate(
     _print_json({"model": tag, **payload})
 
 
+@app.command()
+@_friendly
+def suspects(
+    k: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
+    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    flagged_only: Annotated[bool, typer.Option(help="Only those cleanlab flags as label issues.")] = False,
+) -> None:
+    """Training images whose current label is probably wrong, best first, with a suggested label.
+
+    cleanlab on the out-of-fold probabilities stored with the model version, plus
+    duplicates that disagree; the same ranking as the service's `suspects`.
+    """
+    from training.label_issues import find_suspects
+    from training.pipeline import open_store
+    from training.registry import load_registered
+
+    settings = _settings()
+    registered = load_registered(model or f"{settings.model_name}:latest")
+    if registered.audit is None:
+        raise ValueError(
+            f"model {registered.tag} has no out-of-fold probabilities "
+            "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
+        )
+    with open_store(settings) as store:
+        found = find_suspects(registered.audit, store.images(split=settings.train_split), registered.class_names)
+    if flagged_only:
+        found = [s for s in found if s.flagged]
+    _print_json(
+        [
+            {
+                "image_id": s.record.image_id,
+                "path": s.record.path,
+                "label": s.record.label,
+                "suggested_label": s.suggested_label,
+                "score": round(s.score, 4),
+                "flagged": s.flagged,
+                "reasons": s.reasons,
+            }
+            for s in found[:k]
+        ]
+    )
+
+
 @app.command("export-labels")
 @_friendly
 def export_labels(

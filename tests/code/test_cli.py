@@ -16,6 +16,7 @@ COMMANDS = [
     "import",
     "train",
     "evaluate",
+    "suspects",
     "export-labels",
     "relabel",
     "undo",

@@ -112,3 +112,23 @@ def test_mlflow_tracking_uri_from_the_environment_wins(settings: Settings, monke
     assert tracking_uri(settings) == f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tracking_uri(settings) == "http://mlflow.example:5000"
+
+
+def test_suspects_cli_ranks_train_images_of_the_stored_audit(
+    trained_demo: TrainedDemo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    trained_demo.apply(monkeypatch)
+    result = CliRunner().invoke(app, ["--quiet", "suspects", "--k", "7", "--model", trained_demo.result.tag])
+    assert result.exit_code == 0, result.output
+    suspects = json.loads(result.stdout)
+    assert len(suspects) == 7
+    assert [s["score"] for s in suspects] == sorted((s["score"] for s in suspects), reverse=True)
+    assert all(s["path"].startswith("train/") and s["label"] != s["suggested_label"] for s in suspects[:1])
+
+    flagged = CliRunner().invoke(app, ["--quiet", "suspects", "--k", "1000", "--flagged-only"])
+    assert flagged.exit_code == 0, flagged.output
+    assert all(s["flagged"] for s in json.loads(flagged.stdout))
