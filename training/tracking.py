@@ -46,23 +46,22 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
 
 
 def log_confusion_matrix(report: EvaluationReport, artifact_file: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no global backend switch, so a notebook that trains in-process
+    # keeps its inline plots, and nothing is left open.
     import numpy as np
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
     labels = report.confusion_matrix["labels"]
     size = max(4.0, 0.6 * len(labels) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
     ConfusionMatrixDisplay(np.array(report.confusion_matrix["matrix"]), display_labels=labels).plot(
         ax=axes, xticks_rotation=45, colorbar=False
     )
     axes.set_title(f"accuracy {report.accuracy:.3f} on {report.n} images")
     figure.tight_layout()
     mlflow.log_figure(figure, artifact_file)
-    plt.close(figure)
 
 
 def log_file(path: Path, artifact_path: str | None = None) -> None:
