@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
         )
 
     started = time.perf_counter()
-    after = run_training(settings, epochs=args.epochs)
+    # the retrained model is only scored, so it skips the out-of-fold models
+    after = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=args.epochs)
     print(f"retrained {after.tag} in {time.perf_counter() - started:.0f} s")
     print(
         f"\ntest accuracy: before {before.metrics['test_accuracy']:.4f} -> after {after.metrics['test_accuracy']:.4f} "
