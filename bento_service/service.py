@@ -102,9 +102,24 @@ class SuspectOut(BaseModel):
     path: str
     label: str
     suggested_label: str
-    score: float = Field(description="0..1, higher = more likely mislabelled (1 - cleanlab label quality).")
-    flagged: bool = Field(description="cleanlab.find_label_issues counts it as a label issue.")
-    reasons: list[str] = Field(description="out_of_fold and/or duplicate_conflict.")
+    score: float = Field(
+        description=(
+            "0..1, higher = more likely mislabelled: (flagged + 1 - label_quality) / 2, so above 0.5 exactly when "
+            "flagged; at least 0.9 for a duplicate whose label disagrees with its group."
+        )
+    )
+    flagged: bool = Field(
+        description="cleanlab.find_label_issues counts it as a label issue, or it disagrees with its duplicates."
+    )
+    label_quality: float = Field(
+        description="cleanlab self-confidence label quality on the out-of-fold probabilities (higher: likely right)."
+    )
+    reasons: list[str] = Field(
+        description=(
+            "out_of_fold (cleanlab flags it) and/or duplicate_conflict (an exact or near copy of it carries "
+            "another label; the one agreeing with the group's consensus keeps its score)."
+        )
+    )
 
 
 class TracedOut(BaseModel):
@@ -393,6 +408,7 @@ class Bouncer:
                 suggested_label=s.suggested_label,
                 score=s.score,
                 flagged=s.flagged,
+                label_quality=s.label_quality,
                 reasons=s.reasons,
             )
             for s in found[:k]

@@ -164,7 +164,9 @@ def evaluate(
 def suspects(
     k: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
     model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
-    flagged_only: Annotated[bool, typer.Option(help="Only those cleanlab flags as label issues.")] = False,
+    flagged_only: Annotated[
+        bool, typer.Option(help="Only the flagged ones (cleanlab's label issues, duplicates that disagree).")
+    ] = False,
 ) -> None:
     """Training images whose current label is probably wrong, best first, with a suggested label.
 
@@ -195,6 +197,7 @@ def suspects(
                 "suggested_label": s.suggested_label,
                 "score": round(s.score, 4),
                 "flagged": s.flagged,
+                "label_quality": round(s.label_quality, 4),
                 "reasons": s.reasons,
             }
             for s in found[:k]

@@ -3,8 +3,8 @@
 Three sources of evidence, each a pure function of arrays:
 
 - cleanlab's label quality on *out-of-fold* probabilities (confident learning);
-- duplicates that disagree: the same picture (exact bytes, or the same 8x8
-  average hash of the model input) carrying different labels;
+- duplicates that disagree: the same picture (exact bytes, or thumbnails of the
+  model input within a small distance) carrying different labels;
 - error tracing: the training neighbours, in the embedding space, of test images
   the model gets wrong, that carry the wrong class the model predicted.
 """
@@ -26,14 +26,21 @@ DUPLICATE_FLOOR = 0.9  # an image that disagrees with its own duplicate ranks at
 @dataclass(frozen=True)
 class LabelIssue:
     index: int  # position in the arrays given
-    score: float  # 0..1, higher = more likely mislabelled
+    score: float  # 0..1, higher = more likely mislabelled; above 0.5 exactly when flagged
     suggested: int  # class index
-    flagged: bool  # cleanlab.find_label_issues says it is an issue
+    flagged: bool  # cleanlab.find_label_issues (or a duplicate conflict) says it is an issue
+    quality: float  # cleanlab's self-confidence label quality, 0..1 (higher = label more likely right)
     reasons: list[str] = field(default_factory=list)
 
 
 def label_quality_ranking(labels: np.ndarray, pred_probs: np.ndarray) -> list[LabelIssue]:
-    """Every image, most suspicious first: score = 1 - cleanlab self-confidence label quality."""
+    """Every image, most suspicious first: cleanlab's flagged issues, then the rest, each by label quality.
+
+    cleanlab's verdict (confident learning: per-class thresholds and the estimated
+    noise rates) separates errors better than one global confidence cut, so it
+    decides the first part of the list; label quality orders within each part. The
+    score keeps that order readable: (flagged + 1 - quality) / 2.
+    """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -47,7 +54,12 @@ def label_quality_ranking(labels: np.ndarray, pred_probs: np.ndarray) -> list[La
     suggested = pred_probs.argmax(axis=1)
     issues = [
         LabelIssue(
-            i, float(1.0 - quality[i]), int(suggested[i]), bool(flagged[i]), ["out_of_fold"] if flagged[i] else []
+            i,
+            float((flagged[i] + 1.0 - quality[i]) / 2),
+            int(suggested[i]),
+            bool(flagged[i]),
+            float(quality[i]),
+            ["out_of_fold"] if flagged[i] else [],
         )
         for i in range(len(labels))
     ]
@@ -56,26 +68,46 @@ def label_quality_ranking(labels: np.ndarray, pred_probs: np.ndarray) -> list[La
 
 def in_sample_ranking(labels: np.ndarray, pred_probs: np.ndarray) -> list[LabelIssue]:
     """The naive baseline: 1 - the final model's own probability of the given label."""
-    scores = 1.0 - pred_probs[np.arange(len(labels)), labels]
+    quality = pred_probs[np.arange(len(labels)), labels]
     suggested = pred_probs.argmax(axis=1)
-    return sorted(
-        (LabelIssue(i, float(scores[i]), int(suggested[i]), False) for i in range(len(labels))),
-        key=lambda issue: -issue.score,
-    )
+    issues = [LabelIssue(i, float(1 - q), int(suggested[i]), False, float(q)) for i, q in enumerate(quality)]
+    return sorted(issues, key=lambda issue: -issue.score)
 
 
-def average_hash(images: np.ndarray, size: int = 8) -> list[str]:
-    """64-bit average hash per image (n, s, s, 3): equal for the same picture re-encoded or resized."""
-    gray = images.astype(np.float32).mean(axis=3)
-    n, s, _ = gray.shape
+def thumbnails(images: np.ndarray, size: int = 16) -> np.ndarray:
+    """(n, size*size) grey thumbnails of (n, s, s, 3) images, mean-centred.
+
+    Block means make them blind to re-encoding and resizing noise, centring to a
+    uniform brightness shift, so copies of one picture land within a small distance.
+    """
+    grey = images.astype(np.float32).mean(axis=3) / 255.0
+    n, s, _ = grey.shape
+    size = min(size, s)
     step = s // size
-    small = gray[:, : step * size, : step * size].reshape(n, size, step, size, step).mean(axis=(2, 4))
-    bits = small > small.mean(axis=(1, 2), keepdims=True)
-    return [np.packbits(b.ravel()).tobytes().hex() for b in bits]
+    small = grey[:, : step * size, : step * size].reshape(n, size, step, size, step).mean(axis=(2, 4)).reshape(n, -1)
+    return small - small.mean(axis=1, keepdims=True)
+
+
+def near_duplicate_groups(images: np.ndarray, *, tolerance: float) -> np.ndarray:
+    """Group id per image (-1: no near duplicate): connected components of thumbnails closer than ``tolerance``.
+
+    ``tolerance`` is an RMS difference in 0..1 grey levels (BOUNCER_NEAR_DUPLICATE_TOLERANCE).
+    """
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import NearestNeighbors
+
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.int64)
+    thumbs = thumbnails(images)
+    radius = tolerance * np.sqrt(thumbs.shape[1])
+    graph = NearestNeighbors(radius=radius).fit(thumbs).radius_neighbors_graph(thumbs, mode="connectivity")
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
+    return np.where(sizes[component] > 1, component, -1).astype(np.int64)
 
 
 def duplicate_conflicts(keys: Sequence[Sequence[str]], labels: Sequence[int]) -> list[list[int]]:
-    """Groups of indices that share any key (e.g. sha256 or average hash) but not one label."""
+    """Groups of indices that share any key (e.g. sha256 or near-duplicate group) but not one label."""
     parent = list(range(len(labels)))
 
     def find(i: int) -> int:
@@ -87,6 +119,8 @@ def duplicate_conflicts(keys: Sequence[Sequence[str]], labels: Sequence[int]) ->
     for key_column in keys:
         first_seen: dict[str, int] = {}
         for i, key in enumerate(key_column):
+            if not key:  # no key: in no group
+                continue
             if key in first_seen:
                 parent[find(i)] = find(first_seen[key])
             else:
@@ -97,19 +131,37 @@ def duplicate_conflicts(keys: Sequence[Sequence[str]], labels: Sequence[int]) ->
     return [g for g in groups.values() if len(g) > 1 and len({labels[i] for i in g}) > 1]
 
 
-def combine(ranking: list[LabelIssue], conflicts: list[list[int]]) -> list[LabelIssue]:
-    """The cleanlab ranking, with every member of a disagreeing duplicate group raised to DUPLICATE_FLOOR."""
-    in_conflict = {i for group in conflicts for i in group}
-    combined = [
-        LabelIssue(
-            issue.index,
-            max(issue.score, DUPLICATE_FLOOR) if issue.index in in_conflict else issue.score,
-            issue.suggested,
-            issue.flagged,
-            [*issue.reasons, "duplicate_conflict"] if issue.index in in_conflict else issue.reasons,
+def combine(
+    ranking: list[LabelIssue], conflicts: list[list[int]], labels: np.ndarray, pred_probs: np.ndarray
+) -> list[LabelIssue]:
+    """The cleanlab ranking, with the duplicates that disagree with their group's consensus raised.
+
+    The consensus of a group is the class its members' out-of-fold probabilities add
+    up to, not the majority label: a poisoned label copied onto many duplicates must
+    not outvote the pictures themselves. Members that agree with it keep their
+    score and only gain the reason, so a user sees the whole group.
+    """
+    consensus: dict[int, int] = {}
+    for group in conflicts:
+        agreed = int(pred_probs[group].sum(axis=0).argmax())
+        consensus.update(dict.fromkeys(group, agreed))
+    combined = []
+    for issue in ranking:
+        if issue.index not in consensus:
+            combined.append(issue)
+            continue
+        agreed = consensus[issue.index]
+        wrong = int(labels[issue.index]) != agreed
+        combined.append(
+            LabelIssue(
+                issue.index,
+                max(issue.score, DUPLICATE_FLOOR) if wrong else issue.score,
+                agreed if wrong else issue.suggested,
+                issue.flagged or wrong,
+                issue.quality,
+                [*issue.reasons, "duplicate_conflict"],
+            )
         )
-        for issue in ranking
-    ]
     return sorted(combined, key=lambda issue: -issue.score)
 
 
@@ -145,7 +197,7 @@ class LabelAudit:
     image_ids: np.ndarray  # (n,) train images, in training order
     out_of_fold: np.ndarray  # (n, K) probabilities from models that did not see the image
     in_sample: np.ndarray  # (n, K) probabilities from the final model (the naive baseline)
-    average_hashes: np.ndarray  # (n,) hex
+    duplicate_groups: np.ndarray  # (n,) near-duplicate group id, -1 for none (see near_duplicate_groups)
     sha256s: np.ndarray  # (n,) hex
     folds: int
 
@@ -155,7 +207,7 @@ class LabelAudit:
             image_ids=self.image_ids,
             out_of_fold=self.out_of_fold,
             in_sample=self.in_sample,
-            average_hashes=self.average_hashes,
+            duplicate_groups=self.duplicate_groups,
             sha256s=self.sha256s,
             folds=np.int64(self.folds),
         )
@@ -167,7 +219,8 @@ class LabelAudit:
                 data["image_ids"],
                 data["out_of_fold"],
                 data["in_sample"],
-                data["average_hashes"],
+                # audits from before near-duplicate groups: exact (sha256) duplicates only
+                data["duplicate_groups"] if "duplicate_groups" in data.files else np.full(len(data["image_ids"]), -1),
                 data["sha256s"],
                 int(data["folds"]),
             )
@@ -179,6 +232,7 @@ class Suspect:
     suggested_label: str
     score: float
     flagged: bool
+    label_quality: float
     reasons: list[str]
 
 
@@ -195,11 +249,15 @@ def find_suspects(audit: LabelAudit, records: Sequence[ImageRecord], class_names
     rows = np.array([row_of[r.image_id] for r in known])
     class_index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([class_index[r.label] for r in known])
-    ranking = label_quality_ranking(labels, audit.out_of_fold[rows])
-    conflicts = duplicate_conflicts([[r.sha256 for r in known], audit.average_hashes[rows].tolist()], labels.tolist())
+    pred_probs = audit.out_of_fold[rows]
+    ranking = label_quality_ranking(labels, pred_probs)
+    groups = [str(g) if g >= 0 else "" for g in audit.duplicate_groups[rows].tolist()]
+    conflicts = duplicate_conflicts([[r.sha256 for r in known], groups], labels.tolist())
     return [
-        Suspect(known[issue.index], class_names[issue.suggested], issue.score, issue.flagged, issue.reasons)
-        for issue in combine(ranking, conflicts)
+        Suspect(
+            known[issue.index], class_names[issue.suggested], issue.score, issue.flagged, issue.quality, issue.reasons
+        )
+        for issue in combine(ranking, conflicts, labels, pred_probs)
     ]
 
 

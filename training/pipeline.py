@@ -276,7 +276,7 @@ def _label_audit(
 ) -> Any:
     from dataclasses import replace
 
-    from training.label_issues import LabelAudit, average_hash
+    from training.label_issues import LabelAudit, near_duplicate_groups
     from training.out_of_fold import out_of_fold_probabilities
 
     fold_config = replace(config, epochs=settings.out_of_fold_epochs or config.epochs, verbose=0)
@@ -295,7 +295,7 @@ def _label_audit(
         image_ids=np.array([r.image_id for r in records]),
         out_of_fold=probabilities,
         in_sample=in_sample.probabilities,
-        average_hashes=np.array(average_hash(x_train)),
+        duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
     )

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     out_of_fold_folds: int = Field(
         3, ge=0, le=20, description="k-fold models for out-of-fold probabilities (suspects); 0 or 1 skips them."
     )
+    near_duplicate_tolerance: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Max RMS difference (0..1 grey levels) of 16x16 thumbnails for two train images to count as the same "
+            "picture. On the demo data a JPEG re-encode (q75), a 3x resize or a +15 brightness shift stays under "
+            "0.03; the closest distinct pictures are 0.05 and more apart. 0 keeps only identical thumbnails."
+        ),
+    )
     out_of_fold_epochs: int | None = Field(None, ge=1, description="Max epochs per fold model; default BOUNCER_EPOCHS.")
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")

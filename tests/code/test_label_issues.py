@@ -9,11 +9,11 @@ from training.embedder import EmbeddingIndex
 from training.label_issues import (
     DUPLICATE_FLOOR,
     LabelAudit,
-    average_hash,
     duplicate_conflicts,
     find_suspects,
     in_sample_ranking,
     label_quality_ranking,
+    near_duplicate_groups,
     trace_to_training,
 )
 from training.label_store import ImageRecord
@@ -46,6 +46,25 @@ def test_cleanlab_ranking_puts_the_flipped_labels_first() -> None:
     assert flagged and flagged <= set(flipped)  # cleanlab's verdict: conservative, never a clean image here
     assert all(issue.reasons == (["out_of_fold"] if issue.flagged else []) for issue in ranking)
     assert [issue.score for issue in ranking] == sorted((issue.score for issue in ranking), reverse=True)
+    assert all((issue.score > 0.5) == issue.flagged for issue in ranking)
+
+
+def test_cleanlab_flagged_issues_rank_above_unflagged_ones_of_lower_quality() -> None:
+    # class 0 is hard: the model gives all of it a low probability, so one global cut would
+    # call every class-0 label wrong; confident learning's per-class thresholds see that
+    # it is the flipped class-1 image that stands out, though its quality is not the lowest
+    rng = np.random.default_rng(3)
+    true = np.repeat([0, 1, 2], 60)
+    given = true.copy()
+    given[70] = 2
+    probs = _confident_probs(true, rng)
+    probs[:60] = [0.05, 0.5, 0.45]
+    probs[70] = [0.02, 0.9, 0.08]
+    ranking = label_quality_ranking(given, probs)
+    flagged = [issue for issue in ranking if issue.flagged]
+    assert [issue.index for issue in flagged] == [70]
+    assert ranking[0].index == 70
+    assert ranking[0].quality > min(issue.quality for issue in ranking)
 
 
 def test_in_sample_ranking_misses_what_the_model_memorised() -> None:
@@ -55,29 +74,38 @@ def test_in_sample_ranking_misses_what_the_model_memorised() -> None:
     assert scores == pytest.approx([0.02] * 4)  # every label looks right to the model that learned them
 
 
-def test_average_hash_matches_a_resized_copy_not_a_different_picture() -> None:
+def _pictures(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth random pictures (blocky, like downscaled photos), uint8 (n, 32, 32, 3)."""
+    coarse = rng.integers(0, 255, size=(n, 8, 8, 1))
+    return np.repeat(np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2), 3, axis=3).astype(np.uint8)
+
+
+def test_near_duplicates_group_copies_of_a_picture_not_different_pictures() -> None:
     rng = np.random.default_rng(1)
-    picture = rng.integers(0, 255, size=(32, 32, 3)).astype(np.uint8)
-    brighter = np.clip(picture.astype(int) + 10, 0, 255).astype(np.uint8)
-    other = rng.integers(0, 255, size=(32, 32, 3)).astype(np.uint8)
-    a, b, c = average_hash(np.stack([picture, brighter, other]))
-    assert a == b != c
+    a, b, c = _pictures(rng, 3)
+    brighter = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    noisy = np.clip(a.astype(int) + rng.integers(-3, 4, size=a.shape), 0, 255).astype(np.uint8)
+    groups = near_duplicate_groups(np.stack([a, b, brighter, c, noisy, b]), tolerance=0.03)
+    assert groups[0] == groups[2] == groups[4] >= 0  # a, its brighter and noisy copies
+    assert groups[1] == groups[5] >= 0 and groups[1] != groups[0]  # b twice
+    assert groups[3] == -1  # c alone
+    assert (near_duplicate_groups(np.stack([a, brighter]), tolerance=0.0) == -1).all()
 
 
 def test_duplicate_conflicts_join_any_shared_key_and_skip_agreeing_groups() -> None:
-    sha = ["x", "x", "y", "z", "w", "w"]
-    near = ["h1", "h2", "h3", "h3", "h4", "h5"]
-    labels = [0, 1, 0, 2, 1, 1]
+    sha = ["x", "x", "y", "z", "w", "w", "", ""]
+    near = ["h1", "h2", "h3", "h3", "h4", "h5", "", ""]
+    labels = [0, 1, 0, 2, 1, 1, 0, 1]
     groups = duplicate_conflicts([sha, near], labels)
-    assert sorted(sorted(g) for g in groups) == [[0, 1], [2, 3]]  # 4 and 5 agree
+    assert sorted(sorted(g) for g in groups) == [[0, 1], [2, 3]]  # 4 and 5 agree; 6 and 7 have no key
 
 
-def _audit(records: list[ImageRecord], oof: np.ndarray, hashes: list[str]) -> LabelAudit:
+def _audit(records: list[ImageRecord], oof: np.ndarray, groups: list[int]) -> LabelAudit:
     return LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
         out_of_fold=oof,
         in_sample=oof,
-        average_hashes=np.array(hashes),
+        duplicate_groups=np.array(groups),
         sha256s=np.array([r.sha256 for r in records]),
         folds=3,
     )
@@ -89,15 +117,21 @@ def test_find_suspects_uses_current_labels_and_duplicates() -> None:
     records = [_record(i, CLASSES[t]) for i, t in enumerate(true)]
     records[5] = _record(5, "dog")  # a cat labelled dog
     records[40] = _record(40, "fox", sha="sha041")  # same bytes as 41 (a dog), other label
-    hashes = [f"h{i}" for i in range(len(records))]
-    audit = _audit(records, _confident_probs(true, rng), hashes)
+    groups = [-1] * len(records)
+    groups[70], groups[71], groups[72] = 7, 7, 7  # near copies of one fox picture ...
+    records[72] = _record(72, "cat")  # ... one of them labelled cat
+    audit = _audit(records, _confident_probs(true, rng), groups)
 
     suspects = find_suspects(audit, records, CLASSES)
     by_id = {s.record.image_id: s for s in suspects}
-    assert suspects[0].record.image_id in {"id005", "id040"}
-    assert by_id["id005"].suggested_label == "cat" and by_id["id005"].score > 0.8
-    assert "duplicate_conflict" in by_id["id040"].reasons and by_id["id040"].score >= DUPLICATE_FLOOR
-    assert "duplicate_conflict" in by_id["id041"].reasons  # which of the two is wrong is the user's call
+    assert {s.record.image_id for s in suspects[:3]} == {"id005", "id040", "id072"}
+    assert by_id["id005"].suggested_label == "cat" and by_id["id005"].label_quality < 0.2
+    for wrong, should_be in [("id040", "dog"), ("id072", "fox")]:
+        assert "duplicate_conflict" in by_id[wrong].reasons and by_id[wrong].score >= DUPLICATE_FLOOR
+        assert by_id[wrong].suggested_label == should_be and by_id[wrong].flagged
+    for right in ["id041", "id070", "id071"]:  # in the group, agreeing with what the pictures show
+        assert "duplicate_conflict" in by_id[right].reasons
+        assert by_id[right].score < 0.5 and not by_id[right].flagged
 
     fixed = [_record(5, "cat") if r.image_id == "id005" else r for r in records]
     after = {s.record.image_id: s for s in find_suspects(audit, fixed, CLASSES)}
@@ -106,7 +140,7 @@ def test_find_suspects_uses_current_labels_and_duplicates() -> None:
 
 def test_find_suspects_skips_images_newer_than_the_audit() -> None:
     records = [_record(i, "cat") for i in range(3)]
-    audit = _audit(records[:2], np.full((2, 3), 1 / 3), ["a", "b"])
+    audit = _audit(records[:2], np.full((2, 3), 1 / 3), [-1, -1])
     assert {s.record.image_id for s in find_suspects(audit, records, CLASSES)} == {"id000", "id001"}
 
 

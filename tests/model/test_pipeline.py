@@ -59,7 +59,7 @@ def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedD
     np.testing.assert_allclose(model.audit.out_of_fold.sum(axis=1), 1.0, atol=1e-5)
     # held-out scores are not the final model's memory of its own training images
     assert not np.allclose(model.audit.out_of_fold, model.audit.in_sample, atol=1e-3)
-    assert len(model.audit.average_hashes) == len(model.audit.sha256s) == len(train)
+    assert len(model.audit.duplicate_groups) == len(model.audit.sha256s) == len(train)
 
 
 def test_out_of_fold_can_be_switched_off(shapes_dataset, settings: Settings) -> None:

@@ -33,7 +33,8 @@ def test_suspects_rank_current_train_labels_and_follow_a_relabel(server: str, un
     suspects = _ok(server, "suspects", {"k": 20})
     assert len(suspects) == 20
     assert [s["score"] for s in suspects] == sorted((s["score"] for s in suspects), reverse=True)
-    assert {"image_id", "path", "label", "suggested_label", "score"} <= set(suspects[0])
+    assert {"image_id", "path", "label", "suggested_label", "score", "flagged", "label_quality"} <= set(suspects[0])
+    assert all((s["score"] > 0.5) == s["flagged"] for s in suspects)  # flagged issues come first
     assert all(s["path"].startswith("train/") and 0.0 <= s["score"] <= 1.0 for s in suspects)
 
     top = next(s for s in suspects if s["suggested_label"] != s["label"])
