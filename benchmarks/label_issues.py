@@ -125,22 +125,24 @@ def run(args: argparse.Namespace) -> None:
             f"\nplanted errors: {n} ({len(impostors)} impostors, {n - len(impostors)} random noise) "
             f"in {len(train)} train images"
         )
-        ours = [s.record.image_id for s in find_suspects(model.audit, train, classes)[:n]]
+        ours = [s.record.image_id for s in find_suspects(model.audit, train, classes)]
         cleanlab_ranked = find_label_issues(labels, oof, return_indices_ranked_by="self_confidence", n_jobs=1)
         cleanlab_all = [train[i].image_id for i in cleanlab_ranked]
-        naive = [train[i.index].image_id for i in in_sample_ranking(labels, in_sample)[:n]]
-        header = f"method (k = {n})"
-        print(f"\n{header:<48} precision  recall  impostors found  noise found")
+        naive = [train[i.index].image_id for i in in_sample_ranking(labels, in_sample)]
+        m = len(cleanlab_all)  # plain cleanlab's list is only as long as what it flags: compare there too
+        header = "method (first k of its ranking)"
+        print(f"\n{header:<52} precision  recall  impostors found  noise found")
         for name, found in [
-            ("Bouncer suspects (cleanlab on OOF + duplicates)", ours),
-            (f"plain cleanlab find_label_issues ({len(cleanlab_all)} flagged)", cleanlab_all),
-            ("plain cleanlab, first k of its ranking", cleanlab_all[:n]),
-            ("in-sample confidence (final model)", naive),
+            (f"Bouncer suspects (cleanlab on OOF + duplicates), k={n}", ours[:n]),
+            (f"plain cleanlab find_label_issues, all {m} it flags", cleanlab_all),
+            (f"in-sample confidence (final model), k={n}", naive[:n]),
+            (f"Bouncer suspects, k={m}", ours[:m]),
+            (f"in-sample confidence, k={m}", naive[:m]),
         ]:
             p, r = precision_recall(found, planted)
             imp = len(set(found) & impostors)
             noise = len(set(found) & (planted - impostors))
-            print(f"{name:<48} {p:9.3f} {r:7.3f} {imp:8d}/{len(impostors):<6d} {noise:6d}/{n - len(impostors)}")
+            print(f"{name:<52} {p:9.3f} {r:7.3f} {imp:8d}/{len(impostors):<6d} {noise:6d}/{n - len(impostors)}")
 
         report = evaluate_split(settings, store, model, settings.test_split)
         errors = report.misclassified
