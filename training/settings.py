@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.9)
-    early_stopping_patience: int = Field(3, ge=1)
+    early_stopping_patience: int = Field(
+        3, ge=1, description="Epochs without val_loss improvement before stopping; checked from half the budget on."
+    )
     seed: int = 42
     out_of_fold_folds: int = Field(
         3, ge=0, le=20, description="k-fold models for out-of-fold probabilities (suspects); 0 or 1 skips them."

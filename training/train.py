@@ -1,4 +1,4 @@
-"""Fit the CNN: a cached tf.data pipeline, augmentation, validation split, early stopping."""
+"""Fit the CNN: a cached tf.data pipeline, augmentation, validation split, cosine decay, early stopping."""
 
 from __future__ import annotations
 
@@ -116,17 +116,24 @@ def train_classifier(
     monitor = "val_loss" if validation is not None else "loss"
 
     model = build_classifier(len(class_names), config.image_size)
+    # Cosine decay over the whole epoch budget: the last epochs take small steps, so the
+    # weights that get exported have settled (with a flat rate and ReduceLROnPlateau,
+    # validation accuracy swung by 0.1-0.2 between late epochs on the demo data)
+    steps = int(np.ceil(len(x_train) / config.batch_size)) * config.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     callbacks: list[keras.callbacks.Callback] = [
+        # not in the first half: while the rate is high, validation is noisy and a
+        # stop there would keep an unsettled model
         keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=config.early_stopping_patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=0.5, patience=max(1, config.early_stopping_patience - 1)
+            monitor=monitor,
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+            start_from_epoch=config.epochs // 2,
         ),
         *extra_callbacks,
     ]
