@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 
 from bento_service.classifier import Classifier
 from bento_service.live_model import LiveModel
+from bento_service.request_guard import RequestGuard
 from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
 from training.dataset import resolve_inside
 from training.images import ImageError, load_model_input
@@ -582,4 +583,16 @@ class TrainGate:
         return None
 
 
+def _api_fields() -> dict[str, frozenset[str]]:
+    """Each POST route and the field names its endpoint takes (a task also at its /submit route)."""
+    fields: dict[str, frozenset[str]] = {}
+    for api in Bouncer.apis.values():
+        names = frozenset(api.input_spec.model_fields)
+        fields[api.route] = names
+        if api.is_task:
+            fields[f"{api.route}/submit"] = names
+    return fields
+
+
 Bouncer.add_asgi_middleware(TrainGate)
+Bouncer.add_asgi_middleware(RequestGuard, fields=_api_fields(), max_body_bytes=_STARTUP.max_request_bytes)

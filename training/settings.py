@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Service worker processes (they share the label store).")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads are refused with 413.")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Larger request bodies are refused with 413 before they are read (predict_batch sends several).",
+    )
     api_token: str | None = Field(
         None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."
     )

@@ -28,6 +28,9 @@ def free_port() -> int:
 
 
 SERVICE = "bento_service.service:Bouncer"
+# Small caps on the shared server so the size refusals are tested without megabytes of uploads.
+UPLOAD_CAP = 200_000
+REQUEST_CAP = 1_000_000
 
 
 @contextmanager
@@ -86,5 +89,6 @@ def stop_process_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(trained_demo, tmp_path_factory.mktemp("server")) as url:
+    caps = {"BOUNCER_MAX_UPLOAD_BYTES": str(UPLOAD_CAP), "BOUNCER_MAX_REQUEST_BYTES": str(REQUEST_CAP)}
+    with running_server(trained_demo, tmp_path_factory.mktemp("server"), **caps) as url:
         yield url

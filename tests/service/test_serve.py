@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
+import zlib
 from collections import Counter
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TrainedDemo
+from tests.service.conftest import REQUEST_CAP, UPLOAD_CAP
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +78,46 @@ def test_32_concurrent_clients_all_get_answers(server: str, trained_demo: Traine
         assert answer["confidence"] == pytest.approx(single["confidence"], abs=1e-5)
 
 
-def test_predict_refuses_what_is_not_an_image(server: str) -> None:
-    response = httpx.post(
-        f"{server}/predict", files={"image": ("x.png", b"not an image at all", "image/png")}, timeout=30
-    )
-    assert 400 <= response.status_code < 500
-    assert "not an image" in response.text
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width x height (a decompression bomb in a few bytes)."""
+    data = bytearray(_encoded(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 12  # 8-byte signature, 4-byte chunk length, then b"IHDR" + width + height + ...
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+def _bad_uploads() -> list:
+    png = _encoded(Image.new("RGB", (32, 32), (200, 30, 30)), "PNG")
+    return [
+        pytest.param({"image": ("x.png", b"not an image at all", "image/png")}, 400, "not an image", id="not-an-image"),
+        pytest.param({"image": ("x.png", b"", "image/png")}, 400, "empty", id="empty"),
+        pytest.param({"image": ("x.png", png[: len(png) // 2], "image/png")}, 400, "truncated", id="truncated"),
+        pytest.param({"image": ("bomb.png", _png_claiming(7000, 7000), "image/png")}, 400, "pixels", id="bomb"),
+        pytest.param({"image": ("x.txt", b"hello", "text/plain")}, 400, "content type", id="text-upload"),
+        pytest.param({"file": ("x.png", png, "image/png")}, 400, "unknown field 'file'", id="wrong-field"),
+        pytest.param({"image": ("x.png", png + bytes(UPLOAD_CAP), "image/png")}, 413, "limit", id="over-upload-cap"),
+        pytest.param({"image": ("x.png", png + bytes(REQUEST_CAP), "image/png")}, 413, "limit", id="over-body-cap"),
+    ]
+
+
+@pytest.mark.parametrize("endpoint", ["predict", "similar_image"])
+@pytest.mark.parametrize(("files", "status", "message"), _bad_uploads())
+def test_bad_uploads_get_a_4xx_naming_the_problem(
+    server: str, endpoint: str, files: dict, status: int, message: str
+) -> None:
+    response = httpx.post(f"{server}/{endpoint}", files=files, timeout=30)
+    assert response.status_code == status, response.text
+    assert message in response.text.lower() or message in response.text
+
+
+def test_json_fields_an_endpoint_does_not_take_are_refused(server: str) -> None:
+    """A typo must not silently fall back to a default (here: searching every class)."""
+    image_id = httpx.post(f"{server}/images", json={"split": "test", "limit": 1}, timeout=30).json()[0]["image_id"]
+    response = httpx.post(f"{server}/similar", json={"image_id": image_id, "lable": "cat"}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert "unknown field 'lable'" in response.text and "label" in response.text
+    assert httpx.post(f"{server}/similar", json={"image_id": image_id, "label": "cat"}, timeout=30).status_code == 200
 
 
 def test_evaluate_matches_the_training_report(server: str, trained_demo: TrainedDemo) -> None:

@@ -51,12 +51,13 @@ def test_relabel_history_undo_over_http(server: str, trained_demo: TrainedDemo) 
         ({"image_ids": [], "label": "cat"}, 400, "image_ids"),
         ({"image_ids": ["x"], "label": "bunny"}, 400, "bunny"),
         ({"images": ["x"], "label": "cat"}, 400, "image_ids"),
+        ({"image_ids": ["x"], "label": "cat", "reasn": "typo"}, 400, "unknown field 'reasn'"),
     ],
 )
 def test_bad_relabels_are_4xx_and_change_nothing(
     server: str, trained_demo: TrainedDemo, payload: dict, status: int, message: str
 ) -> None:
-    if payload.get("label") == "bunny":
+    if payload.get("image_ids") == ["x"]:  # a real image, so only the named problem can refuse it
         payload["image_ids"] = [_post(server, "images", {"limit": 1}).json()[0]["image_id"]]
     labels_csv = trained_demo.settings.data_dir / "labels.csv"
     before = labels_csv.read_text()
