@@ -24,6 +24,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from bento_service.classifier import Classifier
+from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard
 from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
@@ -595,4 +596,5 @@ def _api_fields() -> dict[str, frozenset[str]]:
 
 
 Bouncer.add_asgi_middleware(TrainGate)
+Bouncer.add_asgi_middleware(ErrorBodyFix)
 Bouncer.add_asgi_middleware(RequestGuard, fields=_api_fields(), max_body_bytes=_STARTUP.max_request_bytes)

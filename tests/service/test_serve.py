@@ -109,6 +109,7 @@ def test_bad_uploads_get_a_4xx_naming_the_problem(
     response = httpx.post(f"{server}/{endpoint}", files=files, timeout=30)
     assert response.status_code == status, response.text
     assert message in response.text.lower() or message in response.text
+    assert isinstance(response.json().get("error"), str), "4xx bodies are one object {error: ...}"
 
 
 def test_json_fields_an_endpoint_does_not_take_are_refused(server: str) -> None:

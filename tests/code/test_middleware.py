@@ -1,4 +1,4 @@
-"""RequestGuard in front of a real ASGI app: unknown fields refused, oversized bodies cut off, the rest untouched."""
+"""Our ASGI middlewares in front of a real Starlette app: field and size guards, error-body shape."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bento_service.error_body import ErrorBodyFix
 from bento_service.request_guard import RequestGuard
 
 FIELDS = {"/predict": frozenset({"image"}), "/similar": frozenset({"image_id", "k", "label"})}
@@ -82,3 +83,23 @@ def test_paths_it_does_not_guard_and_unparseable_bodies_pass_through() -> None:
     assert post("/open", content=b"x" * (CAP + 1)).status_code == 200  # the cap is for guarded routes
     broken = post("/similar", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 200 and broken.json()["size"] == len(b"{not json")
+
+
+def test_error_body_fix_unwraps_listed_4xx_errors_only() -> None:
+    async def bodies(request: Request) -> JSONResponse:
+        status = int(request.query_params["status"])
+        listed = request.query_params.get("listed") == "1"
+        return JSONResponse([{"error": "unknown image_id 'x'"}] if listed else {"ok": True}, status_code=status)
+
+    app = ErrorBodyFix(Starlette(routes=[Route("/", bodies, methods=["GET"])]))
+
+    async def get(query: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.get(f"/?{query}")
+
+    fixed = asyncio.run(get("status=404&listed=1"))
+    assert fixed.status_code == 404
+    assert fixed.json() == {"error": "unknown image_id 'x'"}
+    assert int(fixed.headers["content-length"]) == len(fixed.content)
+    assert asyncio.run(get("status=200&listed=1")).json() == [{"error": "unknown image_id 'x'"}]  # a 200 is data
+    assert asyncio.run(get("status=400")).json() == {"ok": True}
