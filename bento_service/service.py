@@ -551,10 +551,16 @@ class Bouncer:
             return [asdict(e) for e in self.store.history(image_id=image_id, limit=limit)]
 
 
-class TrainGate:
-    """Refuse /train/submit at once (401, 409): errors raised inside a task only show in /train/get."""
+class WriteGate:
+    """Answer a write without a valid token (401) or a second training (409) before BentoML does.
 
-    PATHS = frozenset({"/train", "/train/submit", "/train/retry"})
+    Errors raised inside a task only show in /train/get, and BentoML replaces every 401
+    message with "Authorization error"; here the answer says what is missing. The
+    endpoints keep their own token check as well.
+    """
+
+    TRAIN_PATHS = frozenset({"/train", "/train/submit", "/train/retry"})
+    WRITE_PATHS = TRAIN_PATHS | {"/relabel", "/undo", "/promote"}
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -562,21 +568,22 @@ class TrainGate:
         self.runner = TrainRunner(self.settings)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.PATHS:
-            refusal = self._refusal(Headers(scope=scope))
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.WRITE_PATHS:
+            refusal = self._refusal(scope["path"], Headers(scope=scope))
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, headers: Headers) -> JSONResponse | None:
+    def _refusal(self, path: str, headers: Headers) -> JSONResponse | None:
         token = self.settings.api_token
         if token and headers.get("authorization", "") != f"Bearer {token}":
             return JSONResponse(
-                {"error": "train needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"},
+                {"error": f"{path} needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"},
                 status_code=HTTPStatus.UNAUTHORIZED,
+                headers={"WWW-Authenticate": "Bearer"},
             )
-        if self.runner.is_running():
+        if path in self.TRAIN_PATHS and self.runner.is_running():
             return JSONResponse(
                 {"error": "a training is already running; watch it with train_progress"},
                 status_code=HTTPStatus.CONFLICT,
@@ -595,6 +602,6 @@ def _api_fields() -> dict[str, frozenset[str]]:
     return fields
 
 
-Bouncer.add_asgi_middleware(TrainGate)
+Bouncer.add_asgi_middleware(WriteGate)
 Bouncer.add_asgi_middleware(ErrorBodyFix)
 Bouncer.add_asgi_middleware(RequestGuard, fields=_api_fields(), max_body_bytes=_STARTUP.max_request_bytes)

@@ -97,7 +97,9 @@ def test_api_token_guards_writes_only(trained_demo: TrainedDemo, tmp_path: Path)
     with running_server(trained_demo, tmp_path, BOUNCER_API_TOKEN="s3cret") as url:
         image_id = _post(url, "images", {"limit": 1}).json()[0]["image_id"]  # reads stay open
         payload = {"image_ids": [image_id], "label": "cat"}
-        assert _post(url, "relabel", payload).status_code == 401
+        refused = _post(url, "relabel", payload)
+        assert refused.status_code == 401
+        assert "Authorization: Bearer" in refused.json()["error"]  # says what is missing
         assert _post(url, "relabel", payload, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert _post(url, "undo", {"event_id": 1}).status_code == 401
         ok = _post(url, "relabel", payload, headers={"Authorization": "Bearer s3cret"})
