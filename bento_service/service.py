@@ -8,6 +8,7 @@ batched ``Classifier`` dependency; everything else is a call into ``training``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,6 +172,11 @@ class TrainingError(BentoMLException):
     error_code = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+def authorized(token: str | None, authorization: str) -> bool:
+    """No token configured, or the header carries it (compared in constant time)."""
+    return not token or hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
 @contextmanager
 def client_errors() -> Iterator[None]:
     """Turn the label store's domain errors into 4xx answers that name the problem."""
@@ -207,8 +213,7 @@ class Bouncer:
 
     def _require_token(self, ctx: bentoml.Context) -> None:
         """Writes need the bearer token when BOUNCER_API_TOKEN is set; reads stay open."""
-        token = self.settings.api_token
-        if token and ctx.request.headers.get("authorization", "") != f"Bearer {token}":
+        if not authorized(self.settings.api_token, ctx.request.headers.get("authorization", "")):
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'")
 
     def _check_split(self, split: str) -> None:
@@ -576,8 +581,7 @@ class WriteGate:
         await self.app(scope, receive, send)
 
     def _refusal(self, path: str, headers: Headers) -> JSONResponse | None:
-        token = self.settings.api_token
-        if token and headers.get("authorization", "") != f"Bearer {token}":
+        if not authorized(self.settings.api_token, headers.get("authorization", "")):
             return JSONResponse(
                 {"error": f"{path} needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"},
                 status_code=HTTPStatus.UNAUTHORIZED,
