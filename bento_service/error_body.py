@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 
 from bento_service.request_guard import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,8 +32,8 @@ class ErrorBodyFix:
         async def send_fixed(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(raw=list(message.get("headers", [])))
-                if 400 <= message["status"] < 500 and headers.get("content-type", "").startswith("application/json"):
+                # every 2xx passes straight on: only a 4xx has its headers read
+                if 400 <= message["status"] < 500 and is_json(Headers(raw=message.get("headers", []))):
                     start = message  # hold it: the body (and its length) may change
                     return
             elif message["type"] == "http.response.body" and start is not None:
@@ -49,6 +49,10 @@ class ErrorBodyFix:
             await send(message)
 
         await self.app(scope, receive, send_fixed)
+
+
+def is_json(headers: Headers) -> bool:
+    return headers.get("content-type", "").startswith("application/json")
 
 
 def unwrapped(body: bytes) -> bytes:
