@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from bento_service.classifier import Classifier
 from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
-from bento_service.request_guard import RequestGuard
+from bento_service.request_guard import RequestGuard, RouteInput
 from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
 from training.dataset import resolve_inside
 from training.images import ImageError, load_model_input
@@ -42,6 +42,8 @@ from training.similarity import nearest_neighbours, nearest_to_any
 log = logging.getLogger("bentoml.bouncer")
 
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
+# Largest integer SQLite and PostgreSQL (BIGINT) take: a larger id or offset overflowed in the driver (a 500).
+DB_INT_MAX = 2**63 - 1
 
 
 class Prediction(BaseModel):
@@ -509,7 +511,7 @@ class Bouncer:
         split: str | None = None,
         label: str | None = None,
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
-        offset: Annotated[int, Field(ge=0)] = 0,
+        offset: Annotated[int, Field(ge=0, le=DB_INT_MAX)] = 0,
     ) -> list[ImageInfo]:
         """List images with their ids and curated labels, sorted by path."""
         records = self.store.images(split=split, label=label, limit=limit, offset=offset)
@@ -540,7 +542,7 @@ class Bouncer:
         return RelabelResult.of(result)
 
     @bentoml.api
-    def undo(self, event_id: int, ctx: bentoml.Context) -> RelabelResult:
+    def undo(self, event_id: Annotated[int, Field(ge=1, le=DB_INT_MAX)], ctx: bentoml.Context) -> RelabelResult:
         """Revert one event (refused with 409 if a later event changed the same images)."""
         self._require_token(ctx)
         with client_errors():
@@ -595,17 +597,17 @@ class WriteGate:
         return None
 
 
-def _api_fields() -> dict[str, frozenset[str]]:
-    """Each POST route and the field names its endpoint takes (a task also at its /submit route)."""
-    fields: dict[str, frozenset[str]] = {}
+def _api_routes() -> dict[str, RouteInput]:
+    """Each POST route and what its endpoint takes (a task also at its /submit route)."""
+    routes: dict[str, RouteInput] = {}
     for api in Bouncer.apis.values():
-        names = frozenset(api.input_spec.model_fields)
-        fields[api.route] = names
+        spec = RouteInput(frozenset(api.input_spec.model_fields), frozenset(api.input_spec.multipart_fields))
+        routes[api.route] = spec
         if api.is_task:
-            fields[f"{api.route}/submit"] = names
-    return fields
+            routes[f"{api.route}/submit"] = spec
+    return routes
 
 
 Bouncer.add_asgi_middleware(WriteGate)
 Bouncer.add_asgi_middleware(ErrorBodyFix)
-Bouncer.add_asgi_middleware(RequestGuard, fields=_api_fields(), max_body_bytes=_STARTUP.max_request_bytes)
+Bouncer.add_asgi_middleware(RequestGuard, routes=_api_routes(), max_body_bytes=_STARTUP.max_request_bytes)

@@ -1,4 +1,4 @@
-"""Our ASGI middlewares in front of a real Starlette app: field and size guards, error-body shape."""
+"""Our ASGI middlewares in front of a real Starlette app: body, field and size guards, error-body shape."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bento_service.error_body import ErrorBodyFix
-from bento_service.request_guard import RequestGuard
+from bento_service.request_guard import MAX_JSON_DEPTH, RequestGuard, RouteInput, json_depth
 
-FIELDS = {"/predict": frozenset({"image"}), "/similar": frozenset({"image_id", "k", "label"})}
-CAP = 10_000
+ROUTES = {
+    "/predict": RouteInput(frozenset({"image"}), files=frozenset({"image"})),
+    "/similar": RouteInput(frozenset({"image_id", "k", "label"})),
+}
+CAP = 200_000  # room for the deeply nested and many-part bodies below
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -26,8 +29,8 @@ async def echo(request: Request) -> JSONResponse:
 
 
 APP = RequestGuard(
-    Starlette(routes=[Route(path, echo, methods=["POST"]) for path in [*FIELDS, "/open"]]),
-    fields=FIELDS,
+    Starlette(routes=[Route(path, echo, methods=["POST"]) for path in [*ROUTES, "/open"]]),
+    routes=ROUTES,
     max_body_bytes=CAP,
 )
 
@@ -78,11 +81,78 @@ def test_bodies_over_the_cap_are_refused_declared_or_streamed() -> None:
     assert "limit" in streamed.json()["error"]
 
 
-def test_paths_it_does_not_guard_and_unparseable_bodies_pass_through() -> None:
+def test_paths_it_does_not_guard_pass_through() -> None:
     assert post("/open", json={"anything": 1}).status_code == 200
     assert post("/open", content=b"x" * (CAP + 1)).status_code == 200  # the cap is for guarded routes
-    broken = post("/similar", content=b"{not json", headers={"content-type": "application/json"})
-    assert broken.status_code == 200 and broken.json()["size"] == len(b"{not json")
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"image_id": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"\xff\xfe", "invalid JSON"),
+        (b"[1, 2]", "must be an object"),
+        (b'"http://169.254.169.254/latest"', "must be an object"),
+        (_nested(MAX_JSON_DEPTH + 1), "nested deeper"),
+        (_nested(1000), "nested deeper"),  # json.loads raises RecursionError here: the request was never answered
+        (_nested(90_000), "nested deeper"),
+    ],
+)
+def test_json_bodies_that_are_not_a_flat_object_are_refused(body: bytes, message: str) -> None:
+    response = post("/similar", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    body = _nested(MAX_JSON_DEPTH - 1)
+    assert json_depth(__import__("json").loads(body)) == MAX_JSON_DEPTH
+    assert post("/similar", content=body, headers={"content-type": "application/json"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"data": {"image": "http://127.0.0.1:9/secret"}},  # urlencoded: BentoML would download it
+        {"json": "http://127.0.0.1:9/secret"},  # a JSON string body: the same
+        {"content": b"\x89PNG", "headers": {"content-type": "image/png"}},
+        {"content": b"\x89PNG"},
+    ],
+)
+def test_upload_routes_take_only_multipart(kwargs: dict) -> None:
+    response = post("/predict", **kwargs)
+    assert response.status_code == 415, response.text
+    assert "multipart/form-data" in response.json()["error"] and "'image'" in response.json()["error"]
+
+
+def test_a_text_value_in_a_file_field_is_refused() -> None:
+    """BentoML treats a text value in a file field as a URL and fetches it server-side (SSRF)."""
+    form = httpx.Request("POST", "http://test/predict", files={"x": ("x.png", b"1")}, data={"image": "http://a/b"})
+    body = form.read()
+    response = post("/predict", content=body, headers={"content-type": form.headers["content-type"]})
+    assert response.status_code == 400
+    assert "must be a file upload" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        ("multipart/form-data", b"--x\r\n", "boundary"),
+        (
+            "multipart/form-data; boundary=B",
+            b"".join(b'--B\r\nContent-Disposition: form-data; name="k"\r\n\r\n1\r\n' for _ in range(1001)) + b"--B--",
+            "Too many fields",
+        ),
+    ],
+)
+def test_malformed_forms_get_a_400_naming_the_problem(content_type: str, body: bytes, message: str) -> None:
+    response = post("/similar", content=body, headers={"content-type": content_type})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
 
 
 def test_error_body_fix_unwraps_listed_4xx_errors_only() -> None:
