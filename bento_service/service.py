@@ -21,14 +21,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import BaseModel, Field
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 
 from bento_service.classifier import Classifier
 from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard, RouteInput
-from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
+from bento_service.train_runner import NotRunning, TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
 from training.dataset import resolve_inside
 from training.images import ImageError, load_model_input
 from training.label_issues import find_suspects, trace_to_training
@@ -356,9 +356,12 @@ class Bouncer:
         Watch it with ``train_progress``. Only one training runs at a time (409).
         """
         self._require_token(ctx)
+        task_id = getattr(ctx.request.state, "task_id", None)
         try:
-            result = await self.trainer.run(epochs=epochs, force=force, serving_tag=self.model.tag, actor="api")
-        except TrainingBusy as exc:
+            result = await self.trainer.run(
+                epochs=epochs, force=force, serving_tag=self.model.tag, actor="api", task_id=task_id
+            )
+        except (TrainingBusy, TrainingCanceled) as exc:
             raise Conflict(str(exc)) from exc
         except TrainingFailed as exc:
             log.error("training failed: %s", exc)
@@ -561,13 +564,16 @@ class Bouncer:
 class WriteGate:
     """Answer a write without a valid token (401) or a second training (409) before BentoML does.
 
-    Errors raised inside a task only show in /train/get, and BentoML replaces every 401
-    message with "Authorization error"; here the answer says what is missing. The
-    endpoints keep their own token check as well.
+    Every method on a write path is gated: BentoML's own ``PUT /train/cancel`` needed no
+    token and only flipped the task's status while the training went on. Here a cancel
+    stops the training child. Errors raised inside a task only show in /train/get, and
+    BentoML replaces every 401 message with "Authorization error"; here the answer says
+    what is missing. The endpoints keep their own token check as well.
     """
 
     TRAIN_PATHS = frozenset({"/train", "/train/submit", "/train/retry"})
-    WRITE_PATHS = TRAIN_PATHS | {"/relabel", "/undo", "/promote"}
+    CANCEL_PATH = "/train/cancel"
+    WRITE_PATHS = TRAIN_PATHS | {CANCEL_PATH, "/relabel", "/undo", "/promote"}
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -575,10 +581,12 @@ class WriteGate:
         self.runner = TrainRunner(self.settings)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.WRITE_PATHS:
-            refusal = self._refusal(scope["path"], Headers(scope=scope))
-            if refusal is not None:
-                await refusal(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in self.WRITE_PATHS:
+            answer = self._refusal(scope["path"], Headers(scope=scope))
+            if answer is None and scope["path"] == self.CANCEL_PATH:
+                answer = await self._cancel(scope)
+            if answer is not None:
+                await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -595,6 +603,18 @@ class WriteGate:
                 status_code=HTTPStatus.CONFLICT,
             )
         return None
+
+    async def _cancel(self, scope: dict[str, Any]) -> JSONResponse:
+        """Stop the training of ``?task_id=``: 200 once its process is gone, 409 if it is not running."""
+        if scope["method"] != "PUT":
+            return JSONResponse({"error": f"{self.CANCEL_PATH} takes PUT"}, status_code=HTTPStatus.METHOD_NOT_ALLOWED)
+        task_id = QueryParams(scope.get("query_string", b"")).get("task_id")
+        if not task_id:
+            return JSONResponse({"error": "task_id is required"}, status_code=HTTPStatus.BAD_REQUEST)
+        try:
+            return JSONResponse(await asyncio.to_thread(self.runner.cancel, task_id))
+        except NotRunning as exc:
+            return JSONResponse({"error": str(exc)}, status_code=HTTPStatus.CONFLICT)
 
 
 def _api_routes() -> dict[str, RouteInput]:

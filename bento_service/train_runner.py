@@ -7,12 +7,15 @@ worker started after a crash, gives the same answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 import training
 from training.progress import TrainingProgress, write_json_atomic
@@ -23,6 +26,7 @@ SOURCE_ROOT = Path(training.__file__).resolve().parents[1]  # where `python -m t
 
 
 ACQUIRE_ATTEMPTS = 5
+CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
 
 class TrainingBusy(RuntimeError):
@@ -33,6 +37,14 @@ class TrainingFailed(RuntimeError):
     pass
 
 
+class TrainingCanceled(TrainingFailed):
+    pass
+
+
+class NotRunning(LookupError):
+    """No running training has the task id a cancel named."""
+
+
 class TrainRunner:
     def __init__(self, settings: Settings) -> None:
         self.files = JobFiles.of(settings)
@@ -40,8 +52,10 @@ class TrainRunner:
     def is_running(self) -> bool:
         return TrainingLock(self.files.lock).is_held_elsewhere()
 
-    async def run(self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str) -> dict[str, Any]:
-        """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed."""
+    async def run(
+        self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str, task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed / TrainingCanceled."""
         lock = TrainingLock(self.files.lock)
         # is_running() probes by taking the lock for a moment: retry briefly so a probe is not a "busy"
         for _ in range(ACQUIRE_ATTEMPTS):
@@ -67,6 +81,7 @@ class TrainRunner:
                 child = await asyncio.create_subprocess_exec(
                     *command, cwd=SOURCE_ROOT, env=env, stdout=log, stderr=log, pass_fds=(lock.fd,)
                 )
+                write_json_atomic(self.files.job, {"run_id": run_id, "task_id": task_id, "pid": child.pid})
                 code = await child.wait()
         finally:
             lock.release()
@@ -75,12 +90,38 @@ class TrainRunner:
             error = f"the training process exited with code {code} without a result"
             write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
             raise TrainingFailed(f"{error}\n{self._log_tail()}")
+        if outcome["state"] == "canceled":
+            raise TrainingCanceled(outcome["error"])
         if outcome["state"] != "succeeded":
             raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
         return outcome["result"]
 
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
+
+        NotRunning if no training runs, or the running one belongs to another task.
+        """
+        job = read_json(self.files.job) or {}
+        if not self.is_running() or job.get("task_id") != task_id:
+            raise NotRunning(f"no running training has task_id {task_id!r}")
+        try:
+            child = psutil.Process(int(job["pid"]))
+            if str(job.get("run_id")) not in child.cmdline():  # the pid was reused: not our child
+                raise psutil.NoSuchProcess(child.pid)
+            processes = [child, *child.children(recursive=True)]  # e.g. a `bentoml build` it started
+        except psutil.NoSuchProcess:
+            raise NotRunning(f"the training of task {task_id!r} has already ended") from None
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=CANCEL_GRACE_S)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        return {"task_id": task_id, "run_id": job.get("run_id"), "status": "canceled"}
+
     def status(self) -> dict[str, Any]:
-        """Progress of the current or last run with ``state``: idle, running, succeeded or failed."""
+        """Progress of the current or last run with ``state``: idle, running, succeeded, failed or canceled."""
         progress = read_json(self.files.progress)
         if progress is None:
             return {"state": "idle", "message": "no training has run yet"}

@@ -8,7 +8,11 @@ Files in ``Settings.runtime_dir``:
   holder dies, so "is a training running?" never goes stale.
 - ``train_progress.json``: the latest :class:`TrainingProgress`, plus ``run_id``.
 - ``train_result.json``: ``{run_id, state: succeeded|failed, result|error}``.
+- ``train_job.json``: ``{run_id, task_id, pid}`` of the running child, so any worker can cancel it.
 - ``train.log``: the child's stdout/stderr.
+
+SIGTERM (a cancel) ends the child through :class:`TrainingCanceled`: the MLflow run is
+closed as failed and the result reads ``canceled``; nothing is promoted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -28,18 +33,29 @@ from training.progress import JsonFileProgress, write_json_atomic
 from training.settings import Settings, get_settings
 
 
+class TrainingCanceled(BaseException):
+    """Raised in the child by SIGTERM; a BaseException so no ``except Exception`` swallows it."""
+
+
 @dataclass(frozen=True)
 class JobFiles:
     lock: Path
     progress: Path
     result: Path
     log: Path
+    job: Path
 
     @classmethod
     def of(cls, settings: Settings) -> JobFiles:
         root = settings.runtime_dir
         root.mkdir(parents=True, exist_ok=True)
-        return cls(root / "train.lock", root / "train_progress.json", root / "train_result.json", root / "train.log")
+        return cls(
+            root / "train.lock",
+            root / "train_progress.json",
+            root / "train_result.json",
+            root / "train.log",
+            root / "train_job.json",
+        )
 
 
 class TrainingLock:
@@ -96,10 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     sink = JsonFileProgress(files.progress, extra={"run_id": args.run_id})
     from training.retrain import retrain
 
+    def cancel(signum: int, _frame: object) -> None:
+        raise TrainingCanceled(f"canceled by request (signal {signum})")
+
+    signal.signal(signal.SIGTERM, cancel)
     try:
         result = retrain(
             settings, serving_tag=args.serving_tag, epochs=args.epochs, force=args.force, actor=args.actor, sink=sink
         )
+    except TrainingCanceled as exc:
+        write_json_atomic(files.result, {"run_id": args.run_id, "state": "canceled", "error": str(exc)})
+        return 1
     except Exception as exc:
         traceback.print_exc()
         write_json_atomic(

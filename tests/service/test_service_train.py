@@ -157,6 +157,8 @@ def test_token_guards_train_and_promote(deployment: Deployment) -> None:
         assert "BOUNCER_API_TOKEN" in refused.text
         promote = _post(url, "promote", {"version": deployment.original_version}, headers=headers)
         assert promote.status_code == 401, promote.text
+        cancel = httpx.put(f"{url}/train/cancel", params={"task_id": "x"}, headers=headers, timeout=30)
+        assert cancel.status_code == 401, cancel.text  # BentoML's own cancel route needed no token
     time.sleep(1)  # a training that slipped through would have written its progress by now
     after = _progress(url)
     assert after["state"] != "running"
@@ -274,3 +276,54 @@ def test_the_rebuilt_bento_serves_the_new_version(
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == result["model_version"] != newer.split(":")[1]
         assert _serving(url) == [result["model_version"]]
+
+
+def _wait_for(condition: Any, what: str, timeout: float = TRAIN_TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def test_cancel_stops_the_training_and_changes_nothing(deployment: Deployment, training: TrainingRun) -> None:
+    from mlflow.tracking import MlflowClient
+
+    url = deployment.url
+    serving, versions = _serving(url), {m["version"] for m in _post(url, "models", {}).json()}
+    submit = httpx.post(f"{url}/train/submit", json={"epochs": 200, "force": True}, headers=AUTH, timeout=30)
+    assert submit.status_code == 200, submit.text
+    task_id = submit.json()["task_id"]
+    _wait_for(lambda: (p := _progress(url))["state"] == "running" and p["phase"] == "training", "the training phase")
+
+    assert httpx.put(f"{url}/train/cancel", params={"task_id": task_id}, timeout=30).status_code == 401
+    other = httpx.put(f"{url}/train/cancel", params={"task_id": "not-this-one"}, headers=AUTH, timeout=30)
+    assert other.status_code == 409 and _progress(url)["state"] == "running"
+    canceled = httpx.put(f"{url}/train/cancel", params={"task_id": task_id}, headers=AUTH, timeout=60)
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+
+    status = _wait_for(
+        lambda: (
+            (s := httpx.get(f"{url}/train/status", params={"task_id": task_id}, timeout=30).json())["status"]
+            not in {"pending", "in_progress"}
+            and s
+        ),
+        "the task to end",
+        timeout=60,
+    )
+    assert status["status"] == "failed"
+    assert "canceled" in httpx.get(f"{url}/train/get", params={"task_id": task_id}, timeout=30).json()["error"]
+    progress = _progress(url)
+    assert progress["state"] == "canceled" and "canceled" in progress["error"]
+    assert _serving(url) == serving
+    assert {m["version"] for m in _post(url, "models", {}).json()} == versions  # nothing half-registered
+    client = MlflowClient(f"sqlite:///{deployment.root / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("bouncer").experiment_id, order_by=["start_time DESC"])
+    assert runs[0].info.status == "FAILED" and all(r.info.status != "RUNNING" for r in runs)
+
+    again = httpx.post(f"{url}/train/submit", json={"epochs": 1}, headers=AUTH, timeout=30)
+    assert again.status_code == 200, again.text  # the lock went with the canceled child
+    _wait_for(lambda: _progress(url)["phase"] in PHASES, "the next training's child to start", timeout=60)
+    stop = httpx.put(f"{url}/train/cancel", params={"task_id": again.json()["task_id"]}, headers=AUTH, timeout=60)
+    assert stop.status_code == 200, stop.text
