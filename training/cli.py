@@ -71,25 +71,49 @@ def _print_json(payload: Any) -> None:
 @app.command("demo-data")
 @_friendly
 def demo_data(
+    kind: Annotated[
+        str, typer.Option(help="silhouettes: 10,000 28x28 animal-mnist drawings; photos: real photographs.")
+    ] = "silhouettes",
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
-    impostor_source: Annotated[str, typer.Option(help="Class whose look-alikes get the wrong label.")] = "dog",
-    impostor_target: Annotated[str, typer.Option(help="The wrong label they get.")] = "cat",
-    impostor_count: Annotated[int, typer.Option(min=0, help="How many look-alikes are mislabelled.")] = 250,
+    impostor_source: Annotated[
+        str, typer.Option(help="silhouettes: class whose look-alikes get the wrong label.")
+    ] = "dog",
+    impostor_target: Annotated[str, typer.Option(help="silhouettes: the wrong label they get.")] = "cat",
+    impostor_count: Annotated[
+        int, typer.Option(min=0, help="silhouettes: how many look-alikes are mislabelled.")
+    ] = 250,
     noise: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Fraction of train images given a random wrong label.")
+        float, typer.Option(min=0.0, max=0.5, help="silhouettes: fraction of train images given a random wrong label.")
     ] = 0.05,
-    test_per_class: Annotated[int, typer.Option(min=1)] = 200,
-    per_class: Annotated[int | None, typer.Option(min=2, help="Keep only N images per class (small demos).")] = None,
+    test_per_class: Annotated[int, typer.Option(min=1, help="silhouettes: clean test images per class.")] = 200,
+    per_class: Annotated[
+        int | None, typer.Option(min=2, help="silhouettes: keep only N images per class (small demos).")
+    ] = None,
+    copies: Annotated[int, typer.Option(min=2, help="photos: train copies of each photograph.")] = 40,
+    poisoned_photo: Annotated[str, typer.Option(help="photos: the photograph whose train copies are mislabelled.")] = (
+        "astronaut"
+    ),
+    poisoned_label: Annotated[str, typer.Option(help="photos: the wrong label they get.")] = "space",
     force: Annotated[bool, typer.Option(help="Replace existing train/test folders.")] = False,
 ) -> None:
-    """Write the poisoned animal-mnist demo dataset into DATA_DIR."""
-    from training.demo_data import DemoSpec, write_demo_dataset
-
+    """Write a poisoned demo dataset into DATA_DIR: animal silhouettes (default) or real photos."""
     settings = _settings()
-    spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
-    poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
+    if kind == "photos":
+        from training.demo_photos import PhotoDemoSpec, write_photo_dataset
+
+        photo_spec = PhotoDemoSpec(
+            seed, train_copies=copies, poisoned_photo=poisoned_photo, poisoned_label=poisoned_label
+        )
+        poisoned = write_photo_dataset(settings.data_dir, photo_spec, force=force)
+    elif kind == "silhouettes":
+        from training.demo_data import DemoSpec, write_demo_dataset
+
+        spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
+        poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
+    else:
+        raise ValueError(f"unknown demo kind {kind!r}; use silhouettes or photos")
     typer.echo(
-        f"wrote demo data to {settings.data_dir} ({len(poisoned)} poisoned train labels, "
+        f"wrote {kind} demo data to {settings.data_dir} ({len(poisoned)} poisoned train labels, "
         f"ground truth in {settings.data_dir / 'ground_truth.csv'})"
     )
 
