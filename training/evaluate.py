@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ class EvaluationReport:
     per_class: dict[str, ClassScore]
     confusion_matrix: dict[str, Any]  # {"labels": [...], "matrix": [[...]]}, rows = true label
     misclassified: list[Misclassified] = field(default_factory=list)
+    baseline_accuracy: float = 0.0  # always answering the most common label
+    beats_baseline: bool = False
+    warning: str | None = None  # set when the model is no better than that: its embedding is noise too
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,9 +80,11 @@ def evaluate_predictions(
     matrix = confusion_matrix(true_names, predicted_names, labels=all_labels)
     wrong = np.flatnonzero(predicted != targets)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]  # most confident mistakes first
+    accuracy = float(np.mean(predicted == targets))
+    baseline = majority_baseline(labels)
     return EvaluationReport(
         n=n,
-        accuracy=float(np.mean(predicted == targets)),
+        accuracy=accuracy,
         loss=loss,
         per_class={
             name: ClassScore(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
@@ -88,4 +94,25 @@ def evaluate_predictions(
         misclassified=[
             Misclassified(image_ids[i], paths[i], labels[i], predicted_names[i], float(confidence[i])) for i in wrong
         ],
+        baseline_accuracy=baseline,
+        beats_baseline=accuracy > baseline,
+        warning=weak_model_warning(accuracy, baseline),
+    )
+
+
+def majority_baseline(labels: Sequence[str]) -> float:
+    """Accuracy of always answering the most common label: what a model must beat to have learnt anything."""
+    if not labels:
+        return 0.0
+    return max(Counter(labels).values()) / len(labels)
+
+
+def weak_model_warning(accuracy: float, baseline: float) -> str | None:
+    """A sentence for people when the model is no better than the majority class, else None."""
+    if accuracy > baseline:
+        return None
+    return (
+        f"the model is no better than always answering the most common label (accuracy {accuracy:.3f} <= "
+        f"{baseline:.3f}): it has not learnt these classes, and its embedding is noise, so similar/trace/suspects "
+        "are not worth reviewing; check the data and the recipe (more epochs, BOUNCER_BACKBONE) and retrain"
     )

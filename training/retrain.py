@@ -35,15 +35,19 @@ class RetrainResult:
     data_version: str
     mlflow_run_id: str
     epochs_run: int
+    beats_baseline: bool | None  # test accuracy above always answering the most common label; None without test
+    warning: str | None  # for people: the new model is no better than that baseline, or there was no test split
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def should_promote(new: float, serving: float | None, *, force: bool) -> tuple[bool, str]:
+def should_promote(new: float | None, serving: float | None, *, force: bool) -> tuple[bool, str]:
     """Promote when forced, when nothing serves yet, or when the new score is not worse."""
     if force:
         return True, "promoted (forced)"
+    if new is None:
+        return False, f"not promoted: no test split to measure {GATE_METRIC} on (use force to promote anyway)"
     if serving is None:
         return True, "promoted (no model was serving)"
     if new >= serving:
@@ -78,7 +82,7 @@ def retrain(
             report = evaluate_split(settings, store, serving, settings.test_split)
             previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": float(report.n)}
         promoted, message = should_promote(
-            trained.metrics[GATE_METRIC],
+            trained.metrics.get(GATE_METRIC),
             None if previous_metrics is None else previous_metrics[GATE_METRIC],
             force=force,
         )
@@ -109,6 +113,8 @@ def retrain(
         data_version=trained.data_version,
         mlflow_run_id=trained.mlflow_run_id,
         epochs_run=trained.epochs_run,
+        beats_baseline=trained.evaluation.beats_baseline if trained.evaluation.n else None,
+        warning=trained.evaluation.warning if trained.evaluation.n else "no test split: the model was not evaluated",
     )
 
 

@@ -32,3 +32,16 @@ def test_a_label_the_model_never_saw_counts_as_an_error() -> None:
     assert report.accuracy == 0.0
     assert np.isfinite(report.loss)
     assert "zebra" in report.confusion_matrix["labels"]
+
+
+def test_a_model_no_better_than_the_majority_label_is_flagged() -> None:
+    labels = ["cat"] * 8 + ["dog"] * 2
+    always_cat = np.tile([0.9, 0.1], (10, 1))
+    report = evaluate_predictions(always_cat, labels, ["cat", "dog"], image_ids=list("abcdefghij"), paths=["p"] * 10)
+    assert report.accuracy == pytest.approx(0.8) == report.baseline_accuracy
+    assert report.beats_baseline is False
+    assert report.warning is not None and "most common label" in report.warning
+
+    right = np.array([[0.9, 0.1]] * 8 + [[0.1, 0.9]] * 2)
+    good = evaluate_predictions(right, labels, ["cat", "dog"], image_ids=list("abcdefghij"), paths=["p"] * 10)
+    assert good.beats_baseline is True and good.warning is None

@@ -15,10 +15,12 @@ from training.retrain import should_promote
         (0.91, 0.9, False, True, "0.9100 >= 0.9000"),
         (0.9, 0.9, False, True, "0.9000 >= 0.9000"),
         (0.89, 0.9, False, False, "not promoted"),
+        (None, 0.9, False, False, "no test split"),
+        (None, None, True, True, "forced"),
     ],
-    ids=["forced", "no-serving-model", "better", "equal", "worse"],
+    ids=["forced", "no-serving-model", "better", "equal", "worse", "no-test-split", "no-test-split-forced"],
 )
-def test_should_promote(new: float, serving: float | None, force: bool, promoted: bool, message: str) -> None:
+def test_should_promote(new: float | None, serving: float | None, force: bool, promoted: bool, message: str) -> None:
     decision, why = should_promote(new, serving, force=force)
     assert decision is promoted
     assert message in why
