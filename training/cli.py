@@ -151,14 +151,14 @@ def train(
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
     from training.pipeline import run_training
-    from training.progress import JsonFileProgress, ignore_progress
+    from training.progress import JsonFileProgress, LogProgress, fan_out
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
+    sink = LogProgress(log)  # a line per phase, epoch and out-of-fold model
     result = run_training(
         settings,
         epochs=epochs,
-        verbose=1 if sys.stdout.isatty() else 2,
-        sink=JsonFileProgress(progress_file) if progress_file else ignore_progress,
+        sink=fan_out(sink, JsonFileProgress(progress_file)) if progress_file else sink,
         metrics_file=metrics_file,
     )
     _print_json(result.summary())
@@ -338,6 +338,7 @@ def serve(
 ) -> None:
     """Get ready and serve: demo data if none, import, first training if no model, then `bentoml serve`."""
     from training.pipeline import import_dataset, open_store, run_training
+    from training.progress import LogProgress
     from training.registry import list_versions
 
     settings = _settings()
@@ -352,7 +353,7 @@ def serve(
         import_dataset(settings, store)
     if not list_versions(settings.model_name):
         typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
-        result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
+        result = run_training(settings, epochs=epochs, sink=LogProgress(log))
         typer.echo(json.dumps(result.summary(), indent=2))
     beside_python = Path(sys.executable).with_name("bentoml")  # this venv's, even when it is not activated
     bentoml = str(beside_python) if beside_python.exists() else shutil.which("bentoml") or "bentoml"

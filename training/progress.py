@@ -8,6 +8,7 @@ atomically to a JSON file, which the service (or ``watch cat``) can read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -54,6 +55,26 @@ ProgressSink = Callable[[TrainingProgress], None]
 
 def ignore_progress(_: TrainingProgress) -> None:
     return None
+
+
+class LogProgress:
+    """Sink that logs each update as one line: every phase, epoch and out-of-fold model shows in a console."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def __call__(self, progress: TrainingProgress) -> None:
+        self.logger.info("%s: %s", progress.phase, progress.message)
+
+
+def fan_out(*sinks: ProgressSink) -> ProgressSink:
+    """One sink that passes every update to each of ``sinks``."""
+
+    def sink(progress: TrainingProgress) -> None:
+        for each in sinks:
+            each(progress)
+
+    return sink
 
 
 class JsonFileProgress:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.progress import JsonFileProgress, write_json_atomic
+from training.progress import JsonFileProgress, LogProgress, fan_out, write_json_atomic
 from training.settings import Settings, get_settings
 
 
@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(settings.train_niceness)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     files = JobFiles.of(settings)
-    sink = JsonFileProgress(files.progress, extra={"run_id": args.run_id})
+    sink = fan_out(
+        JsonFileProgress(files.progress, extra={"run_id": args.run_id}), LogProgress(logging.getLogger("bouncer"))
+    )
     from training.retrain import retrain
 
     def cancel(signum: int, _frame: object) -> None:
