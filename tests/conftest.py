@@ -29,6 +29,8 @@ def isolated_env(root: Path) -> dict[str, str]:
         "BOUNCER_DATA_DIR": str(root / "data"),
         "BOUNCER_MLFLOW_DIR": str(root / "mlruns"),
         "BOUNCER_IMAGE_SIZE": "32",
+        # tests train on a few dozen images for an epoch or two: no floor of 600 steps
+        "BOUNCER_MIN_TRAIN_STEPS": "0",
     }
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf2onnx
 
 from training.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, OnnxClassifier
+from training.model import all_layers
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,38 @@ class ParityReport:
 def export_onnx(inference: keras.Model, image_size: int) -> onnx.ModelProto:
     """Convert with an explicit input signature (Keras 3 models have no saved spec)."""
     signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)]
+    _constant_normalization(inference)
 
     @tf.function(input_signature=signature)
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return inference(image, training=False)
 
-    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET)
+    # tf2onnx's transpose optimizer trips over MobileNetV3's scalar additions (hard-swish) and logs a
+    # traceback, then carries on without that optimisation: the graph stays right (the parity check runs next)
+    optimizer_log = logging.getLogger("tf2onnx.optimizer")
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET)
+    finally:
+        optimizer_log.setLevel(level)
     outputs = {o.name for o in model_proto.graph.output}
     if outputs != {OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING}:
         raise ParityError(f"exported graph has outputs {sorted(outputs)}")
     onnx.checker.check_model(model_proto)
     return model_proto
+
+
+def _constant_normalization(model: keras.Model) -> None:
+    """Make Normalization layers' mean/variance numpy arrays, so tracing embeds them as constants.
+
+    EfficientNet's input Normalization keeps them as eager tensors computed once; a
+    tf.function captures those as *inputs*, and the ONNX graph then asked for
+    ``.../normalization/Sub/y:0`` and ``.../Sqrt/x:0`` at inference.
+    """
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.Normalization) and getattr(layer, "mean", None) is not None:
+            layer.mean, layer.variance = np.asarray(layer.mean), np.asarray(layer.variance)
 
 
 def check_parity(

@@ -10,9 +10,9 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from training.label_store import ImageRecord, LabelStore, SyncReport
 from training.progress import PHASES, ProgressSink, TrainingProgress, ignore_progress
 from training.registry import RegisteredModel, load_registered
 from training.settings import Settings
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,10 @@ def run_training(
     from training.export import check_parity, export_onnx
     from training.inference import OnnxClassifier
     from training.model import inference_model
+    from training.recipe import resolve_recipe
     from training.registry import register_model
     from training.tracking import MlflowEpochMetrics, log_confusion_matrix, log_file, mlflow_run
-    from training.train import TrainConfig, train_classifier
+    from training.train import train_classifier
 
     started = time.perf_counter()
     progress = TrainingProgress(phase="importing", epochs=epochs or settings.epochs)
@@ -118,26 +122,18 @@ def run_training(
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes, found {classes}")
 
-    report_phase(progress, sink, "loading", f"decoding {len(train_records) + len(test_records)} images")
-    size = settings.image_size
+    recipe = resolve_recipe(settings, [r.path for r in train_records], epochs=epochs, verbose=verbose)
+    config = recipe.config
+    size = config.image_size
+    report_phase(progress, sink, "loading", f"decoding {len(train_records) + len(test_records)} images at {size} px")
     x_train = load_split(settings, train_records, size)
     x_test = load_split(settings, test_records, size)
 
-    config = TrainConfig(
-        image_size=size,
-        epochs=epochs or settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        validation_fraction=settings.validation_fraction,
-        early_stopping_patience=settings.early_stopping_patience,
-        seed=settings.seed,
-        verbose=verbose,
-    )
     with mlflow_run(settings, run_name=f"train-{data_version}") as run:
         mlflow.set_tags({"data_version": data_version, "data_dir": str(settings.data_dir)})
         mlflow.log_params(
             {
-                **{k: v for k, v in asdict(config).items() if k != "verbose"},
+                **recipe.params(),
                 "embedder": settings.embedder,
                 "embedding_dim": settings.embedding_dim,
                 "n_train": len(train_records),
@@ -203,12 +199,7 @@ def run_training(
             audit = _label_audit(settings, config, x_train, train_records, classes, train_predictions, progress, sink)
 
         report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
-        metrics = {
-            "test_accuracy": evaluation.accuracy,
-            "test_loss": evaluation.loss,
-            "train_accuracy": train_accuracy,
-            "n_test": float(evaluation.n),
-        }
+        metrics = training_metrics(evaluation, train_accuracy, trained.validation_accuracy)
         parity_figures = {
             "max_abs_diff_probabilities": parity.max_abs_diff_probabilities,
             "max_abs_diff_embedding": parity.max_abs_diff_embedding,
@@ -221,6 +212,7 @@ def run_training(
             metadata={
                 "class_names": classes,
                 "image_size": size,
+                "recipe": recipe.params(),
                 "data_version": data_version,
                 "metrics": metrics,
                 "parity": parity_figures,
@@ -264,9 +256,27 @@ def run_training(
     return result
 
 
+def training_metrics(
+    evaluation: EvaluationReport, train_accuracy: float, validation_accuracy: float | None
+) -> dict[str, float]:
+    """What a version is judged by. Without a test split there are no test figures, not zeros."""
+    metrics = {"train_accuracy": train_accuracy, "n_test": float(evaluation.n)}
+    if validation_accuracy is not None:
+        metrics["val_accuracy"] = validation_accuracy
+    if evaluation.n:
+        metrics |= {
+            "test_accuracy": evaluation.accuracy,
+            "test_loss": evaluation.loss,
+            "baseline_accuracy": evaluation.baseline_accuracy,
+        }
+    else:
+        log.warning("no test split: the version has no test accuracy (the train task promotes it only when forced)")
+    return metrics
+
+
 def _label_audit(
     settings: Settings,
-    config: Any,
+    config: TrainConfig,
     x_train: np.ndarray,
     records: list[ImageRecord],
     classes: list[str],
@@ -274,18 +284,16 @@ def _label_audit(
     progress: TrainingProgress,
     sink: ProgressSink,
 ) -> Any:
-    from dataclasses import replace
-
     from training.label_issues import LabelAudit, near_duplicate_groups
     from training.out_of_fold import out_of_fold_probabilities
+    from training.recipe import fold_config
 
-    fold_config = replace(config, epochs=settings.out_of_fold_epochs or config.epochs, verbose=0)
     started = time.perf_counter()
     probabilities = out_of_fold_probabilities(
         x_train,
         [r.label for r in records],
         classes,
-        fold_config,
+        fold_config(config, settings),
         folds=settings.out_of_fold_folds,
         progress=progress,
         sink=sink,
@@ -326,5 +334,4 @@ def report_phase(progress: TrainingProgress, sink: ProgressSink, phase: str, mes
     if phase not in PHASES:
         raise ValueError(f"unknown training phase {phase!r}; add it to training.progress.PHASES")
     progress.phase, progress.message = phase, message
-    log.info("%s: %s", phase, message)
     sink(progress)

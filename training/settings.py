@@ -15,6 +15,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EmbedderKind = Literal["pca", "umap"]
+BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
+AugmentSetting = Literal["auto", "none", "light", "photo"]
 
 
 class Settings(BaseSettings):
@@ -72,13 +74,47 @@ class Settings(BaseSettings):
     )
 
     # --- training ---------------------------------------------------------------
-    image_size: int = Field(32, ge=8, le=512, description="Square model input size in pixels (RGB).")
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(64, ge=1)
+    image_size: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Square model input size in pixels (RGB); auto: the median shorter side of the train images, "
+            "clipped to 32..160 and rounded to a multiple of 8 (recorded with the model)."
+        ),
+    )
+    backbone: BackboneName = Field(
+        "cnn", description="cnn (small CNN from scratch) or a keras.applications backbone with a new head."
+    )
+    backbone_weights: str = Field(
+        "imagenet",
+        description=(
+            "Weights of a keras.applications backbone: imagenet (downloaded by Keras once, then cached), none "
+            "(train from scratch) or the path of a weights file (air-gapped machines). Pretrained backbones are "
+            "frozen; only the head learns the labels."
+        ),
+    )
+    fine_tune_epochs: int = Field(
+        0, ge=0, description="After the head, epochs that also train a pretrained backbone (at a tenth of the rate)."
+    )
+    epochs: int = Field(15, ge=1, description="Epochs at least; more when min_train_steps needs them.")
+    min_train_steps: int = Field(
+        600, ge=0, description="Floor on optimisation steps: small datasets get more epochs, not 3 steps an epoch."
+    )
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="auto: a power of two giving ~20 steps an epoch, between 8 and 64."
+    )
+    augment: AugmentSetting = Field(
+        "auto",
+        description=(
+            "Training augmentation: light (flips, shifts, zoom), photo (also rotation, crops, colour jitter), "
+            "none; auto: photo from 64 px input size, light below."
+        ),
+    )
     learning_rate: float = Field(2e-3, gt=0)
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.9)
     early_stopping_patience: int = Field(
-        3, ge=1, description="Epochs without val_loss improvement before stopping; checked from half the budget on."
+        3,
+        ge=1,
+        description="Epochs without improvement of the smoothed val_loss before stopping; checked from mid-budget.",
     )
     seed: int = 42
     out_of_fold_folds: int = Field(
@@ -94,7 +130,9 @@ class Settings(BaseSettings):
             "0.03; the closest distinct pictures are 0.05 and more apart. 0 keeps only identical thumbnails."
         ),
     )
-    out_of_fold_epochs: int | None = Field(None, ge=1, description="Max epochs per fold model; default BOUNCER_EPOCHS.")
+    out_of_fold_epochs: int | None = Field(
+        None, ge=1, description="Epochs per fold model trained from scratch; default half the main budget."
+    )
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")
     parity_tolerance: float = Field(

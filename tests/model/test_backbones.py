@@ -1,0 +1,84 @@
+"""keras.applications backbones: trained, exported to ONNX (parity-checked) and registered like the CNN.
+
+Nothing is downloaded: weights are ``none`` or a file the test writes itself.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from training.model import BACKBONE_LAYER, BackboneWeightsError, build_classifier
+from training.pipeline import run_training
+from training.registry import load_registered
+from training.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+BACKBONES = ["mobilenet_v3_small", "efficientnet_b0"]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_a_backbone_from_scratch_trains_exports_and_registers(
+    backbone: str, shapes_dataset: Path, settings: Settings
+) -> None:
+    tuned = settings.model_copy(
+        update={"backbone": backbone, "backbone_weights": "none", "image_size": 32, "out_of_fold_folds": 2}
+    )
+    result = run_training(tuned, epochs=1)
+    model = load_registered(result.tag)
+    assert model.metadata["recipe"]["backbone"] == backbone
+    assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance
+    assert model.audit is not None and model.audit.out_of_fold.shape == (30, 3)  # fold networks from scratch
+
+
+def test_weights_from_a_file_freeze_the_backbone_and_fold_heads_use_its_features(
+    shapes_dataset: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """What an air-gapped user does with ImageNet weights: the file's weights are the backbone's, untouched."""
+    donor = build_classifier(3, 32, backbone="mobilenet_v3_small", weights="none").get_layer(BACKBONE_LAYER)
+    weights_file = tmp_path / "mobilenet_v3_small_notop.weights.h5"
+    donor.save_weights(weights_file)
+    tuned = settings.model_copy(
+        update={"backbone": "mobilenet_v3_small", "backbone_weights": str(weights_file), "image_size": 32}
+    )
+    result = run_training(tuned, epochs=1)
+
+    trained = keras.models.load_model(
+        Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
+    )
+    backbone = next(layer for layer in trained.layers if layer.name == BACKBONE_LAYER)
+    for got, expected in zip(backbone.get_weights(), donor.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)  # frozen: only the head learnt
+    audit = load_registered(result.tag).audit
+    assert audit is not None and np.allclose(audit.out_of_fold.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_missing_or_wrong_weights_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(BackboneWeightsError, match="no such file"):
+        build_classifier(2, 32, backbone="efficientnet_b0", weights=str(tmp_path / "nope.h5"))
+    other = tmp_path / "other.weights.h5"
+    build_classifier(2, 32, backbone="efficientnet_b0", weights="none").get_layer(BACKBONE_LAYER).save_weights(other)
+    with pytest.raises(BackboneWeightsError, match="does not hold mobilenet_v3_small weights"):
+        build_classifier(2, 32, backbone="mobilenet_v3_small", weights=str(other))
+
+
+def test_imagenet_weights_without_network_tell_the_user_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, Keras's download fails; the error names the file to fetch and the setting that takes it."""
+    import keras.src.utils.file_utils as file_utils
+
+    def offline(*_: object, **__: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    with pytest.raises(BackboneWeightsError) as raised:
+        build_classifier(2, 32, backbone="mobilenet_v3_small", weights="imagenet")
+    message = str(raised.value)
+    assert "BOUNCER_BACKBONE_WEIGHTS" in message and "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in message
