@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -354,15 +353,14 @@ def serve(
         typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
         result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
         typer.echo(json.dumps(result.summary(), indent=2))
-    beside_python = Path(sys.executable).with_name("bentoml")  # this venv's, even when it is not activated
-    bentoml = str(beside_python) if beside_python.exists() else shutil.which("bentoml") or "bentoml"
     project_root = Path(__file__).resolve().parent.parent
-    command = [bentoml, "serve", "bento_service.service:Bouncer", "--port", str(port)]
+    # this interpreter's bentoml, never one found on PATH: the venv need not be activated
+    command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
     os.chdir(project_root)
-    os.execv(bentoml, command)
+    os.execv(sys.executable, command)
 
 
 def _user() -> str:
