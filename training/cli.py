@@ -136,6 +136,8 @@ def import_(
     )
     for path, reason in report.skipped if verbose else []:
         typer.echo(f"skipped {path}: {reason}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}")
 
 
 @app.command()

@@ -183,6 +183,7 @@ class SyncReport:
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the scan's, about folders (see ScanResult)
 
 
 def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
@@ -250,7 +251,7 @@ class LabelStore:
         vanished file of the same split is that file moved: it keeps its image_id,
         and moving it into another class folder is recorded as a relabel.
         """
-        report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes))
+        report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
         with self._writer.begin() as session:
             rows = {row.path: row for row in session.scalars(select(ImageRow))}
             scanned_paths = {f.path for f in scan.files}
