@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -59,6 +60,11 @@ def main(
     )
 
 
+class DemoKind(StrEnum):
+    silhouettes = "silhouettes"
+    photos = "photos"
+
+
 def _settings(**overrides: Any) -> Settings:
     return get_settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -71,8 +77,8 @@ def _print_json(payload: Any) -> None:
 @_friendly
 def demo_data(
     kind: Annotated[
-        str, typer.Option(help="silhouettes: 10,000 28x28 animal-mnist drawings; photos: real photographs.")
-    ] = "silhouettes",
+        DemoKind, typer.Option(help="silhouettes: 10,000 28x28 animal-mnist drawings; photos: real photographs.")
+    ] = DemoKind.silhouettes,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     impostor_source: Annotated[
         str, typer.Option(help="silhouettes: class whose look-alikes get the wrong label.")
@@ -97,20 +103,18 @@ def demo_data(
 ) -> None:
     """Write a poisoned demo dataset into DATA_DIR: animal silhouettes (default) or real photos."""
     settings = _settings()
-    if kind == "photos":
+    if kind is DemoKind.photos:
         from training.demo_photos import PhotoDemoSpec, write_photo_dataset
 
         photo_spec = PhotoDemoSpec(
             seed, train_copies=copies, poisoned_photo=poisoned_photo, poisoned_label=poisoned_label
         )
         poisoned = write_photo_dataset(settings.data_dir, photo_spec, force=force)
-    elif kind == "silhouettes":
+    else:
         from training.demo_data import DemoSpec, write_demo_dataset
 
         spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
         poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
-    else:
-        raise ValueError(f"unknown demo kind {kind!r}; use silhouettes or photos")
     typer.echo(
         f"wrote {kind} demo data to {settings.data_dir} ({len(poisoned)} poisoned train labels, "
         f"ground truth in {settings.data_dir / 'ground_truth.csv'})"
@@ -330,25 +334,80 @@ def promote(
     _print_json({"serving": tag})
 
 
+def demo_wanted(settings: Settings, demo: bool | None) -> bool:
+    """Whether `bouncer serve` writes the demo dataset into DATA_DIR before serving it.
+
+    A user's folder is never touched: the demo goes only into a folder that does not
+    exist or is empty, and only into the default ./data or when ``--demo`` asked for it
+    (``demo`` True); ``--no-demo`` (False) never writes. A folder with a train split is
+    served as it is (False). Anything else raises, saying what was found, so a typo'd
+    ``--data-dir`` creates nothing.
+    """
+    from training.dataset import find_split_folders, folder_contents, has_class_folders
+
+    data_dir = settings.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"{data_dir} is a file, not a dataset folder")
+    found = folder_contents(data_dir) if data_dir.is_dir() else None
+    if found:
+        train = find_split_folders(data_dir, settings.train_split, settings.test_split).train
+        if train is not None and has_class_folders(data_dir / train):
+            return False
+        raise ValueError(
+            f"{data_dir} has no usable {settings.train_split} split (a train/, Train/ or training/ folder "
+            f"holding one folder per class); found: {', '.join(found)}. Arrange it as "
+            f"{settings.train_split}/<class>/<image> and {settings.test_split}/<class>/<image> (README, "
+            "data layout), or give --data-dir an empty folder and --demo for the demo data"
+        )
+    state = "does not exist" if found is None else "is empty"
+    if demo is False:
+        raise FileNotFoundError(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
+    if demo is None and "data_dir" in settings.model_fields_set:  # a folder the user named, maybe mistyped
+        raise FileNotFoundError(
+            f"{data_dir} {state}; check --data-dir / BOUNCER_DATA_DIR, or pass --demo to write the demo dataset there"
+        )
+    return True
+
+
+def _write_demo(data_dir: Path, kind: DemoKind) -> None:
+    if kind is DemoKind.photos:
+        from training.demo_photos import PhotoDemoSpec, write_photo_dataset
+
+        write_photo_dataset(data_dir, PhotoDemoSpec())
+    else:
+        from training.demo_data import DemoSpec, write_demo_dataset
+
+        write_demo_dataset(data_dir, DemoSpec())
+
+
 @app.command()
 @_friendly
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
-    demo: Annotated[bool, typer.Option(help="Write the demo dataset if DATA_DIR has no train split.")] = True,
+    demo: Annotated[
+        bool | None,
+        typer.Option(
+            "--demo/--no-demo",
+            help=(
+                "--demo: write the demo dataset into DATA_DIR if it does not exist or is empty (without it, only "
+                "the default ./data gets one); --no-demo: never write it."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
-    """Get ready and serve: demo data if none, import, first training if no model, then `bentoml serve`."""
+    """Get ready and serve: demo data into an empty ./data, import, first training if no model, `bentoml serve`."""
     from training.pipeline import import_dataset, open_store, run_training
     from training.registry import list_versions
 
     settings = _settings()
-    if not (settings.data_dir / settings.train_split).is_dir():
-        if not demo:
-            raise FileNotFoundError(f"no {settings.train_split} split in {settings.data_dir}")
-        from training.demo_data import DemoSpec, write_demo_dataset
-
-        typer.echo(f"no dataset in {settings.data_dir}: writing the demo data")
-        write_demo_dataset(settings.data_dir, DemoSpec())
+    if demo_wanted(settings, demo):
+        typer.echo(f"no dataset in {settings.data_dir}: writing the {demo_kind} demo data there")
+        _write_demo(settings.data_dir, demo_kind)
+    elif demo:
+        typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
     with open_store(settings) as store:
         import_dataset(settings, store)
     if not list_versions(settings.model_name):

@@ -111,6 +111,25 @@ def find_split_folders(data_dir: Path, train_split: str = "train", test_split: s
     return SplitFolders(train, test, tuple(warnings))
 
 
+def has_class_folders(folder: Path) -> bool:
+    """A split folder that can be read: it holds at least one (non-hidden) class folder."""
+    return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def folder_contents(data_dir: Path, *, limit: int = 12) -> list[str]:
+    """What a user put in ``data_dir`` (folders end with ``/``), without hidden entries and READMEs.
+
+    An empty answer means the folder is free for the demo data: the repository's own
+    ``data/`` holds only a README and DVC's ``.gitignore``.
+    """
+    entries = sorted(
+        f"{p.name}/" if p.is_dir() else p.name
+        for p in data_dir.iterdir()
+        if not p.name.startswith(".") and not p.name.lower().startswith("readme")
+    )
+    return entries if len(entries) <= limit else [*entries[:limit], f"... ({len(entries) - limit} more)"]
+
+
 def scan_folder(
     data_dir: Path,
     splits: tuple[str, str],
