@@ -1,8 +1,9 @@
 """Bouncer's HTTP API (BentoML new-style service).
 
-Serves the promoted model version (see ``live_model``), or ``BOUNCER_MODEL_TAG``
-(default ``bouncer:latest``) until one is promoted. ``predict`` goes through the
-batched ``Classifier`` dependency; everything else is a call into ``training``.
+Serves the promoted model version (see ``live_model``), else ``BOUNCER_MODEL_TAG``,
+else the newest version trained on this dataset (``registry.resolve_serving_tag``).
+``predict`` goes through the batched ``Classifier`` dependency; everything else is a
+call into ``training``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from training.label_issues import find_suspects, trace_to_training
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.label_store import RelabelResult as StoreRelabelResult
 from training.pipeline import evaluate_split, load_split, open_store
-from training.registry import RegisteredModel, list_versions
+from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, list_versions
 from training.settings import get_settings
 from training.similarity import nearest_neighbours, nearest_to_any
 
@@ -200,12 +201,8 @@ class Bouncer:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.store = open_store(self.settings)
-        self.live = LiveModel(
-            self.store,
-            self.settings.model_name,
-            str(self.bento_model.tag),
-            poll_seconds=self.settings.model_poll_seconds,
-        )
+        # bento_model is what `bentoml build` packs; which version serves is this dataset's (resolve_serving_tag)
+        self.live = LiveModel(self.store, self.settings)
         self.trainer = TrainRunner(self.settings)
 
     @property
@@ -338,6 +335,10 @@ class Bouncer:
         known = {m.tag.version for m in list_versions(self.settings.model_name)}
         if version not in known:
             raise NotFound(f"unknown model version {version!r}; see `models` for the registered ones")
+        try:
+            fitting_tag(tag, self.store)
+        except ModelResolutionError as exc:  # another dataset's model: its answers would name other classes
+            raise InvalidArgument(str(exc)) from exc
         previous = self.model
         self.store.promote(self.settings.model_name, tag, actor="api", reason=reason or "promote")
         self.live.swap_to(tag)

@@ -11,11 +11,14 @@ from collections.abc import Callable
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from training.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from training.label_store import LabelStore
 
 app = typer.Typer(
     name="bouncer",
@@ -67,6 +70,16 @@ class DemoKind(StrEnum):
 
 def _settings(**overrides: Any) -> Settings:
     return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+_MODEL_HELP = "Model tag; default the version the service serves for this dataset (promoted, else the newest)."
+
+
+def _model_tag(settings: Settings, store: LabelStore, requested: str | None) -> str:
+    """``requested`` if it fits this dataset's classes, else the version the service serves: both agree."""
+    from training.registry import fitting_tag, resolve_serving_tag
+
+    return fitting_tag(requested, store) if requested else resolve_serving_tag(settings, store)
 
 
 def _print_json(payload: Any) -> None:
@@ -173,26 +186,29 @@ def train(
 @_friendly
 def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
     """Evaluate a registered model (its ONNX graph) on the current labels of a split."""
-    from training.pipeline import evaluate_registered
+    from training.pipeline import evaluate_split, open_store
+    from training.registry import load_registered
 
     settings = _settings()
     if split not in settings.splits:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(settings.splits)}")
-    tag, report = evaluate_registered(settings, model or f"{settings.model_name}:latest", split)
+    with open_store(settings) as store:
+        registered = load_registered(_model_tag(settings, store, model))
+        report = evaluate_split(settings, store, registered, split)
     payload = report.as_dict()
     payload["misclassified"] = payload["misclassified"][:show]
-    _print_json({"model": tag, **payload})
+    _print_json({"model": registered.tag, **payload})
 
 
 @app.command()
 @_friendly
 def suspects(
     k: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
-    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     flagged_only: Annotated[
         bool, typer.Option(help="Only the flagged ones (cleanlab's label issues, duplicates that disagree).")
     ] = False,
@@ -207,13 +223,13 @@ def suspects(
     from training.registry import load_registered
 
     settings = _settings()
-    registered = load_registered(model or f"{settings.model_name}:latest")
-    if registered.audit is None:
-        raise ValueError(
-            f"model {registered.tag} has no out-of-fold probabilities "
-            "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
-        )
     with open_store(settings) as store:
+        registered = load_registered(_model_tag(settings, store, model))
+        if registered.audit is None:
+            raise ValueError(
+                f"model {registered.tag} has no out-of-fold probabilities "
+                "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
+            )
         found = find_suspects(registered.audit, store.images(split=settings.train_split), registered.class_names)
     if flagged_only:
         found = [s for s in found if s.flagged]
@@ -319,17 +335,14 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (kept in the promotion record).")] = "",
 ) -> None:
     """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it."""
-    import bentoml
-
     from training.pipeline import open_store
+    from training.registry import fitting_tag
 
     settings = _settings()
-    tag = f"{settings.model_name}:{version}"
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        raise ValueError(f"unknown model version {version!r}; `bentoml models list {settings.model_name}`") from None
     with open_store(settings) as store:
+        tag = fitting_tag(
+            f"{settings.model_name}:{version}", store
+        )  # refused unless it predicts this dataset's classes
         store.promote(settings.model_name, tag, actor=_user(), reason=reason or "cli promote")
     _print_json({"serving": tag})
 
@@ -400,7 +413,7 @@ def serve(
 ) -> None:
     """Get ready and serve: demo data into an empty ./data, import, first training if no model, `bentoml serve`."""
     from training.pipeline import import_dataset, open_store, run_training
-    from training.registry import list_versions
+    from training.registry import resolve_serving_tag, versions_for_dataset
 
     settings = _settings()
     if demo_wanted(settings, demo):
@@ -410,10 +423,13 @@ def serve(
         typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
     with open_store(settings) as store:
         import_dataset(settings, store)
-    if not list_versions(settings.model_name):
-        typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
+        untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
+    if untrained:
+        typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
         result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
         typer.echo(json.dumps(result.summary(), indent=2))
+    with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
+        typer.echo(f"model: {resolve_serving_tag(settings, store)}")
     project_root = Path(__file__).resolve().parent.parent
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
