@@ -30,7 +30,7 @@ from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard, RouteInput
 from bento_service.train_runner import NotRunning, TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
-from training.dataset import resolve_inside
+from training.dataset import MissingSplitError, resolve_inside
 from training.images import ImageError, load_model_input
 from training.label_issues import find_suspects, trace_to_training
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
@@ -381,8 +381,8 @@ class Bouncer:
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images."""
         self._check_split(split)
-        if self.store.count(split=split) == 0:
-            raise NotFound(f"no images in split {split!r}")
+        if self.store.count(split=split) == 0:  # an accuracy of 0.0 over no images would be a lie
+            raise NotFound(str(MissingSplitError(self.settings.data_dir, split, test_split=self.settings.test_split)))
         model = self.model
         report = evaluate_split(self.settings, self.store, model, split)
         return {**report.as_dict(), "model_version": model.version, "data_version": self.store.data_version()}

@@ -190,6 +190,7 @@ def evaluate(
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
     """Evaluate a registered model (its ONNX graph) on the current labels of a split."""
+    from training.dataset import MissingSplitError
     from training.pipeline import evaluate_split, open_store
     from training.registry import load_registered
 
@@ -197,6 +198,8 @@ def evaluate(
     if split not in settings.splits:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(settings.splits)}")
     with open_store(settings) as store:
+        if store.count(split=split) == 0:  # an accuracy of 0.0 over no images would be a lie
+            raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
         registered = load_registered(_model_tag(settings, store, model))
         report = evaluate_split(settings, store, registered, split)
     payload = report.as_dict()

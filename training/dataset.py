@@ -64,6 +64,18 @@ class ScanResult:
     split_folders: dict[str, str] = field(default_factory=dict)  # canonical split -> folder name on disk
 
 
+class MissingSplitError(FileNotFoundError):
+    """A split with no images (e.g. a dataset without a test folder): nothing to evaluate, not accuracy 0."""
+
+    def __init__(self, data_dir: Path, split: str, *, test_split: str = "test") -> None:
+        names = (split, *(TRAIN_FOLDER_NAMES if split != test_split else TEST_FOLDER_NAMES + VALIDATION_FOLDER_NAMES))
+        folders = ", ".join(f"{name}/" for name in dict.fromkeys(names))
+        super().__init__(
+            f"no {split} split in DATA_DIR {data_dir}: no images in a {folders} folder there. "
+            f"Put labelled images in {split}/<class>/ and run `bouncer import`"
+        )
+
+
 @dataclass(frozen=True)
 class SplitFolders:
     """The folder on disk (its real name) that holds each split, if any, and what was set aside."""

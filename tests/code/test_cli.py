@@ -150,3 +150,16 @@ def test_serve_offers_both_demo_kinds() -> None:
     assert "silhouettes" in result.output and "photos" in result.output
     wrong = runner.invoke(app, ["serve", "--demo-kind", "drawings"])
     assert wrong.exit_code == 2
+
+
+def test_evaluate_without_a_test_split_says_so_instead_of_accuracy_zero(tmp_path: Path) -> None:
+    from tests.conftest import write_mixed_formats
+
+    data = tmp_path / "train-only"
+    for kind in ("cross", "ring"):
+        write_mixed_formats(data / "train" / kind, kind, 3)
+    assert runner.invoke(app, ["-q", "--data-dir", str(data), "import"]).exit_code == 0
+    result = runner.invoke(app, ["-q", "--data-dir", str(data), "evaluate"])
+    assert result.exit_code == 2
+    assert f"no test split in DATA_DIR {data}: no images in a test/, testing/, val/" in result.output
+    assert "accuracy" not in result.output and "Traceback" not in result.output
