@@ -39,9 +39,13 @@ from training.pipeline import evaluate_split, load_split, open_store
 from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, list_versions
 from training.settings import get_settings
 from training.similarity import nearest_neighbours, nearest_to_any
+from training.tf_logs import quiet_tensorflow
 
 log = logging.getLogger("bentoml.bouncer")
 
+# The service is an entry point: the train task's child and `bentoml build` inherit this
+# (nothing imported above loads TensorFlow, so it is not too late).
+quiet_tensorflow()
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # Largest integer SQLite and PostgreSQL (BIGINT) take: a larger id or offset overflowed in the driver (a 500).
 DB_INT_MAX = 2**63 - 1

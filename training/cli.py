@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from training.settings import Settings, get_settings
+from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
 
 if TYPE_CHECKING:
     from training.label_store import LabelStore
@@ -56,6 +57,7 @@ def main(
 ) -> None:
     if data_dir is not None:
         os.environ["BOUNCER_DATA_DIR"] = str(data_dir)
+    quiet_tensorflow()  # before any command imports it
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -172,6 +174,7 @@ def train(
     from training.progress import JsonFileProgress, ignore_progress
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
+    import_tensorflow_quietly()
     result = run_training(
         settings,
         epochs=epochs,
@@ -429,6 +432,7 @@ def serve(
         untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
     if untrained:
         typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
+        import_tensorflow_quietly()
         result = run_training(settings, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
         typer.echo(json.dumps(result.summary(), indent=2))
     with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,16 @@ def test_evaluate_without_a_test_split_says_so_instead_of_accuracy_zero(tmp_path
     assert result.exit_code == 2
     assert f"no test split in DATA_DIR {data}: no images in a test/, testing/, val/" in result.output
     assert "accuracy" not in result.output and "Traceback" not in result.output
+
+
+def test_every_command_sets_a_quiet_tensorflow_log_level_a_user_can_override(
+    shapes_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.tf_logs import TF_CPP_MIN_LOG_LEVEL
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert runner.invoke(app, ["-q", "import"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == TF_CPP_MIN_LOG_LEVEL == "3"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    assert runner.invoke(app, ["-q", "import"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
