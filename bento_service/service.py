@@ -26,6 +26,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 
 from bento_service.classifier import Classifier
+from bento_service.client_error_log import install_client_error_filter
 from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard, RouteInput
@@ -46,6 +47,7 @@ log = logging.getLogger("bentoml.bouncer")
 # The service is an entry point: the train task's child and `bentoml build` inherit this
 # (nothing imported above loads TensorFlow, so it is not too late).
 quiet_tensorflow()
+install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # Largest integer SQLite and PostgreSQL (BIGINT) take: a larger id or offset overflowed in the driver (a 500).
 DB_INT_MAX = 2**63 - 1

@@ -1,4 +1,7 @@
-"""A served dataset without a test split: `evaluate` says so instead of reporting accuracy 0.0."""
+"""A served dataset without a test split: `evaluate` says so instead of reporting accuracy 0.0.
+
+The same server's log shows that its 4xx answers are one INFO line each, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +39,18 @@ def test_evaluate_without_a_test_split_is_a_404_saying_so(train_only: tuple[str,
     assert response.status_code == 404, response.text
     assert response.json()["error"].startswith(f"no test split in DATA_DIR {data}: no images in a test/, testing/")
     assert httpx.post(f"{url}/evaluate", json={"split": "train"}, timeout=60).status_code == 200
+
+
+def test_client_errors_are_one_line_in_the_server_log(train_only: tuple[str, Path]) -> None:
+    url, data = train_only
+    assert httpx.post(f"{url}/evaluate", json={"split": "holdout"}, timeout=60).status_code == 400
+    assert httpx.post(f"{url}/evaluate", json={"split": "test"}, timeout=60).status_code == 404
+    assert httpx.post(f"{url}/similar", json={"image_id": "nope"}, timeout=60).status_code == 404
+    assert httpx.post(f"{url}/suspects", json={"k": "many"}, timeout=60).status_code == 400
+    (log_file,) = data.parent.glob("serve-*.log")
+    log = log_file.read_text()
+    assert "/evaluate [POST] answered 400: unknown split 'holdout'" in log
+    assert f"/evaluate [POST] answered 404: no test split in DATA_DIR {data}" in log
+    assert "/similar [POST] answered 404: unknown image_id 'nope'" in log
+    assert "/suspects [POST] answered 400: 1 validation error" in log
+    assert "Traceback" not in log and "Exception on" not in log
