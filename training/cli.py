@@ -417,7 +417,7 @@ def serve(
     ] = None,
     demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
-    """Get ready and serve: demo data into an empty ./data, import, first training if no model, `bentoml serve`."""
+    """Get ready and serve: demo data into an empty ./data, import, train if this dataset has no model, serve."""
     from training.pipeline import import_dataset, open_store, run_training
     from training.registry import resolve_serving_tag, versions_for_dataset
 
