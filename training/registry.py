@@ -152,6 +152,11 @@ def check_classes(
     do after training; both go into the message.
     """
     model_classes, classes = list(metadata.get("class_names", [])), store.classes()
+    if not classes:
+        raise ModelResolutionError(
+            f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
+            "nothing was imported into its label database (`bouncer import`)"
+        )
     if model_classes != classes:
         raise ModelResolutionError(
             f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset's classes are "

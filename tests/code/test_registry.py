@@ -119,3 +119,10 @@ def test_the_service_model_does_not_start_on_another_datasets_model(named: Setti
     save_version(named.model_name, dataset_id=str(uuid.uuid4()), class_names=SHAPE_CLASSES)
     with pytest.raises(ModelResolutionError, match="no '.*' model was trained on the dataset in"):
         LiveModel(store, named)
+
+
+def test_a_dataset_nothing_was_imported_into_says_to_import(named: Settings, tmp_path: Path) -> None:
+    pinned = save_version(named.model_name, class_names=SHAPE_CLASSES)
+    fresh = LabelStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    with fresh, pytest.raises(ModelResolutionError, match=r"has no classes yet: .*\(`bouncer import`\)"):
+        resolve_serving_tag(named.model_copy(update={"model_tag": pinned}), fresh)
