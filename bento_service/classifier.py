@@ -33,9 +33,8 @@ class Classifier:
     def __init__(self) -> None:
         settings = get_settings()
         self.store = open_store(settings)
-        self.live = LiveModel(
-            self.store, settings.model_name, str(self.bento_model.tag), poll_seconds=settings.model_poll_seconds
-        )
+        # bento_model is what `bentoml build` packs; which version serves is this dataset's (resolve_serving_tag)
+        self.live = LiveModel(self.store, settings)
 
     @bentoml.api(batchable=True, max_batch_size=_STARTUP.batch_max_size, max_latency_ms=_STARTUP.batch_max_latency_ms)
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """Bouncer's HTTP API (BentoML new-style service).
 
-Serves the promoted model version (see ``live_model``), or ``BOUNCER_MODEL_TAG``
-(default ``bouncer:latest``) until one is promoted. ``predict`` goes through the
-batched ``Classifier`` dependency; everything else is a call into ``training``.
+Serves the promoted model version (see ``live_model``), else ``BOUNCER_MODEL_TAG``,
+else the newest version trained on this dataset (``registry.resolve_serving_tag``).
+``predict`` goes through the batched ``Classifier`` dependency; everything else is a
+call into ``training``.
 """
 
 from __future__ import annotations
@@ -25,22 +26,28 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 
 from bento_service.classifier import Classifier
+from bento_service.client_error_log import install_client_error_filter
 from bento_service.error_body import ErrorBodyFix
 from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard, RouteInput
 from bento_service.train_runner import NotRunning, TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
-from training.dataset import resolve_inside
+from training.dataset import MissingSplitError, resolve_inside
 from training.images import ImageError, load_model_input
 from training.label_issues import find_suspects, trace_to_training
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.label_store import RelabelResult as StoreRelabelResult
 from training.pipeline import evaluate_split, load_split, open_store
-from training.registry import RegisteredModel, list_versions
+from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, list_versions
 from training.settings import get_settings
 from training.similarity import nearest_neighbours, nearest_to_any
+from training.tf_logs import quiet_tensorflow
 
 log = logging.getLogger("bentoml.bouncer")
 
+# The service is an entry point: the train task's child and `bentoml build` inherit this
+# (nothing imported above loads TensorFlow, so it is not too late).
+quiet_tensorflow()
+install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # Largest integer SQLite and PostgreSQL (BIGINT) take: a larger id or offset overflowed in the driver (a 500).
 DB_INT_MAX = 2**63 - 1
@@ -200,12 +207,8 @@ class Bouncer:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.store = open_store(self.settings)
-        self.live = LiveModel(
-            self.store,
-            self.settings.model_name,
-            str(self.bento_model.tag),
-            poll_seconds=self.settings.model_poll_seconds,
-        )
+        # bento_model is what `bentoml build` packs; which version serves is this dataset's (resolve_serving_tag)
+        self.live = LiveModel(self.store, self.settings)
         self.trainer = TrainRunner(self.settings)
 
     @property
@@ -338,6 +341,10 @@ class Bouncer:
         known = {m.tag.version for m in list_versions(self.settings.model_name)}
         if version not in known:
             raise NotFound(f"unknown model version {version!r}; see `models` for the registered ones")
+        try:
+            fitting_tag(tag, self.store)
+        except ModelResolutionError as exc:  # another dataset's model: its answers would name other classes
+            raise InvalidArgument(str(exc)) from exc
         previous = self.model
         self.store.promote(self.settings.model_name, tag, actor="api", reason=reason or "promote")
         self.live.swap_to(tag)
@@ -380,8 +387,8 @@ class Bouncer:
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images."""
         self._check_split(split)
-        if self.store.count(split=split) == 0:
-            raise NotFound(f"no images in split {split!r}")
+        if self.store.count(split=split) == 0:  # an accuracy of 0.0 over no images would be a lie
+            raise NotFound(str(MissingSplitError(self.settings.data_dir, split, test_split=self.settings.test_split)))
         model = self.model
         report = evaluate_split(self.settings, self.store, model, split)
         return {**report.as_dict(), "model_version": model.version, "data_version": self.store.data_version()}

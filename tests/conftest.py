@@ -16,12 +16,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # BentoML reads BENTOML_HOME once per process, so the whole test session shares one
 # throw-away model store (never the user's ~/bentoml).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
 
 from training.settings import Settings  # noqa: E402
+from training.tf_logs import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # as the entry points do: for this process and every server or child it starts
+
+
+# What TensorFlow 2.21 printed on a CPU-only machine (import, first op, tf.data, ONNX export).
+TENSORFLOW_NOISE = (
+    "absl::InitializeLog",
+    "oneDNN custom operations",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "NodeDef mentions attribute",
+    "cpu_feature_guard",
+)
 
 
 def isolated_env(root: Path) -> dict[str, str]:

@@ -6,16 +6,20 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from training.settings import Settings, get_settings
+from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
+
+if TYPE_CHECKING:
+    from training.label_store import LabelStore
 
 app = typer.Typer(
     name="bouncer",
@@ -53,6 +57,7 @@ def main(
 ) -> None:
     if data_dir is not None:
         os.environ["BOUNCER_DATA_DIR"] = str(data_dir)
+    quiet_tensorflow()  # before any command imports it
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,8 +65,23 @@ def main(
     )
 
 
+class DemoKind(StrEnum):
+    silhouettes = "silhouettes"
+    photos = "photos"
+
+
 def _settings(**overrides: Any) -> Settings:
     return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+_MODEL_HELP = "Model tag; default the version the service serves for this dataset (promoted, else the newest)."
+
+
+def _model_tag(settings: Settings, store: LabelStore, requested: str | None) -> str:
+    """``requested`` if it fits this dataset's classes, else the version the service serves: both agree."""
+    from training.registry import fitting_tag, resolve_serving_tag
+
+    return fitting_tag(requested, store) if requested else resolve_serving_tag(settings, store)
 
 
 def _print_json(payload: Any) -> None:
@@ -72,8 +92,8 @@ def _print_json(payload: Any) -> None:
 @_friendly
 def demo_data(
     kind: Annotated[
-        str, typer.Option(help="silhouettes: 10,000 28x28 animal-mnist drawings; photos: real photographs.")
-    ] = "silhouettes",
+        DemoKind, typer.Option(help="silhouettes: 10,000 28x28 animal-mnist drawings; photos: real photographs.")
+    ] = DemoKind.silhouettes,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
     impostor_source: Annotated[
         str, typer.Option(help="silhouettes: class whose look-alikes get the wrong label.")
@@ -98,20 +118,18 @@ def demo_data(
 ) -> None:
     """Write a poisoned demo dataset into DATA_DIR: animal silhouettes (default) or real photos."""
     settings = _settings()
-    if kind == "photos":
+    if kind is DemoKind.photos:
         from training.demo_photos import PhotoDemoSpec, write_photo_dataset
 
         photo_spec = PhotoDemoSpec(
             seed, train_copies=copies, poisoned_photo=poisoned_photo, poisoned_label=poisoned_label
         )
         poisoned = write_photo_dataset(settings.data_dir, photo_spec, force=force)
-    elif kind == "silhouettes":
+    else:
         from training.demo_data import DemoSpec, write_demo_dataset
 
         spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
         poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
-    else:
-        raise ValueError(f"unknown demo kind {kind!r}; use silhouettes or photos")
     typer.echo(
         f"wrote {kind} demo data to {settings.data_dir} ({len(poisoned)} poisoned train labels, "
         f"ground truth in {settings.data_dir / 'ground_truth.csv'})"
@@ -137,6 +155,8 @@ def import_(
     )
     for path, reason in report.skipped if verbose else []:
         typer.echo(f"skipped {path}: {reason}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}")
 
 
 @app.command()
@@ -154,6 +174,7 @@ def train(
     from training.progress import JsonFileProgress, LogProgress, fan_out
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
+    import_tensorflow_quietly()
     sink = LogProgress(log)  # a line per phase, epoch and out-of-fold model
     result = run_training(
         settings,
@@ -168,26 +189,32 @@ def train(
 @_friendly
 def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
     """Evaluate a registered model (its ONNX graph) on the current labels of a split."""
-    from training.pipeline import evaluate_registered
+    from training.dataset import MissingSplitError
+    from training.pipeline import evaluate_split, open_store
+    from training.registry import load_registered
 
     settings = _settings()
     if split not in settings.splits:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(settings.splits)}")
-    tag, report = evaluate_registered(settings, model or f"{settings.model_name}:latest", split)
+    with open_store(settings) as store:
+        if store.count(split=split) == 0:  # an accuracy of 0.0 over no images would be a lie
+            raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
+        registered = load_registered(_model_tag(settings, store, model))
+        report = evaluate_split(settings, store, registered, split)
     payload = report.as_dict()
     payload["misclassified"] = payload["misclassified"][:show]
-    _print_json({"model": tag, **payload})
+    _print_json({"model": registered.tag, **payload})
 
 
 @app.command()
 @_friendly
 def suspects(
     k: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
-    model: Annotated[str | None, typer.Option(help="Model tag; default <model_name>:latest.")] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     flagged_only: Annotated[
         bool, typer.Option(help="Only the flagged ones (cleanlab's label issues, duplicates that disagree).")
     ] = False,
@@ -202,13 +229,13 @@ def suspects(
     from training.registry import load_registered
 
     settings = _settings()
-    registered = load_registered(model or f"{settings.model_name}:latest")
-    if registered.audit is None:
-        raise ValueError(
-            f"model {registered.tag} has no out-of-fold probabilities "
-            "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
-        )
     with open_store(settings) as store:
+        registered = load_registered(_model_tag(settings, store, model))
+        if registered.audit is None:
+            raise ValueError(
+                f"model {registered.tag} has no out-of-fold probabilities "
+                "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
+            )
         found = find_suspects(registered.audit, store.images(split=settings.train_split), registered.class_names)
     if flagged_only:
         found = [s for s in found if s.flagged]
@@ -314,19 +341,62 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (kept in the promotion record).")] = "",
 ) -> None:
     """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it."""
-    import bentoml
-
     from training.pipeline import open_store
+    from training.registry import fitting_tag
 
     settings = _settings()
-    tag = f"{settings.model_name}:{version}"
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        raise ValueError(f"unknown model version {version!r}; `bentoml models list {settings.model_name}`") from None
     with open_store(settings) as store:
+        tag = fitting_tag(
+            f"{settings.model_name}:{version}", store
+        )  # refused unless it predicts this dataset's classes
         store.promote(settings.model_name, tag, actor=_user(), reason=reason or "cli promote")
     _print_json({"serving": tag})
+
+
+def demo_wanted(settings: Settings, demo: bool | None) -> bool:
+    """Whether `bouncer serve` writes the demo dataset into DATA_DIR before serving it.
+
+    A user's folder is never touched: the demo goes only into a folder that does not
+    exist or is empty, and only into the default ./data or when ``--demo`` asked for it
+    (``demo`` True); ``--no-demo`` (False) never writes. A folder with a train split is
+    served as it is (False). Anything else raises, saying what was found, so a typo'd
+    ``--data-dir`` creates nothing.
+    """
+    from training.dataset import find_split_folders, folder_contents, has_class_folders
+
+    data_dir = settings.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"{data_dir} is a file, not a dataset folder")
+    found = folder_contents(data_dir) if data_dir.is_dir() else None
+    if found:
+        train = find_split_folders(data_dir, settings.train_split, settings.test_split).train
+        if train is not None and has_class_folders(data_dir / train):
+            return False
+        raise ValueError(
+            f"{data_dir} has no usable {settings.train_split} split (a train/, Train/ or training/ folder "
+            f"holding one folder per class); found: {', '.join(found)}. Arrange it as "
+            f"{settings.train_split}/<class>/<image> and {settings.test_split}/<class>/<image> (README, "
+            "data layout), or give --data-dir an empty folder and --demo for the demo data"
+        )
+    state = "does not exist" if found is None else "is empty"
+    if demo is False:
+        raise FileNotFoundError(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
+    if demo is None and "data_dir" in settings.model_fields_set:  # a folder the user named, maybe mistyped
+        raise FileNotFoundError(
+            f"{data_dir} {state}; check --data-dir / BOUNCER_DATA_DIR, or pass --demo to write the demo dataset there"
+        )
+    return True
+
+
+def _write_demo(data_dir: Path, kind: DemoKind) -> None:
+    if kind is DemoKind.photos:
+        from training.demo_photos import PhotoDemoSpec, write_photo_dataset
+
+        write_photo_dataset(data_dir, PhotoDemoSpec())
+    else:
+        from training.demo_data import DemoSpec, write_demo_dataset
+
+        write_demo_dataset(data_dir, DemoSpec())
 
 
 @app.command()
@@ -334,36 +404,48 @@ def promote(
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
-    demo: Annotated[bool, typer.Option(help="Write the demo dataset if DATA_DIR has no train split.")] = True,
+    demo: Annotated[
+        bool | None,
+        typer.Option(
+            "--demo/--no-demo",
+            help=(
+                "--demo: write the demo dataset into DATA_DIR if it does not exist or is empty (without it, only "
+                "the default ./data gets one); --no-demo: never write it."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
-    """Get ready and serve: demo data if none, import, first training if no model, then `bentoml serve`."""
+    """Get ready and serve: demo data into an empty ./data, import, train if this dataset has no model, serve."""
     from training.pipeline import import_dataset, open_store, run_training
     from training.progress import LogProgress
-    from training.registry import list_versions
+    from training.registry import resolve_serving_tag, versions_for_dataset
 
     settings = _settings()
-    if not (settings.data_dir / settings.train_split).is_dir():
-        if not demo:
-            raise FileNotFoundError(f"no {settings.train_split} split in {settings.data_dir}")
-        from training.demo_data import DemoSpec, write_demo_dataset
-
-        typer.echo(f"no dataset in {settings.data_dir}: writing the demo data")
-        write_demo_dataset(settings.data_dir, DemoSpec())
+    if demo_wanted(settings, demo):
+        typer.echo(f"no dataset in {settings.data_dir}: writing the {demo_kind} demo data there")
+        _write_demo(settings.data_dir, demo_kind)
+    elif demo:
+        typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
     with open_store(settings) as store:
         import_dataset(settings, store)
-    if not list_versions(settings.model_name):
-        typer.echo(f"no '{settings.model_name}' model in the BentoML store: training one first")
+        untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
+    if untrained:
+        typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
+        import_tensorflow_quietly()
         result = run_training(settings, epochs=epochs, sink=LogProgress(log))
         typer.echo(json.dumps(result.summary(), indent=2))
-    beside_python = Path(sys.executable).with_name("bentoml")  # this venv's, even when it is not activated
-    bentoml = str(beside_python) if beside_python.exists() else shutil.which("bentoml") or "bentoml"
+    with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
+        typer.echo(f"model: {resolve_serving_tag(settings, store)}")
     project_root = Path(__file__).resolve().parent.parent
-    command = [bentoml, "serve", "bento_service.service:Bouncer", "--port", str(port)]
+    # this interpreter's bentoml, never one found on PATH: the venv need not be activated
+    command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
     os.chdir(project_root)
-    os.execv(bentoml, command)
+    os.execv(sys.executable, command)
 
 
 def _user() -> str:

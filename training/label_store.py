@@ -7,6 +7,9 @@ Glossary: ``image_id`` is stable for a file's whole life (it survives relabels a
 moves on disk); ``folder_label`` is what the folder says; ``label`` is the curated
 label everything else uses. An *event* is one relabel call (possibly many images),
 an undo, or a move detected on disk; its ``changes`` say old -> new per image.
+``dataset_id`` names the dataset this database curates: a UUID made when the
+database is created, recorded with every model trained on it (model metadata), so
+a model store shared by several datasets never serves one dataset's model for another.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import io
 import os
 import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +38,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from training.dataset import Fingerprint, ScanResult
@@ -70,6 +75,16 @@ class UndoConflictError(LabelStoreError):
 
 class Base(DeclarativeBase):
     pass
+
+
+class DatasetRow(Base):
+    """The identity of the dataset this database curates: a single row (``id`` 1), never changed."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PromotionRow(Base):
@@ -183,6 +198,7 @@ class SyncReport:
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the scan's, about folders (see ScanResult)
 
 
 def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
@@ -221,10 +237,33 @@ class LabelStore:
             read_engine = _sqlite_engine(url, for_writes=False)
         else:
             self.engine = read_engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
+        Base.metadata.create_all(self.engine)  # also adds tables new in this version to an existing database
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
+        self._dataset_id = self._existing_dataset_id() or self._create_dataset_id()
+
+    @property
+    def dataset_id(self) -> str:
+        """This dataset's identity (a UUID), recorded in the metadata of every model trained on it."""
+        return self._dataset_id
+
+    def _existing_dataset_id(self) -> str | None:
+        with self._session() as session:
+            return session.scalar(select(DatasetRow.dataset_id).where(DatasetRow.id == 1))
+
+    def _create_dataset_id(self) -> str:
+        """Made once, by whichever process opens the database first (a database from before gets one now)."""
+        try:
+            with self._writer.begin() as session:
+                if session.get(DatasetRow, 1) is None:  # under the write lock: no other process made it meanwhile
+                    session.add(DatasetRow(id=1, dataset_id=str(uuid.uuid4()), created_at=datetime.now(UTC)))
+        except IntegrityError:  # a server database without a write lock: another process inserted it first
+            pass
+        dataset_id = self._existing_dataset_id()
+        if dataset_id is None:  # just written, by us or by another process: cannot happen
+            raise RuntimeError("the dataset identity row vanished right after it was written")
+        return dataset_id
 
     def close(self) -> None:
         self.engine.dispose()
@@ -250,7 +289,7 @@ class LabelStore:
         vanished file of the same split is that file moved: it keeps its image_id,
         and moving it into another class folder is recorded as a relabel.
         """
-        report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes))
+        report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
         with self._writer.begin() as session:
             rows = {row.path: row for row in session.scalars(select(ImageRow))}
             scanned_paths = {f.path for f in scan.files}

@@ -117,6 +117,7 @@ def run_training(
         train_records = store.images(split=settings.train_split)
         test_records = store.images(split=settings.test_split)
         data_version = store.data_version()
+        dataset_id = store.dataset_id
     if not train_records:
         raise ValueError(f"no training images under {settings.data_dir / settings.train_split}")
     if len(classes) < 2:
@@ -214,6 +215,8 @@ def run_training(
                 "image_size": size,
                 "recipe": recipe.params(),
                 "data_version": data_version,
+                "dataset_id": dataset_id,  # whose model this is: see registry.resolve_serving_tag
+                "data_dir": str(settings.data_dir),  # for humans reading `bentoml models get`
                 "metrics": metrics,
                 "parity": parity_figures,
                 "embedder": settings.embedder,

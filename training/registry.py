@@ -2,13 +2,18 @@
 
 A version holds the ONNX graph, the fitted embedder and the reduced vectors of
 every image, so a service needs nothing but the tag to answer every endpoint.
+The store is shared by every dataset trained on this machine: a version's metadata
+names its dataset (``dataset_id``), and :func:`resolve_serving_tag` picks this
+dataset's version for serving, evaluating and finding suspects alike.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import joblib
@@ -19,6 +24,12 @@ from sklearn.pipeline import Pipeline
 from training.embedder import EmbeddingIndex
 from training.inference import OnnxClassifier
 from training.label_issues import LabelAudit
+
+if TYPE_CHECKING:
+    from training.label_store import LabelStore
+    from training.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 EMBEDDER_FILE = "embedder.joblib"
@@ -110,3 +121,94 @@ def list_versions(name: str) -> list[bentoml.Model]:
     except bentoml.exceptions.NotFound:
         return []
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+
+
+class ModelResolutionError(ValueError):
+    """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
+
+
+def dataset_matches(metadata: Mapping[str, Any], dataset_id: str, classes: list[str]) -> bool:
+    """Was the version with this metadata trained on this dataset?"""
+    recorded = metadata.get("dataset_id")
+    if recorded is None:
+        # Registered before datasets had an identity: it is this dataset's when it predicts
+        # exactly this dataset's classes (the best evidence such a version carries).
+        return list(metadata.get("class_names", [])) == classes
+    return recorded == dataset_id
+
+
+def versions_for_dataset(name: str, store: LabelStore) -> list[bentoml.Model]:
+    """The stored versions of ``name`` trained on the dataset ``store`` curates, newest first."""
+    classes = store.classes()
+    return [m for m in list_versions(name) if dataset_matches(m.info.metadata, store.dataset_id, classes)]
+
+
+def check_classes(
+    tag: str, metadata: Mapping[str, Any], store: LabelStore, *, chosen_as: str = "", then: str = ""
+) -> None:
+    """Refuse a version whose classes are not this dataset's: its answers would name the wrong classes.
+
+    ``chosen_as`` says how the version was picked (" (the promoted version)"), ``then`` what to
+    do after training; both go into the message.
+    """
+    model_classes, classes = list(metadata.get("class_names", [])), store.classes()
+    if not classes:
+        raise ModelResolutionError(
+            f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
+            "nothing was imported into its label database (`bouncer import`)"
+        )
+    if model_classes != classes:
+        raise ModelResolutionError(
+            f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset's classes are "
+            f"{classes}: train a model on this dataset (`bouncer train`){then}"
+        )
+
+
+def fitting_tag(tag: str, store: LabelStore, *, chosen_as: str = "") -> str:
+    """The full ``name:version`` of ``tag`` (``latest`` resolved), refused unless its classes are the dataset's."""
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        message = f"model {tag}{chosen_as} is not in the model store (see `bentoml models list`)"
+        raise ModelResolutionError(message) from None
+    check_classes(str(model.tag), model.info.metadata, store, chosen_as=chosen_as)
+    return str(model.tag)
+
+
+def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
+    """The version that serves this dataset; ``evaluate`` and ``suspects`` use it too, so all of them agree.
+
+    In order: the promoted version (a row in this dataset's label DB) if this model
+    store holds it; else BOUNCER_MODEL_TAG (or the model a served bento was built with)
+    if set; else the newest version trained on this dataset. A ModelResolutionError when
+    there is none, or when the chosen version's classes are not the dataset's.
+    """
+    promoted = store.serving(settings.model_name)
+    if promoted is not None:
+        try:
+            model = bentoml.models.get(promoted.tag)
+        except bentoml.exceptions.NotFound:
+            log.warning("promoted version %s is not in this model store; not serving it", promoted.tag)
+        else:
+            check_classes(
+                str(model.tag),
+                model.info.metadata,
+                store,
+                chosen_as=" (the promoted version)",
+                then=", then promote it (`bouncer promote VERSION`)",
+            )
+            return str(model.tag)
+    if settings.pinned_model_tag:
+        pinned_by = "BOUNCER_MODEL_TAG" if settings.model_tag else "the model_tag the bento was built with"
+        return fitting_tag(settings.pinned_model_tag, store, chosen_as=f" ({pinned_by})")
+    matching = versions_for_dataset(settings.model_name, store)
+    if not matching:
+        others = len(list_versions(settings.model_name))
+        raise ModelResolutionError(
+            f"no '{settings.model_name}' model was trained on the dataset in {settings.data_dir} "
+            f"(dataset id {store.dataset_id}"
+            + (f"; the {others} stored version(s) belong to other datasets" if others else "")
+            + "): train one with `bouncer train`"
+        )
+    check_classes(str(matching[0].tag), matching[0].info.metadata, store, chosen_as=" (the newest of this dataset)")
+    return str(matching[0].tag)

@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     mlflow_experiment: str = "bouncer"
     model_name: str = Field("bouncer", description="Name of the model in the BentoML model store.")
     model_tag: str | None = Field(
-        None, description="Version to serve until one is promoted; default <model_name>:latest."
+        None,
+        description=(
+            "Version to serve and evaluate until one is promoted; default the newest version trained on this dataset."
+        ),
     )
     state_dir: Path | None = Field(
         None, description="Training lock, progress and logs of the train task; default DATA_DIR/.bouncer."
@@ -145,9 +148,17 @@ class Settings(BaseSettings):
         return None if value is None else value.expanduser().resolve()
 
     @property
+    def pinned_model_tag(self) -> str | None:
+        """BOUNCER_MODEL_TAG, else the model a served bento was built with (``--arg model_tag``), else None."""
+        return self.model_tag or _bento_model_tag()
+
+    @property
     def default_model_tag(self) -> str:
-        """BOUNCER_MODEL_TAG, else the model a served bento was built with, else the newest version."""
-        return self.model_tag or _bento_model_tag() or f"{self.model_name}:latest"
+        """The model ``bentoml build`` packs: the pinned one, else the newest version (of any dataset).
+
+        Which version serves is decided at start-up by ``registry.resolve_serving_tag``.
+        """
+        return self.pinned_model_tag or f"{self.model_name}:latest"
 
     @property
     def runtime_dir(self) -> Path:

@@ -31,6 +31,7 @@ from typing import Any
 
 from training.progress import JsonFileProgress, LogProgress, fan_out, write_json_atomic
 from training.settings import Settings, get_settings
+from training.tf_logs import import_tensorflow_quietly
 
 
 class TrainingCanceled(BaseException):
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, cancel)
     try:
+        import_tensorflow_quietly()  # its start-up noise would bury a failure's message in train.log
         result = retrain(
             settings, serving_tag=args.serving_tag, epochs=args.epochs, force=args.force, actor=args.actor, sink=sink
         )

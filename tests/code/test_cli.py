@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from training.cli import app, demo_wanted
+from training.settings import Settings, get_settings
 
 runner = CliRunner()
 COMMANDS = [
@@ -67,3 +69,111 @@ def test_import_of_a_missing_folder_says_so(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--data-dir", str(tmp_path / "missing"), "import"])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# --- `bouncer serve` never writes the demo into a user's folder --------------------------------
+
+
+def _default_settings(monkeypatch: pytest.MonkeyPatch, cwd: Path) -> Settings:
+    """Settings as `bouncer serve` sees them in ``cwd`` with no --data-dir and no BOUNCER_DATA_DIR."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("BOUNCER_DATA_DIR", raising=False)
+    return get_settings()
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_the_demo_goes_into_the_default_data_folder_when_it_is_missing_or_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _default_settings(monkeypatch, tmp_path)
+    assert settings.data_dir == tmp_path / "data"
+    assert demo_wanted(settings, None)  # a fresh machine: no data/ yet
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.md").write_text("the repository's own note\n")
+    (tmp_path / "data" / ".gitignore").write_text("/train\n")
+    assert demo_wanted(settings, None)  # a fresh clone: data/ holds only what git ships
+    assert demo_wanted(settings, True)
+
+
+def test_a_named_folder_gets_the_demo_only_when_asked(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert demo_wanted(get_settings(data_dir=tmp_path / "new"), True)
+    assert demo_wanted(get_settings(data_dir=empty), True)
+    with pytest.raises(FileNotFoundError, match="is empty; .* pass --demo"):
+        demo_wanted(get_settings(data_dir=empty), None)
+
+
+def test_no_demo_never_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist: no dataset to serve"):
+        demo_wanted(_default_settings(monkeypatch, tmp_path), False)
+
+
+@pytest.mark.parametrize(("train", "test"), [("train", "test"), ("Train", "Test"), ("training", "val")])
+def test_a_folder_with_a_train_split_is_served_as_it_is(tmp_path: Path, train: str, test: str) -> None:
+    for split in (train, test):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+    for demo in (None, True, False):
+        assert not demo_wanted(get_settings(data_dir=tmp_path / "data"), demo)
+
+
+def test_a_mistyped_data_dir_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "dta"
+    result = runner.invoke(app, ["--data-dir", str(typo), "serve"])
+    assert result.exit_code == 2, result.output
+    assert f"{typo} does not exist; check --data-dir" in result.output
+    assert "pass --demo" in result.output
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("flag", [[], ["--demo"], ["--no-demo"]])
+def test_a_folder_of_other_things_is_refused_listing_them_and_left_alone(tmp_path: Path, flag: list[str]) -> None:
+    photos = tmp_path / "holiday"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "dogs").mkdir()
+    (photos / "cats" / "tom.jpg").write_bytes(b"not really a jpeg")
+    (photos / "train").mkdir()  # a train folder without class folders is no train split either
+    (photos / "notes.txt").write_text("mine\n")
+    before = _tree(photos)
+    result = runner.invoke(app, ["--data-dir", str(photos), "serve", *flag])
+    assert result.exit_code == 2, result.output
+    assert "has no usable train split" in result.output
+    assert "found: cats/, dogs/, notes.txt, train/" in result.output
+    assert "Traceback" not in result.output
+    assert _tree(photos) == before
+
+
+def test_serve_offers_both_demo_kinds() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert "silhouettes" in result.output and "photos" in result.output
+    wrong = runner.invoke(app, ["serve", "--demo-kind", "drawings"])
+    assert wrong.exit_code == 2
+
+
+def test_evaluate_without_a_test_split_says_so_instead_of_accuracy_zero(tmp_path: Path) -> None:
+    from tests.conftest import write_mixed_formats
+
+    data = tmp_path / "train-only"
+    for kind in ("cross", "ring"):
+        write_mixed_formats(data / "train" / kind, kind, 3)
+    assert runner.invoke(app, ["-q", "--data-dir", str(data), "import"]).exit_code == 0
+    result = runner.invoke(app, ["-q", "--data-dir", str(data), "evaluate"])
+    assert result.exit_code == 2
+    assert f"no test split in DATA_DIR {data}: no images in a test/, testing/, val/" in result.output
+    assert "accuracy" not in result.output and "Traceback" not in result.output
+
+
+def test_every_command_sets_a_quiet_tensorflow_log_level_a_user_can_override(
+    shapes_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.tf_logs import TF_CPP_MIN_LOG_LEVEL
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert runner.invoke(app, ["-q", "import"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == TF_CPP_MIN_LOG_LEVEL == "3"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    assert runner.invoke(app, ["-q", "import"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"

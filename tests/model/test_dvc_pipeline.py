@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ import yaml
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
+# The tools of the environment running the tests, found without PATH: the venv need not be activated.
+BIN = Path(sys.executable).parent
+DVC, BOUNCER = str(BIN / "dvc"), str(BIN / "bouncer")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -34,22 +38,24 @@ def test_dvc_repro_then_relabel_marks_train_stale(tmp_path: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNCER_")}
     env["BOUNCER_MLFLOW_DIR"] = str(tmp_path / "mlruns")
+    # dvc.yaml's stages run `bouncer ...`: give them the PATH an activated venv would have
+    env["PATH"] = os.pathsep.join(filter(None, [str(BIN), env.get("PATH")]))
     _run(["git", "init", "-q"], repo, env)
-    _run(["dvc", "init", "-q"], repo, env)
-    _run(["dvc", "config", "core.analytics", "false"], repo, env)
+    _run([DVC, "init", "-q"], repo, env)
+    _run([DVC, "config", "core.analytics", "false"], repo, env)
 
-    _run(["dvc", "repro"], repo, env)
+    _run([DVC, "repro"], repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert {"demo-data", "train"} <= set(lock["stages"])
     metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["tag"].startswith("bouncer:")
     assert "/train" in (repo / "data" / ".gitignore").read_text()  # images are DVC's, not git's
-    assert "up to date" in _run(["dvc", "status"], repo, env)
+    assert "up to date" in _run([DVC, "status"], repo, env)
 
     env["BOUNCER_DATA_DIR"] = str(repo / "data")
     listing = json.loads(
-        _run(["bouncer", "-q", "images", "--split", "train", "--label", "bear", "--limit", "1"], repo, env)
+        _run([BOUNCER, "-q", "images", "--split", "train", "--label", "bear", "--limit", "1"], repo, env)
     )
-    _run(["bouncer", "-q", "relabel", listing[0]["image_id"], "--label", "zebra", "--reason", "test"], repo, env)
-    status = _run(["dvc", "status"], repo, env)
+    _run([BOUNCER, "-q", "relabel", listing[0]["image_id"], "--label", "zebra", "--reason", "test"], repo, env)
+    status = _run([DVC, "status"], repo, env)
     assert "train" in status and "labels.csv" in status and "modified" in status

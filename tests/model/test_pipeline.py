@@ -132,3 +132,32 @@ def test_suspects_cli_ranks_train_images_of_the_stored_audit(
     flagged = CliRunner().invoke(app, ["--quiet", "suspects", "--k", "1000", "--flagged-only"])
     assert flagged.exit_code == 0, flagged.output
     assert all(s["flagged"] for s in json.loads(flagged.stdout))
+
+
+def test_a_model_belongs_to_its_dataset(
+    trained_demo: TrainedDemo, shapes_dataset, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer version trained on another dataset changes nothing for this one; its model is refused here."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    other = run_training(settings.model_copy(update={"out_of_fold_folds": 0, "image_size": 16}), epochs=1)
+    with open_store(trained_demo.settings) as store:
+        demo_dataset = store.dataset_id
+    metadata = load_registered(trained_demo.result.tag).metadata
+    assert metadata["dataset_id"] == demo_dataset
+    assert metadata["data_dir"] == str(trained_demo.settings.data_dir)
+    assert load_registered(other.tag).metadata["dataset_id"] != demo_dataset
+
+    trained_demo.apply(monkeypatch)
+    evaluated = CliRunner().invoke(app, ["-q", "evaluate", "--show", "0"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert report["model"] == trained_demo.result.tag  # not bouncer:latest, the shapes model
+    assert report["accuracy"] == pytest.approx(trained_demo.result.evaluation.accuracy)
+
+    refused = CliRunner().invoke(app, ["-q", "evaluate", "--model", other.tag])
+    assert refused.exit_code == 2
+    assert "predicts the classes ['cross', 'ring', 'square'], but this dataset's classes are ['bear'," in refused.output
+    assert "train a model on this dataset" in refused.output

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TrainedDemo
+from tests.conftest import TENSORFLOW_NOISE, TrainedDemo
 from tests.service.conftest import running_server
 from training.progress import PHASES
 
@@ -123,6 +123,7 @@ class TrainingRun:
     status: dict[str, Any]  # the last /train/status
     result: httpx.Response  # /train/get
     seconds: float
+    log: str  # the training child's stdout/stderr (train.log)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def training(deployment: Deployment) -> TrainingRun:
         predictions.append((answer.status_code, answer.json().get("model_version") if answer.is_success else None))
         time.sleep(0.5)
     result = httpx.get(f"{url}/train/get", params={"task_id": task_id}, timeout=30)
-    return TrainingRun(first, second, running, predictions, status, result, time.monotonic() - started)
+    log = (deployment.data_dir / ".bouncer" / "train.log").read_text()
+    return TrainingRun(first, second, running, predictions, status, result, time.monotonic() - started, log)
 
 
 def test_token_guards_train_and_promote(deployment: Deployment) -> None:
@@ -202,6 +204,12 @@ def test_train_task_trains_promotes_and_serves_the_new_version(deployment: Deplo
     assert progress["result"]["model_version"] == result["model_version"]
     assert progress["error"] is None and progress["elapsed_s"] > 0
     assert progress["epochs"] == 1 and progress["epoch"] == 1 and len(progress["history"]) == 1
+
+
+def test_the_training_log_has_no_tensorflow_noise(training: TrainingRun) -> None:
+    """The child's log is what a failed training shows: TensorFlow's start-up lines would bury the error."""
+    assert "registered bouncer:" in training.log
+    assert [line for line in training.log.splitlines() if any(n in line for n in TENSORFLOW_NOISE)] == []
 
 
 def test_predict_keeps_answering_while_training(deployment: Deployment, training: TrainingRun) -> None:
