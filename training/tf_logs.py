@@ -42,7 +42,10 @@ def import_tensorflow_quietly() -> None:
 
         return
     with _stderr_without(_LOAD_NOISE):
-        import tensorflow  # noqa: F401
+        import tensorflow
+    # Python-side warnings such as "5 out of the last 5 calls ... triggered tf.function retracing":
+    # each out-of-fold model's predict is a new function by design
+    tensorflow.get_logger().setLevel("ERROR")
 
 
 @contextmanager
