@@ -32,12 +32,13 @@ from bento_service.live_model import LiveModel
 from bento_service.request_guard import RequestGuard, RouteInput
 from bento_service.train_runner import NotRunning, TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
 from training.dataset import MissingSplitError, resolve_inside
+from training.evaluate import weak_model_warning
 from training.images import ImageError, load_model_input
 from training.label_issues import find_suspects, trace_to_training
 from training.label_store import NotFoundError, UndoConflictError, UnknownLabelError
 from training.label_store import RelabelResult as StoreRelabelResult
 from training.pipeline import evaluate_split, load_split, open_store
-from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, list_versions
+from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, list_versions, versions_for_dataset
 from training.settings import get_settings
 from training.similarity import nearest_neighbours, nearest_to_any
 from training.tf_logs import quiet_tensorflow
@@ -107,6 +108,11 @@ class ModelVersion(BaseModel):
     metrics: dict[str, float]
     data_version: str | None
     serving: bool
+    beats_baseline: bool | None = Field(
+        description="Test accuracy above always answering the most common label (null: no test figures recorded)."
+    )
+    warning: str | None = Field(description="Set when the version is no better than that baseline.")
+    recipe: dict[str, Any] | None = Field(description="How it was trained: backbone, input size, batch, augmentation.")
 
 
 class SuspectOut(BaseModel):
@@ -163,6 +169,10 @@ class TrainResult(BaseModel):
     data_version: str
     mlflow_run_id: str
     epochs_run: int
+    beats_baseline: bool | None = Field(
+        description="Test accuracy above always answering the most common label (null without a test split)."
+    )
+    warning: str | None = Field(description="For people: the new model is no better than that, or was not tested.")
 
 
 class Conflict(BentoMLException):
@@ -319,19 +329,27 @@ class Bouncer:
 
     @bentoml.api
     def models(self) -> list[ModelVersion]:
-        """Every registered version, newest first, with its metrics and whether it serves."""
+        """This dataset's registered versions, newest first, with their metrics and whether they serve."""
         serving = self.model.tag
-        return [
-            ModelVersion(
-                version=m.tag.version,
-                tag=str(m.tag),
-                created_at=m.info.creation_time.isoformat(),
-                metrics={k: float(v) for k, v in dict(m.info.metadata.get("metrics", {})).items()},
-                data_version=m.info.metadata.get("data_version"),
-                serving=str(m.tag) == serving,
+        versions = []
+        for m in versions_for_dataset(self.settings.model_name, self.store):
+            metrics = {k: float(v) for k, v in dict(m.info.metadata.get("metrics", {})).items()}
+            baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
+            known = baseline is not None and accuracy is not None
+            versions.append(
+                ModelVersion(
+                    version=m.tag.version,
+                    tag=str(m.tag),
+                    created_at=m.info.creation_time.isoformat(),
+                    metrics=metrics,
+                    data_version=m.info.metadata.get("data_version"),
+                    serving=str(m.tag) == serving,
+                    beats_baseline=accuracy > baseline if known else None,
+                    warning=weak_model_warning(accuracy, baseline) if known else None,
+                    recipe=dict(m.info.metadata["recipe"]) if "recipe" in m.info.metadata else None,
+                )
             )
-            for m in list_versions(self.settings.model_name)
-        ]
+        return versions
 
     @bentoml.api
     def promote(self, version: str, ctx: bentoml.Context, reason: str = "") -> PromoteResult:

@@ -136,3 +136,15 @@ def test_health_and_openapi(server: str) -> None:
     assert httpx.get(f"{server}/healthz", timeout=10).status_code == 200
     spec = httpx.get(f"{server}/docs.json", timeout=10).json()
     assert {"/predict", "/evaluate"} <= set(spec["paths"])
+
+
+def test_models_and_evaluate_say_whether_the_model_beats_the_majority_label(server: str) -> None:
+    versions = httpx.post(f"{server}/models", json={}, timeout=30).json()
+    serving = next(v for v in versions if v["serving"])
+    metrics = serving["metrics"]
+    assert serving["beats_baseline"] == (metrics["test_accuracy"] > metrics["baseline_accuracy"])
+    assert (serving["warning"] is None) == serving["beats_baseline"]
+    assert serving["recipe"]["backbone"] == "cnn" and serving["recipe"]["image_size"] == 32
+    report = httpx.post(f"{server}/evaluate", json={"split": "test"}, timeout=60).json()
+    assert report["beats_baseline"] == (report["accuracy"] > report["baseline_accuracy"])
+    assert 0 < report["baseline_accuracy"] < 1
