@@ -14,8 +14,8 @@ probabilities, a simulated review, a retraining). Prints:
   by paging on through the suspect ranking;
 - test accuracy before and after retraining on the fixed labels.
 
-The simulation calls the same functions the endpoints call (training.label_issues,
-training.similarity, LabelStore.relabel), without HTTP.
+The simulation calls the same functions the endpoints call (training.curation.ranking,
+training.curation.index, LabelStore.relabel), without HTTP.
 
     .venv/bin/python benchmarks/label_issues.py            # ~15 min on 2 cores
     .venv/bin/python benchmarks/label_issues.py --epochs 5 --per-class-limit 300   # quicker, rougher
@@ -27,7 +27,6 @@ import argparse
 import copy
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.workspace import isolated_env, workspace  # noqa: E402
 
 
 @dataclass
@@ -80,27 +81,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bouncer-issues-") as tmp:
-        root = Path(tmp) if args.workdir is None else args.workdir.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        os.environ.update(
-            BENTOML_HOME=str(root / "bentoml"),
-            BOUNCER_DATA_DIR=str(root / "data"),
-            BOUNCER_MLFLOW_DIR=str(root / "mlruns"),
-            BOUNCER_BUILD_BENTO="false",
-        )
+    with workspace(args.workdir, prefix="bouncer-issues-") as root:
+        os.environ.update(isolated_env(root), BOUNCER_BUILD_BENTO="false")
         run(args)
 
 
 def run(args: argparse.Namespace) -> None:
     from cleanlab.filter import find_label_issues
 
-    from training.demo_data import DemoSpec, read_ground_truth, write_demo_dataset
-    from training.label_issues import find_suspects, in_sample_ranking, trace_to_training
-    from training.pipeline import evaluate_split, open_store, run_training
-    from training.registry import load_registered
+    from training.curation.ranking import in_sample_ranking
+    from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
+    from training.data.ground_truth import read_ground_truth
+    from training.pipeline.training_run import run_training
+    from training.registry.serving import open_curator
     from training.settings import get_settings
-    from training.similarity import nearest_to_any
 
     settings = get_settings()
     spec = DemoSpec(per_class_limit=args.per_class_limit)
@@ -108,10 +102,9 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     before = run_training(settings, epochs=args.epochs)
     print(f"trained {before.tag} in {time.perf_counter() - started:.0f} s (with out-of-fold models)", flush=True)
-    model = load_registered(before.tag)
-    assert model.audit is not None
-
-    with open_store(settings) as store:
+    with open_curator(settings) as curator:  # what the service would serve: the version just trained
+        store, model = curator.store, curator.model
+        assert model.tag == before.tag and model.audit is not None
         train = store.images(split=settings.train_split)
         by_path = {r.path: r for r in train}
         poisoned = read_ground_truth(settings.data_dir)
@@ -128,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
             f"\nplanted errors: {n} ({len(impostors)} impostors, {n - len(impostors)} random noise) "
             f"in {len(train)} train images"
         )
-        ours = [s.record.image_id for s in find_suspects(model.audit, train, classes)]
+        ours = [s.image_id for s in curator.suspects(len(train))]
         cleanlab_ranked = find_label_issues(labels, oof, return_indices_ranked_by="self_confidence", n_jobs=1)
         cleanlab_all = [train[i].image_id for i in cleanlab_ranked]
         naive = [train[i.index].image_id for i in in_sample_ranking(labels, in_sample)]
@@ -147,20 +140,10 @@ def run(args: argparse.Namespace) -> None:
             noise = len(set(found) & (planted - impostors))
             print(f"{name:<52} {p:9.3f} {r:7.3f} {imp:8d}/{len(impostors):<6d} {noise:6d}/{n - len(impostors)}")
 
-        report = evaluate_split(settings, store, model, settings.test_split)
-        errors = report.misclassified
-        index_rows = model.index.rows_of([r.image_id for r in train])
-        traced = trace_to_training(
-            model.index.vectors[model.index.rows_of([m.image_id for m in errors])],
-            [m.predicted for m in errors],
-            [m.label for m in errors],
-            model.index.vectors[index_rows],
-            train,
-            classes,
-            k=5,
-        )
-        traced_ids = {t.record.image_id for t in traced}
-        strong = {t.record.image_id for t in traced if t.votes >= 2}
+        errors = curator.evaluate(settings.test_split).misclassified
+        traced = curator.trace(None, k=5, limit=len(train))
+        traced_ids = {t.image_id for t in traced}
+        strong = {t.image_id for t in traced if t.votes >= 2}
         print(
             f"\nerror tracing from {len(errors)} misclassified test images (k=5): {len(traced_ids)} training images, "
             f"impostor recall {len(traced_ids & impostors) / len(impostors):.3f}, precision "
@@ -172,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
         # --- a simulated user: trace -> confirm -> relabel -> expand until dry -> suspects ------------
         review = Review(truth)
         review.calls["trace"] += 1
-        confirmed = review.confirm([t.record.image_id for t in traced if t.votes >= 2])
+        confirmed = review.confirm([t.image_id for t in traced if t.votes >= 2])
         review.relabel(store, confirmed)
         original = {r.image_id: r.label for r in train}  # the (wrong) label a confirmed image carried
         frontier = confirmed
@@ -180,11 +163,11 @@ def run(args: argparse.Namespace) -> None:
             grown: list[str] = []
             for label in sorted({original[i] for i in frontier}):
                 seeds = sorted(i for i in review.fixed if original[i] == label)  # everything confirmed so far
-                candidates = [
-                    r for r in store.images(split=settings.train_split, label=label) if r.image_id not in review.seen
+                # the images the user looked at and found right are not proposed again
+                proposed = [
+                    nb.image_id
+                    for nb in curator.expand(seeds, k=args.batch, label=label, split="train", exclude=review.seen)
                 ]
-                queries = model.index.vectors[model.index.rows_of(seeds)]
-                proposed = [nb.record.image_id for nb in nearest_to_any(model.index, queries, candidates, args.batch)]
                 review.calls["expand"] += 1
                 new = review.confirm(proposed)
                 review.relabel(store, new)
@@ -193,8 +176,7 @@ def run(args: argparse.Namespace) -> None:
             frontier = grown
         after_cluster = len(review.fixed)
         review.calls["suspects"] += 1
-        current = store.images(split=settings.train_split)
-        flagged = [s.record.image_id for s in find_suspects(model.audit, current, classes) if s.flagged]
+        flagged = [s.image_id for s in curator.suspects(len(train)) if s.flagged]
         review.relabel(store, review.confirm(flagged))
         print(
             f"\nsimulated review: {dict(review.calls)} = {sum(review.calls.values())} calls, "
@@ -205,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
         # --- what-if: to fix *every* planted error, page on through the rest of the ranking --------
         # (counted only: the retraining below uses the labels of the review above)
         exhaustive = copy.deepcopy(review)
-        ranking = [s.record.image_id for s in find_suspects(model.audit, current, classes)]
+        ranking = [s.image_id for s in curator.suspects(len(train))]
         page, pages = 100, 0
         while exhaustive.fixed != planted and pages * page < len(ranking):
             exhaustive.calls["suspects"] += 1

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 from fastapi import FastAPI, HTTPException, UploadFile
 
-from training.images import ImageError, load_model_input
-from training.registry import keras_model_path, load_registered
+from training.data.images import ImageError, load_model_input
+from training.registry.store import keras_model_path, load_registered
 
 TAG = os.environ["BOUNCER_BENCH_TAG"]
 _registered = load_registered(TAG)

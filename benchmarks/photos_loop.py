@@ -14,7 +14,7 @@ the reviewer who relabels what it sees is wrong, retrain, evaluate again. Prints
     .venv/bin/python benchmarks/photos_loop.py --backbone mobilenet_v3_small \\
         --weights ~/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5      # with ImageNet weights from a file
 
-The same functions the endpoints call (evaluate_split, nearest_neighbours, LabelStore.relabel), without HTTP.
+The curation façade the endpoints call (training.curation.curator), without HTTP.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.workspace import isolated_env, workspace  # noqa: E402
 
 SIMILAR_K = 50  # results per similar call: more than the 40 poisoned copies of the default demo
 QUERIES = 3  # misclassified test images a reviewer starts from
@@ -43,12 +44,12 @@ def main() -> None:
     import_tensorflow_quietly()
     rows = []
     for backbone in args.backbone or ["cnn", "mobilenet_v3_small"]:
-        with tempfile.TemporaryDirectory(prefix=f"bouncer-photos-{backbone}-") as tmp:
-            root = (args.workdir / backbone) if args.workdir else Path(tmp)
-            root.mkdir(parents=True, exist_ok=True)
+        with workspace(args.workdir / backbone if args.workdir else None, prefix=f"bouncer-photos-{backbone}-") as root:
             rows.append(run(root, backbone, "none" if backbone == "cnn" else args.weights))
-    print("\n| backbone | weights | accuracy before -> after | beats baseline | poisoned found | calls | viewed "
-          "| train s without OOF | with OOF | ratio |")
+    print(
+        "\n| backbone | weights | accuracy before -> after | beats baseline | poisoned found | calls | viewed "
+        "| train s without OOF | with OOF | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -60,19 +61,16 @@ def main() -> None:
 
 def run(root: Path, backbone: str, weights: str) -> dict[str, object]:
     os.environ.update(
-        BENTOML_HOME=str(root / "bentoml"),
-        BOUNCER_DATA_DIR=str(root / "data"),
-        BOUNCER_MLFLOW_DIR=str(root / "mlruns"),
+        isolated_env(root),
         BOUNCER_BUILD_BENTO="false",
         BOUNCER_BACKBONE=backbone,
         BOUNCER_BACKBONE_WEIGHTS=weights,
     )
-    from training.demo_data import read_ground_truth
-    from training.demo_photos import PhotoDemoSpec, write_photo_dataset
-    from training.pipeline import evaluate_split, open_store, run_training
-    from training.registry import load_registered
+    from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset
+    from training.data.ground_truth import read_ground_truth
+    from training.pipeline.training_run import run_training
+    from training.registry.serving import open_curator
     from training.settings import get_settings
-    from training.similarity import nearest_neighbours
 
     settings = get_settings()
     write_photo_dataset(settings.data_dir, PhotoDemoSpec())
@@ -81,25 +79,22 @@ def run(root: Path, backbone: str, weights: str) -> dict[str, object]:
     with_oof = trained.total_wall_time_s
     print(f"{backbone}: trained in {without_oof:.0f} s without out-of-fold models, {with_oof:.0f} s with", flush=True)
 
-    model = load_registered(trained.tag)
-    with open_store(settings) as store:
-        before = evaluate_split(settings, store, model, settings.test_split)
-        by_path = {r.path: r for r in store.images(split=settings.train_split)}
+    with open_curator(settings) as curator:  # the version the service would serve: the one just trained
+        before = curator.evaluate(settings.test_split)
+        by_path = {r.path: r for r in curator.store.images(split=settings.train_split)}
         truth = {by_path[p.path].image_id: p.true_label for p in read_ground_truth(settings.data_dir)}
         found: set[str] = set()
         calls = viewed = 0
         for error in before.misclassified[:QUERIES]:
-            query = model.index.vector_of(error.image_id)
-            candidates = store.images(split=settings.train_split, label=error.predicted)
-            results = nearest_neighbours(model.index, query, candidates, SIMILAR_K, exclude=error.image_id)
+            results = curator.similar(error.image_id, k=SIMILAR_K, split="train", label=error.predicted).results
             calls += 1
             viewed += len(results)
-            found |= {n.record.image_id for n in results if n.record.image_id in truth}
+            found |= {n.image_id for n in results if n.image_id in truth}
         by_label: dict[str, list[str]] = {}
         for image_id in found:
             by_label.setdefault(truth[image_id], []).append(image_id)
         for label, ids in by_label.items():
-            store.relabel(ids, label, reason="benchmark review", actor="benchmark")
+            curator.relabel(ids, label, reason="benchmark review", actor="benchmark")
             calls += 1
     started = time.perf_counter()
     retrained = run_training(settings)

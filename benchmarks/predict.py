@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,10 @@ import httpx
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(PROJECT))
+
+from benchmarks.workspace import isolated_env, workspace  # noqa: E402
+from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
 
 
 @dataclass
@@ -60,38 +61,6 @@ class LoadResult:
             f"{self.name:<34} {self.throughput:8.1f} req/s   p50 {self.percentile(50):7.1f} ms   "
             f"p99 {self.percentile(99):7.1f} ms   ok {self.ok:6d}   non-200 {bad or 0}"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def server(command: list[str], env: dict[str, str], ready_url: str, log: Path):
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def drive(name: str, url: str, images: list[bytes], clients: int, seconds: float, warmup: float) -> LoadResult:
@@ -128,8 +97,8 @@ def excerpt_errors(log: Path, lines: int = 40) -> str:
 def prepare_workspace(root: Path, env: dict[str, str], epochs: int) -> str:
     """Demo data and one short training in ``root``; returns the model tag."""
     code = (
-        "from training.demo_data import DemoSpec, write_demo_dataset\n"
-        "from training.pipeline import run_training\n"
+        "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
+        "from training.pipeline.training_run import run_training\n"
         "from training.settings import get_settings\n"
         "s = get_settings()\n"
         "write_demo_dataset(s.data_dir, DemoSpec(per_class_limit=200, impostor_count=20))\n"
@@ -153,16 +122,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the workspace and server logs here (default: a temp dir)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bouncer-bench-") as tmp:
-        root = Path(tmp) if args.workdir is None else args.workdir.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with workspace(args.workdir, prefix="bouncer-bench-") as root:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         if args.tag is None:
-            env.update(
-                BENTOML_HOME=str(root / "bentoml"),
-                BOUNCER_DATA_DIR=str(root / "data"),
-                BOUNCER_MLFLOW_DIR=str(root / "mlruns"),
-            )
+            env.update(isolated_env(root))
             print("preparing a throw-away workspace (demo data + short training) ...", flush=True)
             tag = prepare_workspace(root, env, args.epochs)
         else:
@@ -175,37 +138,25 @@ def main() -> None:
         env["BOUNCER_BENCH_TAG"] = tag
 
         results = []
-        bouncer_port, naive_port = free_port(), free_port()
-        bouncer_cmd = [str(BIN / "bentoml"), "serve", "bento_service.service:Bouncer", "--port", str(bouncer_port)]
-        with server(bouncer_cmd, env, f"http://127.0.0.1:{bouncer_port}/readyz", root / "bouncer.log"):
-            results.append(
-                asyncio.run(
-                    drive(
-                        "bouncer (ONNX + adaptive batching)",
-                        f"http://127.0.0.1:{bouncer_port}/predict",
-                        images,
-                        args.clients,
-                        args.seconds,
-                        args.warmup,
-                    )
-                )
-            )
-        if set(results[-1].statuses) != {200}:
-            print(excerpt_errors(root / "bouncer.log"))
-        naive_cmd = [str(BIN / "uvicorn"), "benchmarks.naive_server:app", "--port", str(naive_port)]
-        with server(naive_cmd, env, f"http://127.0.0.1:{naive_port}/ready", root / "naive.log"):
-            results.append(
-                asyncio.run(
-                    drive(
-                        "naive (FastAPI + Keras predict)",
-                        f"http://127.0.0.1:{naive_port}/predict",
-                        images,
-                        args.clients,
-                        args.seconds,
-                        args.warmup,
-                    )
-                )
-            )
+        servers = [  # name, command for a port, readiness path
+            (
+                "bouncer (ONNX + adaptive batching)",
+                lambda port: bentoml_serve_command("bento_service.service:Bouncer", port),
+                "/readyz",
+            ),
+            (
+                "naive (FastAPI + Keras predict)",
+                lambda port: [str(BIN / "uvicorn"), "benchmarks.naive_server:app", "--port", str(port)],
+                "/ready",
+            ),
+        ]
+        for name, command, ready in servers:
+            port, log = free_port(), root / f"{name.split()[0]}.log"
+            with running(command(port), ready_url=f"http://127.0.0.1:{port}{ready}", log=log, env=env, cwd=PROJECT):
+                url = f"http://127.0.0.1:{port}/predict"
+                results.append(asyncio.run(drive(name, url, images, args.clients, args.seconds, args.warmup)))
+            if set(results[-1].statuses) != {200}:
+                print(excerpt_errors(log))
 
     bouncer, naive = results
     print(f"\nmodel {tag}; {args.clients} concurrent clients, {args.seconds:.0f} s measured after {args.warmup:.0f} s")

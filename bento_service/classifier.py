@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 
 from bento_service.live_model import LiveModel
-from training.pipeline import open_store
+from training.labels.store import open_store
 from training.settings import get_settings
 
 _STARTUP = get_settings()  # reads env vars only: decides the model tag and batching limits
@@ -38,13 +38,20 @@ class Classifier:
 
     @bentoml.api(batchable=True, max_batch_size=_STARTUP.batch_max_size, max_latency_ms=_STARTUP.batch_max_latency_ms)
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Class probabilities of (n, s, s, 3) images, each with the version that computed it."""
+        """The prediction for each of (n, s, s, 3) images: label, confidence, probabilities, the version used."""
         model = self.live.get()
-        probabilities = model.classifier.predict(images).probabilities
-        return [
-            {"model_version": model.version, "probabilities": dict(zip(model.class_names, map(float, p), strict=True))}
-            for p in probabilities
-        ]
+        answers = []
+        for row in model.classifier.predict(images).probabilities:
+            best = int(row.argmax())
+            answers.append(
+                {
+                    "label": model.class_names[best],
+                    "confidence": float(row[best]),
+                    "probabilities": dict(zip(model.class_names, map(float, row), strict=True)),
+                    "model_version": model.version,
+                }
+            )
+        return answers
 
     @bentoml.api
     def swap_to(self, tag: str) -> str:

@@ -15,8 +15,9 @@ import threading
 
 import bentoml
 
-from training.label_store import LabelStore
-from training.registry import ModelResolutionError, RegisteredModel, fitting_tag, load_registered, resolve_serving_tag
+from training.labels.store import LabelStore
+from training.registry.serving import ModelResolutionError, fitting_tag, resolve_serving_tag
+from training.registry.store import RegisteredModel, load_registered
 from training.settings import Settings
 
 log = logging.getLogger("bentoml.bouncer")

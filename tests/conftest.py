@@ -6,6 +6,7 @@ the whole session shares one throw-away BentoML store. Nothing touches the user'
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,15 @@ TENSORFLOW_NOISE = (
     "NodeDef mentions attribute",
     "cpu_feature_guard",
 )
+
+
+def digest_tree(root: Path) -> str:
+    """One hash of every file's relative path and bytes under ``root``: same tree, same digest."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def isolated_env(root: Path) -> dict[str, str]:
@@ -147,8 +157,8 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedDe
     os.environ.update(env)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        from training.demo_data import DemoSpec, write_demo_dataset
-        from training.pipeline import run_training
+        from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
+        from training.pipeline.training_run import run_training
 
         settings = Settings()
         write_demo_dataset(settings.data_dir, DemoSpec(per_class_limit=40, impostor_count=8, noise_fraction=0.05))

@@ -7,25 +7,62 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from training.settings import Settings, get_settings
+from training.settings import SOURCE_ROOT, Settings, get_settings
 from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
 
 if TYPE_CHECKING:
-    from training.label_store import LabelStore
+    from training.curation.curator import Curator
+    from training.labels.store import LabelStore
+
+
+class GlobalOptionsAnywhere(TyperGroup):
+    """``--data-dir`` and ``-q`` work after the subcommand too (``bouncer import --data-dir X``).
+
+    Click only takes a group's options before the subcommand; users put them anywhere.
+    """
+
+    GLOBAL = ("--data-dir", "--quiet", "-q")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args, self.GLOBAL))
+
+
+def hoist_global_options(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """Move ``names`` (``--data-dir X``, ``--data-dir=X``, flags) to the front, keeping everything else in order."""
+    front: list[str] = []
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--":
+            rest += [arg, *items]
+            break
+        if arg in names or arg.split("=", 1)[0] in names:
+            front.append(arg)
+            if arg == "--data-dir":  # the option that takes a value, given as a separate word
+                front.append(next(items, ""))
+        else:
+            rest.append(arg)
+    return front + rest
+
 
 app = typer.Typer(
     name="bouncer",
     help="Train, serve and curate an image classifier whose training labels stay honest.",
+    cls=GlobalOptionsAnywhere,
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags read "--flag / --no-flag", not "<bool>" in a box
 )
 log = logging.getLogger("bouncer")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,11 +74,13 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsEr
 def _friendly(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from training.label_store import LabelStoreError
+        from training.curation.curator import CurationError
+        from training.labels.errors import LabelStoreError
+        from training.registry.serving import UnknownVersion
 
         try:
             return func(*args, **kwargs)
-        except (*_USER_ERRORS, LabelStoreError) as exc:
+        except (*_USER_ERRORS, LabelStoreError, CurationError, UnknownVersion) as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from exc
 
@@ -77,11 +116,21 @@ def _settings(**overrides: Any) -> Settings:
 _MODEL_HELP = "Model tag; default the version the service serves for this dataset (promoted, else the newest)."
 
 
-def _model_tag(settings: Settings, store: LabelStore, requested: str | None) -> str:
-    """``requested`` if it fits this dataset's classes, else the version the service serves: both agree."""
-    from training.registry import fitting_tag, resolve_serving_tag
+@contextmanager
+def _curator(model_tag: str | None) -> Iterator[Curator]:
+    """The façade the service uses, over the version it serves (or ``model_tag``): the CLI and the API agree."""
+    from training.registry.serving import open_curator
 
-    return fitting_tag(requested, store) if requested else resolve_serving_tag(settings, store)
+    with open_curator(_settings(), model_tag=model_tag) as curator:
+        yield curator
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[LabelStore]:
+    from training.labels.store import open_store
+
+    with open_store(settings) as store:
+        yield store
 
 
 def _print_json(payload: Any) -> None:
@@ -119,14 +168,14 @@ def demo_data(
     """Write a poisoned demo dataset into DATA_DIR: animal silhouettes (default) or real photos."""
     settings = _settings()
     if kind is DemoKind.photos:
-        from training.demo_photos import PhotoDemoSpec, write_photo_dataset
+        from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset
 
         photo_spec = PhotoDemoSpec(
             seed, train_copies=copies, poisoned_photo=poisoned_photo, poisoned_label=poisoned_label
         )
         poisoned = write_photo_dataset(settings.data_dir, photo_spec, force=force)
     else:
-        from training.demo_data import DemoSpec, write_demo_dataset
+        from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
 
         spec = DemoSpec(seed, test_per_class, impostor_source, impostor_target, impostor_count, noise, per_class)
         poisoned = write_demo_dataset(settings.data_dir, spec, force=force)
@@ -142,11 +191,12 @@ def import_(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List skipped files.")] = False,
 ) -> None:
     """Scan DATA_DIR into the label store (keeps relabels) and export labels.csv."""
-    from training.pipeline import import_dataset, open_store
+    from training.labels.store import open_store
+    from training.labels.sync import import_folder
 
     settings = _settings()
     with open_store(settings) as store:
-        report = import_dataset(settings, store)
+        report = import_folder(settings, store)
         counts = {s: store.count(split=s) for s in settings.splits}
     typer.echo(
         f"{report.added} added, {report.removed} removed, {report.moved} moved, {report.restored} restored, "
@@ -165,12 +215,14 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Max epochs (early stopping may stop sooner).")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, max=512, help="Model input size in pixels.")] = None,
     embedder: Annotated[str | None, typer.Option(help="pca or umap.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (BOUNCER_SEED); same seed and data, same model.")
+    ] = None,
     metrics_file: Annotated[Path | None, typer.Option(help="Write run metrics as JSON here (for DVC).")] = None,
     progress_file: Annotated[Path | None, typer.Option(help="Keep live progress as JSON here.")] = None,
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
-    from training.pipeline import run_training
+    from training.pipeline.training_run import run_training
     from training.progress import JsonFileProgress, LogProgress, fan_out
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
@@ -192,22 +244,17 @@ def evaluate(
     model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
-    """Evaluate a registered model (its ONNX graph) on the current labels of a split."""
-    from training.dataset import MissingSplitError
-    from training.pipeline import evaluate_split, open_store
-    from training.registry import load_registered
+    """Evaluate the serving model (its ONNX graph) on the current labels of a split, as the `evaluate` endpoint."""
+    from training.curation.curator import check_evaluable
 
     settings = _settings()
-    if split not in settings.splits:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(settings.splits)}")
-    with open_store(settings) as store:
-        if store.count(split=split) == 0:  # an accuracy of 0.0 over no images would be a lie
-            raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
-        registered = load_registered(_model_tag(settings, store, model))
-        report = evaluate_split(settings, store, registered, split)
-    payload = report.as_dict()
+    with _store(settings) as store:  # the request's own mistakes first, before looking for a model
+        check_evaluable(settings, store, split)
+    with _curator(model) as curator:
+        report = curator.evaluate(split)
+        payload = {"model": curator.model.tag, **report.as_dict()}
     payload["misclassified"] = payload["misclassified"][:show]
-    _print_json({"model": registered.tag, **payload})
+    _print_json(payload)
 
 
 @app.command()
@@ -224,36 +271,63 @@ def suspects(
     cleanlab on the out-of-fold probabilities stored with the model version, plus
     duplicates that disagree; the same ranking as the service's `suspects`.
     """
-    from training.label_issues import find_suspects
-    from training.pipeline import open_store
-    from training.registry import load_registered
+    with _curator(model) as curator:
+        found = curator.suspects(k)
+    _print_json([asdict(s) for s in found if s.flagged or not flagged_only])
+
+
+@app.command()
+@_friendly
+def trace(
+    image_ids: Annotated[
+        list[str] | None, typer.Argument(help="Images to trace from; default every misclassified test image.")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Training neighbours that get a vote from each error.")] = 5,
+    limit: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+) -> None:
+    """Training images that pull misclassified images to the wrong class, most votes first (as `trace`)."""
+    with _curator(model) as curator:
+        _print_json([asdict(t) for t in curator.trace(image_ids or None, k=k, limit=limit)])
+
+
+@app.command()
+@_friendly
+def similar(
+    image_id: Annotated[str, typer.Argument(help="The image to start from.")],
+    k: Annotated[int, typer.Option(min=1, help="How many neighbours.")] = 10,
+    split: Annotated[str, typer.Option(help="Search this split.")] = "train",
+    label: Annotated[str | None, typer.Option(help="Only images currently labelled so.")] = None,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+) -> None:
+    """The nearest images to IMAGE_ID in the embedding space (as `similar`)."""
+    with _curator(model) as curator:
+        _print_json(asdict(curator.similar(image_id, k=k, split=split, label=label)))
+
+
+@app.command()
+@_friendly
+def expand(
+    image_ids: Annotated[list[str], typer.Argument(help="The confirmed images to grow from.")],
+    k: Annotated[int, typer.Option(min=1, help="How many to propose.")] = 20,
+    label: Annotated[str | None, typer.Option(help="Only images currently labelled so (the wrong label).")] = None,
+    split: Annotated[str, typer.Option(help="Search this split.")] = "train",
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+) -> None:
+    """The unreviewed images nearest to a confirmed set (as `expand`)."""
+    with _curator(model) as curator:
+        _print_json([asdict(n) for n in curator.expand(image_ids, k=k, label=label, split=split)])
+
+
+@app.command()
+@_friendly
+def models() -> None:
+    """This dataset's model versions, newest first, with metrics and which one serves (as `models`)."""
+    from training.registry.serving import describe_versions, resolve_serving_tag
 
     settings = _settings()
-    with open_store(settings) as store:
-        registered = load_registered(_model_tag(settings, store, model))
-        if registered.audit is None:
-            raise ValueError(
-                f"model {registered.tag} has no out-of-fold probabilities "
-                "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
-            )
-        found = find_suspects(registered.audit, store.images(split=settings.train_split), registered.class_names)
-    if flagged_only:
-        found = [s for s in found if s.flagged]
-    _print_json(
-        [
-            {
-                "image_id": s.record.image_id,
-                "path": s.record.path,
-                "label": s.record.label,
-                "suggested_label": s.suggested_label,
-                "score": round(s.score, 4),
-                "flagged": s.flagged,
-                "label_quality": round(s.label_quality, 4),
-                "reasons": s.reasons,
-            }
-            for s in found[:k]
-        ]
-    )
+    with _store(settings) as store:
+        _print_json([asdict(v) for v in describe_versions(settings, store, resolve_serving_tag(settings, store))])
 
 
 @app.command("export-labels")
@@ -262,10 +336,8 @@ def export_labels(
     output: Annotated[Path | None, typer.Option(help="Where to write; default DATA_DIR/labels.csv.")] = None,
 ) -> None:
     """Write the curated labels to a sorted, deterministic CSV for git/DVC."""
-    from training.pipeline import open_store
-
     settings = _settings()
-    with open_store(settings) as store:
+    with _store(settings) as store:
         version = store.export_csv(output or settings.labels_csv)
     typer.echo(f"wrote {output or settings.labels_csv} (data version {version})")
 
@@ -279,57 +351,42 @@ def relabel(
     actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Change the label of images in one transaction (recorded, undoable)."""
-    from training.pipeline import open_store
-
-    settings = _settings()
-    with open_store(settings) as store:
-        result = store.relabel(image_ids, label, reason=reason, actor=actor or _user())
-    _print_json(
-        {"event_id": result.event_id, "changed": [asdict(c) for c in result.changed], "unchanged": result.unchanged}
-    )
+    with _store(_settings()) as store:
+        _print_json(asdict(store.relabel(image_ids, label, reason=reason, actor=actor or _user())))
 
 
 @app.command()
 @_friendly
 def undo(
     event_id: Annotated[int, typer.Argument(help="The event to revert (see `bouncer history`).")],
-    actor: Annotated[str, typer.Option()] = "",
+    actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Revert one relabel event by recording its inverse."""
-    from training.pipeline import open_store
-
-    settings = _settings()
-    with open_store(settings) as store:
-        result = store.undo(event_id, actor=actor or _user())
-    _print_json({"event_id": result.event_id, "changed": [asdict(c) for c in result.changed]})
+    with _store(_settings()) as store:
+        _print_json(asdict(store.undo(event_id, actor=actor or _user())))
 
 
 @app.command()
 @_friendly
 def history(
     image_id: Annotated[str | None, typer.Option(help="Only events touching this image.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many events.")] = 20,
 ) -> None:
     """List label events, newest first."""
-    from training.pipeline import open_store
-
-    with open_store(_settings()) as store:
-        events = store.history(image_id=image_id, limit=limit)
-    _print_json([asdict(e) for e in events])
+    with _store(_settings()) as store:
+        _print_json([asdict(e) for e in store.history(image_id=image_id, limit=limit)])
 
 
 @app.command()
 @_friendly
 def images(
-    split: Annotated[str | None, typer.Option()] = None,
-    label: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 20,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    label: Annotated[str | None, typer.Option(help="Only images currently labelled so.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many images.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many first (sorted by path).")] = 0,
 ) -> None:
     """List images with their ids and curated labels."""
-    from training.pipeline import open_store
-
-    with open_store(_settings()) as store:
+    with _store(_settings()) as store:
         records = store.images(split=split, label=label, limit=limit, offset=offset)
     _print_json([{"image_id": r.image_id, "path": r.path, "split": r.split, "label": r.label} for r in records])
 
@@ -337,19 +394,15 @@ def images(
 @app.command()
 @_friendly
 def promote(
-    version: Annotated[str, typer.Argument(help="Model version to serve (see `bentoml models list`).")],
+    version: Annotated[str, typer.Argument(help="Model version to serve (see `bouncer models`).")],
     reason: Annotated[str, typer.Option(help="Why (kept in the promotion record).")] = "",
 ) -> None:
     """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it."""
-    from training.pipeline import open_store
-    from training.registry import fitting_tag
+    from training.registry.serving import promote_version
 
     settings = _settings()
-    with open_store(settings) as store:
-        tag = fitting_tag(
-            f"{settings.model_name}:{version}", store
-        )  # refused unless it predicts this dataset's classes
-        store.promote(settings.model_name, tag, actor=_user(), reason=reason or "cli promote")
+    with _store(settings) as store:
+        tag = promote_version(settings, store, version, actor=_user(), reason=reason or "cli promote")
     _print_json({"serving": tag})
 
 
@@ -362,7 +415,7 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
     served as it is (False). Anything else raises, saying what was found, so a typo'd
     ``--data-dir`` creates nothing.
     """
-    from training.dataset import find_split_folders, folder_contents, has_class_folders
+    from training.data.folders import find_split_folders, folder_contents, has_class_folders
 
     data_dir = settings.data_dir
     if data_dir.exists() and not data_dir.is_dir():
@@ -390,11 +443,11 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
 
 def _write_demo(data_dir: Path, kind: DemoKind) -> None:
     if kind is DemoKind.photos:
-        from training.demo_photos import PhotoDemoSpec, write_photo_dataset
+        from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset
 
         write_photo_dataset(data_dir, PhotoDemoSpec())
     else:
-        from training.demo_data import DemoSpec, write_demo_dataset
+        from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
 
         write_demo_dataset(data_dir, DemoSpec())
 
@@ -418,9 +471,11 @@ def serve(
     demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
     """Get ready and serve: demo data into an empty ./data, import, train if this dataset has no model, serve."""
-    from training.pipeline import import_dataset, open_store, run_training
+    from training.labels.store import open_store
+    from training.labels.sync import import_folder
+    from training.pipeline.training_run import run_training
     from training.progress import LogProgress
-    from training.registry import resolve_serving_tag, versions_for_dataset
+    from training.registry.serving import resolve_serving_tag, versions_for_dataset
 
     settings = _settings()
     if demo_wanted(settings, demo):
@@ -429,7 +484,7 @@ def serve(
     elif demo:
         typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
     with open_store(settings) as store:
-        import_dataset(settings, store)
+        import_folder(settings, store)
         untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
     if untrained:
         typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
@@ -438,13 +493,12 @@ def serve(
         typer.echo(json.dumps(result.summary(), indent=2))
     with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
         typer.echo(f"model: {resolve_serving_tag(settings, store)}")
-    project_root = Path(__file__).resolve().parent.parent
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
-    os.chdir(project_root)
+    os.chdir(SOURCE_ROOT)
     os.execv(sys.executable, command)
 
 

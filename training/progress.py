@@ -96,3 +96,11 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(payload, handle)
     os.replace(tmp, path)
+
+
+def report_phase(progress: TrainingProgress, sink: ProgressSink, phase: str, message: str) -> None:
+    """Enter ``phase`` (one of PHASES: clients switch on the names, so a new one is published first)."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown training phase {phase!r}; add it to training.progress.PHASES")
+    progress.phase, progress.message = phase, message
+    sink(progress)

@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The directory holding the `training` and `bento_service` packages: the project root in a
+# checkout (with bentofile.yaml), the bento's src/ inside a built bento.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
 EmbedderKind = Literal["pca", "umap"]
 BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
 AugmentSetting = Literal["auto", "none", "light", "photo"]

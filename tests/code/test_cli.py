@@ -177,3 +177,21 @@ def test_every_command_sets_a_quiet_tensorflow_log_level_a_user_can_override(
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
     assert runner.invoke(app, ["-q", "import"]).exit_code == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+def test_global_options_may_follow_the_subcommand(tmp_path: Path) -> None:
+    from training.cli import GlobalOptionsAnywhere, hoist_global_options
+
+    names = GlobalOptionsAnywhere.GLOBAL
+    assert hoist_global_options(["import", "--data-dir", "/d", "-v"], names) == ["--data-dir", "/d", "import", "-v"]
+    assert hoist_global_options(["train", "--data-dir=/d", "-q", "--epochs", "2"], names) == [
+        "--data-dir=/d",
+        "-q",
+        "train",
+        "--epochs",
+        "2",
+    ]
+    assert hoist_global_options(["relabel", "--", "-q"], names) == ["relabel", "--", "-q"]  # an image id "-q"
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(app, ["import", "--data-dir", str(missing)])
+    assert result.exit_code == 2 and str(missing) in result.output and "No such option" not in result.output

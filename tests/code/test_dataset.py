@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import write_mixed_formats
 from training.cli import app
-from training.dataset import find_split_folders, scan_folder
-from training.pipeline import import_dataset, open_store
+from training.data.folders import find_split_folders, scan_folder
+from training.labels.store import open_store
+from training.labels.sync import import_folder
 from training.settings import Settings
 
 SPLITS = ("train", "test")
@@ -28,7 +29,7 @@ def test_split_folders_in_any_case_and_long_form(settings: Settings, train: str,
     two_classes(settings.data_dir / train)
     two_classes(settings.data_dir / test, count=2)
     with open_store(settings) as store:
-        report = import_dataset(settings, store)
+        report = import_folder(settings, store)
         assert report.added == 10 and report.warnings == []
         records = store.images()
     # the label DB knows the canonical split; the path is the file's real one on disk
@@ -43,7 +44,7 @@ def test_a_validation_folder_is_the_test_split_when_there_is_none(
 ) -> None:
     two_classes(settings.data_dir / "train")
     two_classes(settings.data_dir / validation, count=2)
-    with caplog.at_level(logging.INFO, logger="training.dataset"):
+    with caplog.at_level(logging.INFO, logger="training.data.folders"):
         scan = scan_folder(settings.data_dir, SPLITS, max_pixels=MAX_PIXELS)
     assert scan.split_folders == {"train": "train", "test": validation}
     held_out = [f for f in scan.files if f.split == "test"]
@@ -83,7 +84,7 @@ def test_a_class_folder_without_a_readable_image_is_reported_and_not_a_class(set
     (data / "train" / "zebra").mkdir()
     (data / "train" / "zebra" / "notes.jpg").write_text("not an image")  # nothing readable either
     with open_store(settings) as store:
-        report = import_dataset(settings, store)
+        report = import_folder(settings, store)
         assert store.classes() == ["cross", "ring"]
     assert report.classes == ["cross", "ring"]
     assert "train/square/ holds no readable image: 'square' is not a class" in report.warnings

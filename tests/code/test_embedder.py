@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.embedder import EmbeddingIndex, fit_embedder
+from training.curation.index import EmbeddingIndex
+from training.model.embedder import fit_embedder
 
 
 @pytest.fixture

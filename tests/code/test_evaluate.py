@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.evaluate import evaluate_predictions
+from training.model.evaluation import evaluate_predictions
 
 
 def test_scores_match_a_hand_computed_example() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.images import ImageError, load_model_input, open_image, to_rgb
+from training.data.images import ImageError, load_model_input, open_image, to_rgb
 
 
 def _png(image: Image.Image) -> bytes:
@@ -92,7 +92,7 @@ def test_a_huge_image_under_the_pixel_cap_decodes_in_bounded_memory(tmp_path) ->
     path.write_bytes(_rgba16_png(7000, 5670))
     # VmHWM, the child's own peak: ru_maxrss would also count the (TensorFlow-sized) parent it forked from
     probe = (
-        "from training.images import load_model_input; "
+        "from training.data.images import load_model_input; "
         f"x = load_model_input(open({str(path)!r}, 'rb').read(), 32, max_pixels=40_000_000); "
         "assert x.shape == (32, 32, 3) and x[0, 0, 0] > 150; "
         "peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM')); "

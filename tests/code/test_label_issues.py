@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.embedder import EmbeddingIndex
-from training.label_issues import (
-    DUPLICATE_FLOOR,
-    LabelAudit,
-    duplicate_conflicts,
-    find_suspects,
-    in_sample_ranking,
-    label_quality_ranking,
-    near_duplicate_groups,
-    trace_to_training,
-)
-from training.label_store import ImageRecord
-from training.similarity import nearest_to_any
+from training.curation.audit import LabelAudit
+from training.curation.duplicates import duplicate_conflicts, near_duplicate_groups
+from training.curation.index import EmbeddingIndex, nearest_to_any
+from training.curation.ranking import DUPLICATE_FLOOR, find_suspects, in_sample_ranking, label_quality_ranking
+from training.curation.tracing import trace_to_training
+from training.labels.store import ImageRecord
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -123,8 +116,8 @@ def test_find_suspects_uses_current_labels_and_duplicates() -> None:
     audit = _audit(records, _confident_probs(true, rng), groups)
 
     suspects = find_suspects(audit, records, CLASSES)
-    by_id = {s.record.image_id: s for s in suspects}
-    assert {s.record.image_id for s in suspects[:3]} == {"id005", "id040", "id072"}
+    by_id = {s.image_id: s for s in suspects}
+    assert {s.image_id for s in suspects[:3]} == {"id005", "id040", "id072"}
     assert by_id["id005"].suggested_label == "cat" and by_id["id005"].label_quality < 0.2
     for wrong, should_be in [("id040", "dog"), ("id072", "fox")]:
         assert "duplicate_conflict" in by_id[wrong].reasons and by_id[wrong].score >= DUPLICATE_FLOOR
@@ -134,14 +127,14 @@ def test_find_suspects_uses_current_labels_and_duplicates() -> None:
         assert by_id[right].score < 0.5 and not by_id[right].flagged
 
     fixed = [_record(5, "cat") if r.image_id == "id005" else r for r in records]
-    after = {s.record.image_id: s for s in find_suspects(audit, fixed, CLASSES)}
+    after = {s.image_id: s for s in find_suspects(audit, fixed, CLASSES)}
     assert after["id005"].score < 0.5
 
 
 def test_find_suspects_skips_images_newer_than_the_audit() -> None:
     records = [_record(i, "cat") for i in range(3)]
     audit = _audit(records[:2], np.full((2, 3), 1 / 3), [-1, -1])
-    assert {s.record.image_id for s in find_suspects(audit, records, CLASSES)} == {"id000", "id001"}
+    assert {s.image_id for s in find_suspects(audit, records, CLASSES)} == {"id000", "id001"}
 
 
 def test_tracing_finds_the_training_images_that_pull_errors() -> None:
@@ -153,7 +146,7 @@ def test_tracing_finds_the_training_images_that_pull_errors() -> None:
     traced = trace_to_training(
         np.array([[10.05], [10.15]]), ["cat", "cat"], ["dog", "dog"], train_vectors, train, CLASSES, k=3
     )
-    assert {t.record.image_id for t in traced} == {"id005", "id006", "id007"}
+    assert {t.image_id for t in traced} == {"id005", "id006", "id007"}
     assert all(t.votes == 2 and t.suggested_label == "dog" for t in traced)
 
 
@@ -165,4 +158,4 @@ def test_nearest_to_any_measures_to_the_closest_query() -> None:
         np.array([[0.0], [1.0], [5.0], [9.0]], dtype=np.float32),
     )
     hits = nearest_to_any(index, np.array([[0.0], [10.0]], dtype=np.float32), records[1:], 2)
-    assert [(h.record.image_id, h.distance) for h in hits] == [("id001", 1.0), ("id003", 1.0)]
+    assert [(h.image_id, h.distance) for h in hits] == [("id001", 1.0), ("id003", 1.0)]

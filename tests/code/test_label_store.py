@@ -13,28 +13,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHAPES, write_mixed_formats
-from training.label_store import (
-    LabelStore,
-    UndoConflictError,
-    UnknownEventError,
-    UnknownImageError,
-    UnknownLabelError,
-)
-from training.pipeline import import_dataset, open_store
+from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
+from training.labels.store import LabelStore, open_store
+from training.labels.sync import import_folder
 from training.settings import Settings
 
 
 @pytest.fixture
 def store(settings: Settings, shapes_dataset: Path) -> LabelStore:
     store = open_store(settings)
-    import_dataset(settings, store)
+    import_folder(settings, store)
     yield store
     store.close()
 
 
 def test_import_reads_every_format_and_reports_broken_files(settings: Settings, shapes_dataset: Path) -> None:
     store = open_store(settings)
-    report = import_dataset(settings, store)
+    report = import_folder(settings, store)
     assert report.added == len(SHAPES) * 14
     skipped = dict(report.skipped)
     assert set(skipped) == {"train/square/notes.jpg", "train/ring/truncated.png"}
@@ -113,7 +108,7 @@ def test_rescan_keeps_relabels_and_picks_up_changes(store: LabelStore, settings:
     shutil.move(data / removed.path, stash)
     write_mixed_formats(data / "train" / "ring", "ring", 2, start=500)
 
-    report = import_dataset(settings, store)
+    report = import_folder(settings, store)
     assert (report.added, report.removed) == (2, 1)
     assert store.get(target.image_id).label == "ring"
     with pytest.raises(UnknownImageError):
@@ -125,7 +120,7 @@ def test_rescan_keeps_relabels_and_picks_up_changes(store: LabelStore, settings:
     shutil.move(data / moved.path, new_path)
     # the removed file comes back: its id and label come back with it
     shutil.move(stash, data / removed.path)
-    report = import_dataset(settings, store)
+    report = import_folder(settings, store)
     assert (report.moved, report.restored) == (1, 1)
     assert store.get(moved.image_id).label == "cross"
     assert store.get(moved.image_id).path == f"train/cross/{new_path.name}"
@@ -140,7 +135,7 @@ def test_labels_csv_is_deterministic_and_a_relabel_is_a_one_line_diff(
     first = settings.labels_csv.read_text()
     other = Settings(data_dir=settings.data_dir, database_url=f"sqlite:///{tmp_path / 'other.db'}")
     second_store = open_store(other)
-    import_dataset(other, second_store)
+    import_folder(other, second_store)
     assert settings.labels_csv.read_text() == first  # a fresh import writes identical bytes
     lines = first.splitlines()
     assert lines[0] == "path,image_id,split,label,sha256"
@@ -163,7 +158,7 @@ def test_relabels_from_several_processes_are_all_kept(store: LabelStore, setting
     script = textwrap.dedent(
         f"""
         import sys
-        from training.label_store import LabelStore
+        from training.labels.store import LabelStore
         store = LabelStore({settings.label_db_url!r})
         ids = sys.argv[2].split(",")
         for round_ in range(15):

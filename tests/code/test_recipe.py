@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from training.model import recompute_batchnorm_statistics, stem_reductions
-from training.recipe import AUTO_SIZE_MAX, AUTO_SIZE_MIN, auto_image_size, fold_config, resolve_recipe
+from training.model.fit import SmoothedEarlyStopping, auto_batch_size, planned_epochs
+from training.model.network import recompute_batchnorm_statistics, stem_reductions
+from training.model.recipe import AUTO_SIZE_MAX, AUTO_SIZE_MIN, auto_image_size, fold_config, resolve_recipe
 from training.settings import Settings
-from training.train import SmoothedEarlyStopping, auto_batch_size, planned_epochs
 
 
 @pytest.mark.parametrize(("n", "batch"), [(10, 8), (200, 8), (520, 16), (1280, 64), (8000, 64)])

@@ -15,9 +15,9 @@ import bentoml
 import pytest
 
 from bento_service.live_model import LiveModel
-from training.label_store import LabelStore
-from training.pipeline import import_dataset, open_store
-from training.registry import ModelResolutionError, resolve_serving_tag, versions_for_dataset
+from training.labels.store import LabelStore, open_store
+from training.labels.sync import import_folder
+from training.registry.serving import ModelResolutionError, resolve_serving_tag, versions_for_dataset
 from training.settings import Settings
 
 SHAPE_CLASSES = ["cross", "ring", "square"]
@@ -31,7 +31,7 @@ def named(settings: Settings) -> Settings:
 @pytest.fixture
 def store(named: Settings, shapes_dataset: Path) -> Iterator[LabelStore]:
     with open_store(named) as store:
-        import_dataset(named, store)
+        import_folder(named, store)
         yield store
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.retrain import should_promote
+from training.pipeline.retrain import should_promote
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bento_service.train_runner import TrainingBusy, TrainingFailed, TrainRunner
+from training.jobs.protocol import JobFiles
+from training.jobs.runner import TrainingBusy, TrainingFailed, TrainRunner
 from training.progress import TrainingProgress, write_json_atomic
 from training.settings import Settings
-from training.train_job import JobFiles
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_running_while_another_process_holds_the_lock_failed_once_it_dies(
 
 
 def fake_python(tmp_path: Path, body: str) -> Path:
-    """A stand-in for `python -m training.train_job` that dies without writing a result."""
+    """A stand-in for `python -m training.jobs.child` that dies without writing a result."""
     script = tmp_path / "fake-python"
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(0o755)

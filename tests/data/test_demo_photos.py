@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from training.demo_data import read_ground_truth
-from training.demo_photos import PHOTO_CLASSES, PhotoDemoSpec, write_photo_dataset
+from tests.conftest import digest_tree
+from training.data.demo_photos import PHOTO_CLASSES, PhotoDemoSpec, write_photo_dataset
+from training.data.ground_truth import read_ground_truth
 
 SMALL = PhotoDemoSpec(seed=5, train_copies=4, test_copies=2)
-
-
-def _digest_tree(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_same_seed_same_bytes_other_seed_other_photos(tmp_path: Path) -> None:
     write_photo_dataset(tmp_path / "a", SMALL)
     write_photo_dataset(tmp_path / "b", SMALL)
     write_photo_dataset(tmp_path / "c", PhotoDemoSpec(seed=6, train_copies=4, test_copies=2))
-    assert _digest_tree(tmp_path / "a") == _digest_tree(tmp_path / "b") != _digest_tree(tmp_path / "c")
+    assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b") != digest_tree(tmp_path / "c")
 
 
 def test_layout_sizes_and_poison(tmp_path: Path) -> None:

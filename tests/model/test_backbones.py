@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import BACKBONE_LAYER, BackboneWeightsError, build_classifier
-from training.pipeline import run_training
-from training.registry import load_registered
+from training.model.network import BACKBONE_LAYER, BackboneWeightsError, build_classifier
+from training.pipeline.training_run import run_training
+from training.registry.store import load_registered
 from training.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -6,14 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from tests.notebook.test_demonstration import stop_notebook_server
-
-PROJECT = Path(__file__).resolve().parents[2]
-NOTEBOOK = PROJECT / "notebooks" / "photos.ipynb"
+from tests.notebook.conftest import execute_notebook, pictures
 
 pytestmark = pytest.mark.slow
 
@@ -22,25 +17,15 @@ def test_photos_loop_finds_every_poisoned_photo_and_retraining_fixes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workdir = tmp_path / "workspace"
-    save_outputs = os.environ.get("BOUNCER_SAVE_EXECUTED_NOTEBOOK")  # refresh the committed copy's outputs
     monkeypatch.setenv("BOUNCER_NOTEBOOK_WORKDIR", str(workdir))
     # every setting at its default: none of the test session's small-and-fast overrides
     for key in [k for k in os.environ if k.startswith("BOUNCER_")] + ["BENTOML_HOME", "MLFLOW_TRACKING_URI"]:
         if key != "BOUNCER_NOTEBOOK_WORKDIR":
             monkeypatch.delenv(key, raising=False)
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    try:
-        NotebookClient(
-            notebook, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-        ).execute()
-    finally:
-        stop_notebook_server(workdir / "serve.pid")
+    notebook = execute_notebook("photos.ipynb", workdir)
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["found"] == summary["planted"] > 0, summary  # from 3 similar calls
     assert summary["calls"]["similar"] <= 3
     assert summary["promoted"] is True
     assert summary["accuracy_after"] >= 0.97 and summary["accuracy_after"] > summary["accuracy_before"], summary
-    plots = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(plots) >= 2, "thumbnails of the errors and of the neighbours"
-    if save_outputs:
-        nbformat.write(notebook, NOTEBOOK)
+    assert pictures(notebook) >= 2, "thumbnails of the errors and of the neighbours"

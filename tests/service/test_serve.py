@@ -94,7 +94,7 @@ def _bad_uploads() -> list:
         pytest.param({"image": ("x.png", b"", "image/png")}, 400, "empty", id="empty"),
         pytest.param({"image": ("x.png", png[: len(png) // 2], "image/png")}, 400, "truncated", id="truncated"),
         pytest.param({"image": ("bomb.png", _png_claiming(7000, 7000), "image/png")}, 400, "pixels", id="bomb"),
-        pytest.param({"image": ("x.txt", b"hello", "text/plain")}, 400, "content type", id="text-upload"),
+        pytest.param({"image": ("x.txt", b"hello", "text/plain")}, 400, "not an image", id="text-upload"),
         pytest.param({"file": ("x.png", png, "image/png")}, 400, "unknown field 'file'", id="wrong-field"),
         pytest.param({"image": ("x.png", png + bytes(UPLOAD_CAP), "image/png")}, 413, "limit", id="over-upload-cap"),
         pytest.param({"image": ("x.png", png + bytes(REQUEST_CAP), "image/png")}, 413, "limit", id="over-body-cap"),

@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import TrainedDemo
 from tests.service.conftest import running_server
-from training.pipeline import import_dataset, open_store
+from training.labels.store import open_store
+from training.labels.sync import import_folder
 from training.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def train_only(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFacto
     shutil.copytree(trained_demo.settings.data_dir / "train", data / "train")
     settings = Settings(data_dir=data, mlflow_dir=root / "mlruns")
     with open_store(settings) as store:
-        import_dataset(settings, store)
+        import_folder(settings, store)
     with running_server(trained_demo, root, BOUNCER_DATA_DIR=str(data), BOUNCER_MLFLOW_DIR=str(root / "mlruns")) as url:
         yield url, data
 

@@ -1,0 +1,193 @@
+"""What every endpoint answers, as pydantic models: the OpenAPI page documents them field by field.
+
+Field names are the API contract (the README's table, the notebooks, the tests):
+add fields freely, never rename or drop one. Most are filled straight from the
+curation façade's dataclasses (``model_validate(obj, from_attributes=True)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Largest integer SQLite and PostgreSQL (BIGINT) take: a larger id or offset overflowed in the driver (a 500).
+DB_INT_MAX = 2**63 - 1
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Prediction(Out):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: str
+
+
+class ImageInfo(Out):
+    image_id: str
+    path: str
+    split: str
+    label: str
+
+
+class LabelChangeOut(Out):
+    image_id: str
+    old_label: str
+    new_label: str
+
+
+class RelabelResult(Out):
+    event_id: int | None = Field(description="The recorded event (pass it to `undo`); null if nothing changed.")
+    changed: list[LabelChangeOut]
+    unchanged: list[str]
+
+
+class HistoryEvent(Out):
+    event_id: int
+    kind: str = Field(description="relabel, undo, or move (a file moved to another class folder on disk).")
+    created_at: str
+    actor: str
+    reason: str
+    reverts_event_id: int | None = Field(description="For an undo: the event it reverted.")
+    reverted_by_event_id: int | None = Field(description="The undo that reverted this event, if any.")
+    changes: list[LabelChangeOut]
+
+
+class Neighbour(Out):
+    image_id: str
+    path: str
+    split: str
+    label: str
+    distance: float
+
+
+class SimilarResult(Out):
+    query: str | None = Field(description="The query image_id (null for an uploaded image).")
+    results: list[Neighbour]
+
+
+class ClassScore(Out):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Misclassified(Out):
+    image_id: str
+    path: str
+    label: str
+    predicted: str
+    confidence: float
+
+
+class ConfusionMatrix(Out):
+    labels: list[str]
+    matrix: list[list[int]] = Field(description="Rows are the true labels, columns the predicted ones.")
+
+
+class Evaluation(Out):
+    n: int
+    accuracy: float
+    loss: float
+    per_class: dict[str, ClassScore]
+    confusion_matrix: ConfusionMatrix
+    misclassified: list[Misclassified] = Field(description="Most confident mistakes first.")
+    baseline_accuracy: float = Field(description="Accuracy of always answering the most common label.")
+    beats_baseline: bool
+    warning: str | None = Field(description="Set when the model is no better than that baseline.")
+    model_version: str
+    data_version: str
+
+
+class ModelVersion(Out):
+    version: str = Field(description="The version name in the BentoML store (what `promote` takes).")
+    tag: str = Field(description="name:version")
+    created_at: str = Field(description="When it was registered (ISO 8601).")
+    metrics: dict[str, float] = Field(description="test_accuracy, test_loss, baseline_accuracy, train/val accuracy...")
+    data_version: str | None = Field(description="Hash of the labels it was trained on (labels.csv).")
+    serving: bool = Field(description="The version this server answers with now.")
+    beats_baseline: bool | None = Field(
+        description="Test accuracy above always answering the most common label (null: no test figures recorded)."
+    )
+    warning: str | None = Field(description="Set when the version is no better than that baseline.")
+    recipe: dict[str, Any] | None = Field(description="How it was trained: backbone, input size, batch, augmentation.")
+
+
+class SuspectOut(Out):
+    image_id: str
+    path: str
+    label: str
+    suggested_label: str
+    score: float = Field(
+        description=(
+            "0..1, higher = more likely mislabelled: (flagged + 1 - label_quality) / 2, so above 0.5 exactly when "
+            "flagged; at least 0.9 for a duplicate whose label disagrees with its group."
+        )
+    )
+    flagged: bool = Field(
+        description="cleanlab.find_label_issues counts it as a label issue, or it disagrees with its duplicates."
+    )
+    label_quality: float = Field(
+        description="cleanlab self-confidence label quality on the out-of-fold probabilities (higher: likely right)."
+    )
+    reasons: list[str] = Field(
+        description=(
+            "out_of_fold (cleanlab flags it) and/or duplicate_conflict (an exact or near copy of it carries "
+            "another label; the one agreeing with the group's consensus keeps its score)."
+        )
+    )
+
+
+class TracedOut(Out):
+    image_id: str
+    path: str
+    label: str
+    votes: int = Field(description="How many misclassified images it pulls to its (wrong) class.")
+    suggested_label: str = Field(description="The most common true class of those images.")
+
+
+class PromoteResult(Out):
+    version: str
+    tag: str
+    previous_version: str
+
+
+class TrainResult(Out):
+    model_version: str
+    metrics: dict[str, float]
+    previous_metrics: dict[str, float] | None = Field(
+        description="The serving model's scores on the same, current test labels (null if none served)."
+    )
+    promoted: bool
+    bento_tag: str | None = Field(description="The rebuilt bento (null if not promoted or no build context).")
+    tag: str
+    previous_version: str | None
+    promotion_message: str
+    bento_message: str
+    data_version: str
+    mlflow_run_id: str
+    epochs_run: int
+    beats_baseline: bool | None = Field(
+        description="Test accuracy above always answering the most common label (null without a test split)."
+    )
+    warning: str | None = Field(description="For people: the new model is no better than that, or was not tested.")
+
+
+class TrainProgress(Out):
+    state: str = Field(description="idle, running, succeeded, failed or canceled.")
+    phase: str | None = Field(None, description="starting, importing, loading, training, ..., done (see README).")
+    epoch: int | None = None
+    epochs: int | None = None
+    metrics: dict[str, float] | None = Field(None, description="The last epoch's loss/accuracy/val_*.")
+    history: list[dict[str, float]] | None = Field(None, description="Every epoch of the model so far.")
+    message: str | None = None
+    run_id: str | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    elapsed_s: float | None = None
+    result: dict[str, Any] | None = Field(None, description="The train task's result once succeeded.")
+    error: str | None = None

@@ -1,0 +1,1 @@
+"""Finding wrong labels: cleanlab ranking, duplicates, tracing, the embedding index, and the Curator façade."""

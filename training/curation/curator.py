@@ -1,0 +1,226 @@
+"""The curation façade: every question a reviewer asks, over one label store and one model version.
+
+The service's endpoints, the ``bouncer`` CLI, the notebooks and the benchmarks all
+call these methods, so they cannot drift apart. A :class:`Curator` is cheap: make
+one per request with the model version serving at that moment.
+
+Errors are the domain's: :class:`~training.labels.errors.NotFoundError` (unknown
+ids), :class:`InvalidRequest` (a split, label or argument that cannot be), and
+:class:`NotAvailable` (the model version cannot answer this, e.g. no out-of-fold
+probabilities); callers turn them into 4xx answers or CLI errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+
+from training.curation.audit import LabelAudit
+from training.curation.index import EmbeddingIndex, Neighbour, nearest_neighbours, nearest_to_any
+from training.curation.ranking import Suspect, find_suspects
+from training.curation.tracing import TracedImage, trace_to_training
+from training.data.folders import MissingSplitError, load_records
+from training.labels.store import ImageRecord, LabelEvent, LabelStore, RelabelResult
+from training.model.evaluation import EvaluationReport, evaluate_predictions
+from training.model.inference import OnnxClassifier
+from training.settings import Settings
+
+
+class CurationError(Exception):
+    """Base for the façade's own refusals."""
+
+
+class InvalidRequest(CurationError, ValueError):
+    """An argument that cannot be (unknown split or class, nothing to work from): a 400."""
+
+
+class NotAvailable(CurationError):
+    """This model version cannot answer that question (e.g. trained without out-of-fold models): a 409."""
+
+
+class ModelVersion(Protocol):
+    """What the façade needs of a loaded model version (``training.registry.store.RegisteredModel`` is one)."""
+
+    tag: str
+    classifier: OnnxClassifier
+    embedder: Pipeline
+    index: EmbeddingIndex
+    audit: LabelAudit | None
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    def reduce(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def check_split(settings: Settings, split: str) -> None:
+    if split not in settings.splits:
+        raise InvalidRequest(f"unknown split {split!r}; use one of {list(settings.splits)}")
+
+
+def check_evaluable(settings: Settings, store: LabelStore, split: str) -> None:
+    """A known split with images: an accuracy of 0.0 over no images would be a lie."""
+    check_split(settings, split)
+    if store.count(split=split) == 0:
+        raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
+
+
+@dataclass(frozen=True)
+class Similar:
+    query: str | None  # the image_id asked about; None for an uploaded image
+    results: list[Neighbour]
+
+
+@dataclass(frozen=True)
+class Curator:
+    settings: Settings
+    store: LabelStore
+    model: ModelVersion
+
+    # --- checks -------------------------------------------------------------------
+    def check_split(self, split: str) -> None:
+        check_split(self.settings, split)
+
+    def check_label(self, label: str | None) -> None:
+        if label is not None and label not in (classes := self.store.classes()):
+            raise InvalidRequest(f"unknown label {label!r}; known classes: {', '.join(classes)}")
+
+    # --- the model's view -----------------------------------------------------------
+    def evaluate(self, split: str) -> EvaluationReport:
+        """Accuracy, per-class scores, confusion matrix and misclassified images on the current labels."""
+        check_evaluable(self.settings, self.store, split)
+        records = self.store.images(split=split)
+        predictions = self.model.classifier.predict(load_records(self.settings, records, self.model.image_size))
+        return evaluate_predictions(
+            predictions.probabilities,
+            [r.label for r in records],
+            self.model.class_names,
+            image_ids=[r.image_id for r in records],
+            paths=[r.path for r in records],
+        )
+
+    def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
+        records = [self.store.get(image_id) for image_id in image_ids]
+        vectors = [self.model.index.vector_of(r.image_id) for r in records]
+        missing = [r for r, v in zip(records, vectors, strict=True) if v is None]
+        if missing:
+            fresh = iter(self.model.reduce(load_records(self.settings, missing, self.model.image_size)))
+            vectors = [next(fresh) if v is None else v for v in vectors]
+        return np.stack(vectors).astype(np.float32)
+
+    # --- search ---------------------------------------------------------------------
+    def similar(self, image_id: str, *, k: int, split: str, label: str | None) -> Similar:
+        """The ``k`` nearest images in ``split`` (optionally only those labelled ``label``), the query excluded."""
+        query = self.vectors([image_id])[0]
+        return Similar(image_id, self._nearest(query, k=k, split=split, label=label, exclude=image_id))
+
+    def similar_to(self, pixels: np.ndarray, *, k: int, split: str, label: str | None) -> Similar:
+        """Like :meth:`similar`, for an image that is not in the dataset (model-input pixels)."""
+        query = self.model.reduce(pixels[None])[0]
+        return Similar(None, self._nearest(query, k=k, split=split, label=label, exclude=None))
+
+    def _nearest(
+        self, query: np.ndarray, *, k: int, split: str, label: str | None, exclude: str | None
+    ) -> list[Neighbour]:
+        self.check_split(split)
+        self.check_label(label)
+        candidates = self.store.images(split=split, label=label)
+        return nearest_neighbours(self.model.index, query, candidates, k, exclude=exclude)
+
+    def expand(
+        self,
+        image_ids: Sequence[str],
+        *,
+        k: int,
+        label: str | None,
+        split: str,
+        exclude: Collection[str] = (),
+    ) -> list[Neighbour]:
+        """The unreviewed images nearest to any of ``image_ids`` (a confirmed set), optionally only labelled ``label``.
+
+        ``exclude``: more images not to propose (e.g. those a reviewer has already looked at).
+        """
+        self.check_split(split)
+        self.check_label(label)
+        if not image_ids:
+            raise InvalidRequest("expand needs at least one image_id to grow from")
+        queries = self.vectors(image_ids)
+        skip = set(image_ids) | set(exclude) | self.store.reviewed_image_ids()
+        candidates = [r for r in self.store.images(split=split, label=label) if r.image_id not in skip]
+        return nearest_to_any(self.model.index, queries, candidates, k)
+
+    # --- finding wrong labels -----------------------------------------------------------
+    def trace(self, image_ids: Sequence[str] | None, *, k: int, limit: int) -> list[TracedImage]:
+        """Training images that pull misclassified images to the wrong class, most votes first.
+
+        From ``image_ids`` (any split; each is traced towards the class the model
+        predicts for it), or by default from every misclassified test image.
+        """
+        model = self.model
+        if image_ids:
+            records = [self.store.get(image_id) for image_id in image_ids]
+            pixels = load_records(self.settings, records, model.image_size)
+            probabilities = model.classifier.predict(pixels).probabilities
+            errors = [
+                (r.image_id, model.class_names[int(p.argmax())], r.label)
+                for r, p in zip(records, probabilities, strict=True)
+            ]
+        else:
+            report = self.evaluate(self.settings.test_split)
+            errors = [(m.image_id, m.predicted, m.label) for m in report.misclassified]
+        errors = [e for e in errors if e[1] != e[2] and e[2] in model.class_names]  # a right answer pulls nothing
+        if not errors:
+            return []
+        train = self.store.images(split=self.settings.train_split)
+        rows = model.index.rows_of([r.image_id for r in train])
+        train = [r for r, row in zip(train, rows, strict=True) if row >= 0]  # newer than the model: no vector yet
+        traced = trace_to_training(
+            self.vectors([e[0] for e in errors]),
+            [e[1] for e in errors],
+            [e[2] for e in errors],
+            model.index.vectors[rows[rows >= 0]],
+            train,
+            model.class_names,
+            k=k,
+        )
+        return traced[:limit]
+
+    def suspects(self, k: int) -> list[Suspect]:
+        """Training images whose current label is probably wrong, best first, with a suggested label.
+
+        cleanlab label quality on the out-of-fold probabilities stored with the version,
+        plus exact/near duplicates that disagree. Images a person already reviewed
+        (relabelled or confirmed) are left out: they are settled.
+        """
+        if self.model.audit is None:
+            raise NotAvailable(
+                f"model version {self.model.version} has no out-of-fold probabilities "
+                "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
+            )
+        reviewed = self.store.reviewed_image_ids()
+        records = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
+        return find_suspects(self.model.audit, records, self.model.class_names)[:k]
+
+    # --- labels ---------------------------------------------------------------------
+    def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
+        return self.store.images(split=split, label=label, limit=limit, offset=offset)
+
+    def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
+        return self.store.relabel(image_ids, label, reason=reason, actor=actor)
+
+    def undo(self, event_id: int, *, actor: str) -> RelabelResult:
+        return self.store.undo(event_id, actor=actor)
+
+    def history(self, *, image_id: str | None, limit: int) -> list[LabelEvent]:
+        return self.store.history(image_id=image_id, limit=limit)

@@ -1,0 +1,83 @@
+"""How the service and the train task's child process talk: files in ``Settings.runtime_dir`` and an flock.
+
+- ``train.lock``: an ``flock`` held for the whole run; the kernel drops it when the
+  holder dies, so "is a training running?" never goes stale.
+- ``train_progress.json``: the latest :class:`~training.progress.TrainingProgress`, plus ``run_id``.
+- ``train_result.json``: ``{run_id, state: succeeded|failed|canceled, result|error}``.
+- ``train_job.json``: ``{run_id, task_id, pid}`` of the running child, so any worker can cancel it.
+- ``train.log``: the child's stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.settings import Settings
+
+
+class TrainingCanceled(BaseException):
+    """Raised in the child by SIGTERM; a BaseException so no ``except Exception`` swallows it."""
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    lock: Path
+    progress: Path
+    result: Path
+    log: Path
+    job: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> JobFiles:
+        root = settings.runtime_dir
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(
+            root / "train.lock",
+            root / "train_progress.json",
+            root / "train_result.json",
+            root / "train.log",
+            root / "train_job.json",
+        )
+
+
+class TrainingLock:
+    """An exclusive, non-blocking flock: at most one training per runtime directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing our copy; a child that inherited the fd keeps the lock
+            self.fd = None
+
+    def is_held_elsewhere(self) -> bool:
+        if self.fd is not None:
+            return True
+        if not self.acquire():
+            return True
+        self.release()
+        return False
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,132 @@
+"""The service's side of the train task: start the child process, wait for it, cancel it, say how it is going.
+
+State lives in files (see :mod:`training.jobs.protocol`), so every worker, and a
+worker started after a crash, gives the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import psutil
+
+from training.jobs.processes import stop_tree
+from training.jobs.protocol import JobFiles, TrainingLock, read_json
+from training.progress import TrainingProgress, write_json_atomic
+from training.settings import SOURCE_ROOT, Settings
+
+ACQUIRE_ATTEMPTS = 5
+CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
+
+
+class TrainingBusy(RuntimeError):
+    pass
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+class TrainingCanceled(TrainingFailed):
+    pass
+
+
+class NotRunning(LookupError):
+    """No running training has the task id a cancel named."""
+
+
+class TrainRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.files = JobFiles.of(settings)
+
+    def is_running(self) -> bool:
+        return TrainingLock(self.files.lock).is_held_elsewhere()
+
+    async def run(
+        self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str, task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed / TrainingCanceled."""
+        lock = TrainingLock(self.files.lock)
+        # is_running() probes by taking the lock for a moment: retry briefly so a probe is not a "busy"
+        for _ in range(ACQUIRE_ATTEMPTS):
+            if lock.acquire():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise TrainingBusy("a training is already running; watch it with train_progress")
+        run_id = uuid.uuid4().hex[:12]
+        command = [sys.executable, "-m", "training.jobs.child", "--run-id", run_id, "--actor", actor]
+        command += ["--epochs", str(epochs)] if epochs else []
+        command += ["--force"] if force else []
+        command += ["--serving-tag", serving_tag] if serving_tag else []
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            starting = TrainingProgress(phase="starting", message="starting the training process")
+            write_json_atomic(self.files.progress, {**starting.as_dict(), "run_id": run_id})
+            with self.files.log.open("w") as log:
+                # The child inherits the locked fd: the lock lasts as long as either process lives.
+                child = await asyncio.create_subprocess_exec(
+                    *command, cwd=SOURCE_ROOT, env=env, stdout=log, stderr=log, pass_fds=(lock.fd,)
+                )
+                write_json_atomic(self.files.job, {"run_id": run_id, "task_id": task_id, "pid": child.pid})
+                code = await child.wait()
+        finally:
+            lock.release()
+        outcome = read_json(self.files.result)
+        if outcome is None or outcome.get("run_id") != run_id:
+            error = f"the training process exited with code {code} without a result"
+            write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
+            raise TrainingFailed(f"{error}\n{self._log_tail()}")
+        if outcome["state"] == "canceled":
+            raise TrainingCanceled(outcome["error"])
+        if outcome["state"] != "succeeded":
+            raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
+        return outcome["result"]
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
+
+        NotRunning if no training runs, or the running one belongs to another task.
+        """
+        job = read_json(self.files.job) or {}
+        if not self.is_running() or job.get("task_id") != task_id:
+            raise NotRunning(f"no running training has task_id {task_id!r}")
+        try:
+            child = psutil.Process(int(job["pid"]))
+            if str(job.get("run_id")) not in child.cmdline():  # the pid was reused: not our child
+                raise psutil.NoSuchProcess(child.pid)
+        except psutil.NoSuchProcess:
+            raise NotRunning(f"the training of task {task_id!r} has already ended") from None
+        stop_tree(child.pid, grace=CANCEL_GRACE_S)
+        return {"task_id": task_id, "run_id": job.get("run_id"), "status": "canceled"}
+
+    def status(self) -> dict[str, Any]:
+        """Progress of the current or last run with ``state``: idle, running, succeeded, failed or canceled."""
+        progress = read_json(self.files.progress)
+        if progress is None:
+            return {"state": "idle", "message": "no training has run yet"}
+        outcome = read_json(self.files.result) or {}
+        status: dict[str, Any] = {**progress, "result": None, "error": None}
+        if self.is_running():
+            status["state"] = "running"
+        elif outcome.get("run_id") == progress.get("run_id"):
+            status.update(state=outcome["state"], result=outcome.get("result"), error=outcome.get("error"))
+        else:
+            status.update(state="failed", error="the training process died without a result (see train.log)")
+        until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))
+        status["elapsed_s"] = round(until - float(progress.get("started_at", until)), 1)
+        return status
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.files.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""

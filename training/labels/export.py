@@ -1,0 +1,45 @@
+"""``labels.csv``: the curated labels as deterministic text that git and DVC version, and its hash.
+
+The **data version** of a dataset is the hash of this text: same images (content
+hashes) with the same labels give the same version, whatever the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.labels.store import ImageRecord
+
+CSV_COLUMNS = ("path", "image_id", "split", "label", "sha256")
+
+
+def labels_csv_text(records: Iterable[ImageRecord]) -> str:
+    """One line per present image, in the order given (the store gives them sorted by path)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        writer.writerow([record.path, record.image_id, record.split, record.label, record.sha256])
+    return buffer.getvalue()
+
+
+def data_version_of(labels_csv: str) -> str:
+    return hashlib.sha256(labels_csv.encode("utf-8")).hexdigest()[:16]
+
+
+def write_labels_csv(text: str, path: Path) -> str:
+    """Write atomically (safe with several writers: the last complete file wins); return the data version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".csv")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return data_version_of(text)

@@ -1,0 +1,386 @@
+"""The curated labels: reads, relabel, undo, history and promotions, each write one transaction.
+
+SQLite (WAL mode, ``BEGIN IMMEDIATE`` writes) by default so several worker
+processes can share one file; any SQLAlchemy URL (e.g. PostgreSQL) works too.
+
+Glossary: ``image_id`` is stable for a file's whole life (it survives relabels and
+moves on disk); ``folder_label`` is what the folder says; ``label`` is the curated
+label everything else uses. An *event* is one relabel call (possibly many images),
+an undo, or a move detected on disk; its ``changes`` say old -> new per image.
+``dataset_id`` names the dataset this database curates: a UUID made when the
+database is created, recorded with every model trained on it (model metadata), so
+a model store shared by several datasets never serves one dataset's model for another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from training.data.folders import Fingerprint
+from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
+from training.labels.export import data_version_of, labels_csv_text, write_labels_csv
+from training.labels.schema import Base, ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
+from training.settings import Settings
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    path: str
+    split: str
+    label: str
+    folder_label: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    image_id: str
+    old_label: str
+    new_label: str
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    event_id: int
+    kind: str
+    created_at: datetime
+    actor: str
+    reason: str
+    reverts_event_id: int | None
+    reverted_by_event_id: int | None
+    changes: list[LabelChange]
+
+
+@dataclass(frozen=True)
+class RelabelResult:
+    event_id: int | None  # None when nothing changed
+    changed: list[LabelChange]
+    unchanged: list[str]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    tag: str
+    created_at: datetime
+    actor: str
+    reason: str
+
+
+def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        if for_writes:
+            dbapi_connection.isolation_level = None  # let us issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    if for_writes:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+            # Take the write lock up front: a deferred transaction that reads and then
+            # writes can fail with SQLITE_BUSY when another worker wrote in between.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class LabelStore:
+    """All label reads and writes; every write is one transaction."""
+
+    def __init__(self, url: str, *, labels_csv: Path | None = None) -> None:
+        """``labels_csv``: if given, rewritten after every write that changes labels or images."""
+        self.labels_csv_path = labels_csv
+        if url.startswith("sqlite"):
+            self.engine = _sqlite_engine(url, for_writes=True)
+            read_engine = _sqlite_engine(url, for_writes=False)
+        else:
+            self.engine = read_engine = create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(self.engine)  # also adds tables new in this version to an existing database
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._session = sessionmaker(read_engine, expire_on_commit=False)
+        self._read_engine = read_engine
+        self._dataset_id = self._existing_dataset_id() or self._create_dataset_id()
+
+    @property
+    def dataset_id(self) -> str:
+        """This dataset's identity (a UUID), recorded in the metadata of every model trained on it."""
+        return self._dataset_id
+
+    def _existing_dataset_id(self) -> str | None:
+        with self._session() as session:
+            return session.scalar(select(DatasetRow.dataset_id).where(DatasetRow.id == 1))
+
+    def _create_dataset_id(self) -> str:
+        """Made once, by whichever process opens the database first (a database from before gets one now)."""
+        try:
+            with self._writer.begin() as session:
+                if session.get(DatasetRow, 1) is None:  # under the write lock: no other process made it meanwhile
+                    session.add(DatasetRow(id=1, dataset_id=str(uuid.uuid4()), created_at=datetime.now(UTC)))
+        except IntegrityError:  # a server database without a write lock: another process inserted it first
+            pass
+        dataset_id = self._existing_dataset_id()
+        if dataset_id is None:  # just written, by us or by another process: cannot happen
+            raise RuntimeError("the dataset identity row vanished right after it was written")
+        return dataset_id
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self._read_engine.dispose()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- import -----------------------------------------------------------------
+    def fingerprints(self) -> dict[str, Fingerprint]:
+        with self._session() as session:
+            rows = session.execute(select(ImageRow.path, ImageRow.sha256, ImageRow.size, ImageRow.mtime_ns))
+            return {path: Fingerprint(sha, size, mtime) for path, sha, size, mtime in rows}
+
+    # --- reads ------------------------------------------------------------------
+    def classes(self) -> list[str]:
+        with self._session() as session:
+            return sorted(session.scalars(select(ClassRow.name)))
+
+    def images(
+        self,
+        *,
+        split: str | None = None,
+        label: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ImageRecord]:
+        query = select(ImageRow).where(ImageRow.present.is_(True)).order_by(ImageRow.path)
+        if split is not None:
+            query = query.where(ImageRow.split == split)
+        if label is not None:
+            query = query.where(ImageRow.label == label)
+        query = query.offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return [_image_record(row) for row in session.scalars(query)]
+
+    def count(self, *, split: str | None = None) -> int:
+        query = select(func.count()).select_from(ImageRow).where(ImageRow.present.is_(True))
+        if split is not None:
+            query = query.where(ImageRow.split == split)
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    def get(self, image_id: str) -> ImageRecord:
+        with self._session() as session:
+            row = session.get(ImageRow, image_id)
+            if row is None or not row.present:
+                raise UnknownImageError(f"unknown image_id {image_id!r}")
+            return _image_record(row)
+
+    def reviewed_image_ids(self) -> set[str]:
+        """Images some relabel or undo has touched: a person already looked at them."""
+        query = select(ChangeRow.image_id).join(EventRow).where(EventRow.kind.in_(("relabel", "undo"))).distinct()
+        with self._session() as session:
+            return set(session.scalars(query))
+
+    def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
+        """Events newest first, optionally only those touching one image."""
+        query = select(EventRow).order_by(EventRow.event_id.desc()).limit(limit)
+        with self._session() as session:
+            if image_id is not None:
+                if session.get(ImageRow, image_id) is None:
+                    raise UnknownImageError(f"unknown image_id {image_id!r}")
+                query = query.where(
+                    EventRow.event_id.in_(select(ChangeRow.event_id).where(ChangeRow.image_id == image_id))
+                )
+            events = list(session.scalars(query))
+            reverted_by = dict(
+                session.execute(
+                    select(EventRow.reverts_event_id, EventRow.event_id).where(
+                        EventRow.reverts_event_id.in_([e.event_id for e in events])
+                    )
+                ).all()
+            )
+            return [
+                LabelEvent(
+                    event_id=e.event_id,
+                    kind=e.kind,
+                    created_at=e.created_at.replace(tzinfo=e.created_at.tzinfo or UTC),
+                    actor=e.actor,
+                    reason=e.reason,
+                    reverts_event_id=e.reverts_event_id,
+                    reverted_by_event_id=reverted_by.get(e.event_id),
+                    changes=[
+                        LabelChange(c.image_id, c.old_label, c.new_label)
+                        for c in e.changes
+                        if image_id is None or c.image_id == image_id
+                    ],
+                )
+                for e in events
+            ]
+
+    # --- writes -----------------------------------------------------------------
+    def relabel(
+        self, image_ids: Sequence[str], label: str, *, reason: str = "", actor: str = "unknown"
+    ) -> RelabelResult:
+        """Give every image ``label`` in one transaction; all-or-nothing on bad input."""
+        ids = list(dict.fromkeys(image_ids))  # de-duplicate, keep order
+        if not ids:
+            raise UnknownImageError("no image_ids given")
+        with self._writer.begin() as session:
+            if session.get(ClassRow, label) is None:
+                known = ", ".join(sorted(session.scalars(select(ClassRow.name))))
+                raise UnknownLabelError(f"unknown label {label!r}; known classes: {known}")
+            rows = {
+                row.image_id: row
+                for row in session.scalars(
+                    select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True))
+                )
+            }
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+            changes = [LabelChange(i, rows[i].label, label) for i in ids if rows[i].label != label]
+            unchanged = [i for i in ids if rows[i].label == label]
+            for change in changes:
+                rows[change.image_id].label = label
+            event_id = record_event(session, "relabel", changes, actor=actor, reason=reason) if changes else None
+        if changes:
+            self._after_write()
+        return RelabelResult(event_id, changes, unchanged)
+
+    def undo(self, event_id: int, *, actor: str = "unknown", reason: str = "") -> RelabelResult:
+        """Revert one event by appending its inverse; refuses to clobber later changes."""
+        with self._writer.begin() as session:
+            original = session.get(EventRow, event_id)
+            if original is None:
+                raise UnknownEventError(f"unknown event_id {event_id}")
+            undone_by = session.scalar(select(EventRow.event_id).where(EventRow.reverts_event_id == event_id))
+            if undone_by is not None:
+                raise UndoConflictError(f"event {event_id} was already undone by event {undone_by}")
+            rows = {
+                row.image_id: row
+                for row in session.scalars(
+                    select(ImageRow).where(ImageRow.image_id.in_([c.image_id for c in original.changes]))
+                )
+            }
+            conflicts = [c.image_id for c in original.changes if rows[c.image_id].label != c.new_label]
+            if conflicts:
+                raise UndoConflictError(
+                    f"cannot undo event {event_id}: image(s) {', '.join(conflicts[:10])} were relabelled "
+                    "by a later event; undo that one first"
+                )
+            inverse = [LabelChange(c.image_id, c.new_label, c.old_label) for c in original.changes]
+            for change in inverse:
+                rows[change.image_id].label = change.new_label
+            new_id = record_event(
+                session,
+                "undo",
+                inverse,
+                actor=actor,
+                reason=reason or f"undo event {event_id}",
+                reverts_event_id=event_id,
+            )
+        self._after_write()
+        return RelabelResult(new_id, inverse, [])
+
+    def _after_write(self) -> None:
+        # After the commit, so the file always reflects committed state; every
+        # writer rewrites it whole from the database, so the last one wins correctly.
+        if self.labels_csv_path is not None:
+            self.export_csv(self.labels_csv_path)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction (taking SQLite's write lock up front), then labels.csv follows."""
+        with self._writer.begin() as session:
+            yield session
+        self._after_write()
+
+    # --- serving version ----------------------------------------------------------
+    # Kept here because it is the one database every worker (and replica) already shares.
+    def serving(self, model_name: str) -> Promotion | None:
+        """The latest promotion of ``model_name``, or None if none was ever recorded."""
+        query = (
+            select(PromotionRow).where(PromotionRow.model_name == model_name).order_by(PromotionRow.id.desc()).limit(1)
+        )
+        with self._session() as session:
+            row = session.scalar(query)
+            return None if row is None else Promotion(row.tag, row.created_at, row.actor, row.reason)
+
+    def promote(self, model_name: str, tag: str, *, actor: str = "unknown", reason: str = "") -> Promotion:
+        """Record that ``tag`` serves from now on; every worker polls this and swaps to it."""
+        row = PromotionRow(model_name=model_name, tag=tag, created_at=datetime.now(UTC), actor=actor, reason=reason)
+        with self._writer.begin() as session:
+            session.add(row)
+        return Promotion(row.tag, row.created_at, row.actor, row.reason)
+
+    # --- export -----------------------------------------------------------------
+    def labels_csv(self) -> str:
+        """The curated labels as deterministic CSV text (see :mod:`training.labels.export`)."""
+        return labels_csv_text(self.images())
+
+    def data_version(self) -> str:
+        """Hash of every present image's content and curated label: what a model was trained on."""
+        return data_version_of(self.labels_csv())
+
+    def export_csv(self, path: Path) -> str:
+        """Write labels.csv atomically (safe with several writers); return the data version."""
+        return write_labels_csv(self.labels_csv(), path)
+
+
+def open_store(settings: Settings) -> LabelStore:
+    """The label store of ``settings``' dataset (labels.csv kept up to date unless switched off)."""
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
+    return LabelStore(
+        settings.label_db_url, labels_csv=settings.labels_csv if settings.export_labels_on_change else None
+    )
+
+
+def record_event(
+    session: Session,
+    kind: str,
+    changes: Iterable[LabelChange],
+    *,
+    actor: str,
+    reason: str,
+    reverts_event_id: int | None = None,
+) -> int:
+    """Append one event and its per-image changes to the audit trail; its event_id."""
+    row = EventRow(
+        kind=kind,
+        created_at=datetime.now(UTC),
+        actor=actor,
+        reason=reason,
+        reverts_event_id=reverts_event_id,
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(
+        ChangeRow(event_id=row.event_id, image_id=c.image_id, old_label=c.old_label, new_label=c.new_label)
+        for c in changes
+    )
+    return row.event_id
+
+
+def _image_record(row: ImageRow) -> ImageRecord:
+    return ImageRecord(row.image_id, row.path, row.split, row.label, row.folder_label, row.sha256)

@@ -1,0 +1,119 @@
+"""Folder sync: make the label database match the files on disk, keeping every curated label."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from training.data.folders import ScanResult, scan_folder
+from training.labels.schema import ClassRow, ImageRow
+from training.labels.store import LabelChange, LabelStore, record_event
+from training.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    removed: int = 0
+    moved: int = 0
+    restored: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the scan's, about folders (see ScanResult)
+
+
+def import_folder(settings: Settings, store: LabelStore) -> SyncReport:
+    """Scan DATA_DIR and merge it into the label store (which rewrites labels.csv)."""
+    scan = scan_folder(
+        settings.data_dir, settings.splits, max_pixels=settings.max_image_pixels, known=store.fingerprints()
+    )
+    report = sync_folder(store, scan)
+    log.info(
+        "import: %d added, %d removed, %d moved, %d restored, %d unchanged, %d skipped",
+        report.added,
+        report.removed,
+        report.moved,
+        report.restored,
+        report.unchanged,
+        len(report.skipped),
+    )
+    return report
+
+
+def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> SyncReport:
+    """Make the table match the folder, keeping every curated label.
+
+    A file that disappeared is marked absent (its label and history stay, and
+    come back if it reappears). A new path whose content matches an absent or
+    vanished file of the same split is that file moved: it keeps its image_id,
+    and moving it into another class folder is recorded as a relabel.
+    """
+    report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
+    with store.transaction() as session:
+        rows = {row.path: row for row in session.scalars(select(ImageRow))}
+        scanned_paths = {f.path for f in scan.files}
+        vanished: dict[tuple[str, str], list[ImageRow]] = {}
+        for row in rows.values():
+            if row.path not in scanned_paths:
+                vanished.setdefault((row.split, row.sha256), []).append(row)
+        taken_ids = {row.image_id for row in rows.values()}
+        moves: list[LabelChange] = []
+        for scanned in scan.files:
+            row = rows.get(scanned.path)
+            if row is None:
+                candidates = vanished.get((scanned.split, scanned.sha256))
+                if candidates:
+                    row = candidates.pop(0)
+                    if row.folder_label != scanned.folder_label:
+                        moves.append(LabelChange(row.image_id, row.label, scanned.folder_label))
+                        row.label = scanned.folder_label
+                    row.path = scanned.path
+                    row.folder_label = scanned.folder_label
+                    report.moved += 1
+                else:
+                    image_id = _new_image_id(scanned.path, taken_ids)
+                    taken_ids.add(image_id)
+                    row = ImageRow(
+                        image_id=image_id,
+                        path=scanned.path,
+                        split=scanned.split,
+                        folder_label=scanned.folder_label,
+                        label=scanned.folder_label,
+                    )
+                    session.add(row)
+                    report.added += 1
+            elif not row.present:
+                report.restored += 1
+            else:
+                report.unchanged += 1
+            row.sha256, row.size, row.mtime_ns = scanned.sha256, scanned.size, scanned.mtime_ns
+            row.present = True
+        for group in vanished.values():
+            for row in group:
+                if row.present:
+                    row.present = False
+                    report.removed += 1
+        session.flush()
+        if moves:
+            record_event(session, "move", moves, actor=actor, reason="file moved to another class folder")
+        known = set(session.scalars(select(ClassRow.name)))
+        for name in scan.classes:
+            if name not in known:
+                session.add(ClassRow(name=name))
+    return report
+
+
+def _new_image_id(path: str, taken: set[str]) -> str:
+    """Deterministic id from the path the file was first seen at (same on every machine)."""
+    salt = 0
+    while True:
+        image_id = hashlib.sha256(f"{path}\0{salt}".encode()).hexdigest()[:16]
+        if image_id not in taken:
+            return image_id
+        salt += 1

@@ -1,0 +1,1 @@
+"""One trained network: the recipe, the networks, fitting, out-of-fold models, ONNX export and inference, metrics."""

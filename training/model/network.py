@@ -1,0 +1,213 @@
+"""The networks: a small CNN trained from scratch, or a keras.applications backbone with a new head.
+
+Every network takes RGB pixels in [0, 255] (rescaling lives inside the model, so the
+exported ONNX graph needs no preprocessing beyond resize + RGB) and ends in the same
+head: ``features -> dropout -> Dense "embedding" -> dropout -> Dense "logits"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+from keras import layers
+
+from training.model.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_LAYER = "embedding"
+BACKBONE_LAYER = "backbone"
+BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
+# The CNN's blocks work on at most CNN_WORKING_SIZE px: larger inputs first pass stride-2
+# stem convolutions. At 128 px without them one epoch of 520 photos took 9.4 s on 2 cores.
+CNN_WORKING_SIZE = 32
+# Precise BatchNorm statistics: batches of 8 (what 200 images need) give noisy moving averages,
+# and with 3 steps an epoch they never settled (validation swung 0.43-0.57, issue 10). After
+# training, the statistics the exported model uses are recomputed over the whole train split.
+# (GroupNormalization avoided the noise but needed 2.5x the steps to learn 208 photos: 1500 vs 600.)
+STATISTICS_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A keras.applications network: how to build it and where Keras keeps its ImageNet weights."""
+
+    name: str
+    weights_file: str  # the "no top" file Keras downloads into ~/.keras/models
+    weights_url: str
+
+    def build(self, image_size: int, weights: str | None) -> keras.Model:
+        shape = (image_size, image_size, 3)
+        if self.name == "mobilenet_v3_small":
+            return keras.applications.MobileNetV3Small(
+                input_shape=shape, include_top=False, weights=weights, pooling="avg", include_preprocessing=True
+            )
+        return keras.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=weights, pooling="avg")
+
+
+BACKBONES = {
+    backbone.name: backbone
+    for backbone in (
+        Backbone(
+            "mobilenet_v3_small",
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/",
+        ),
+        Backbone("efficientnet_b0", "efficientnetb0_notop.h5", "https://storage.googleapis.com/keras-applications/"),
+    )
+}
+
+
+class BackboneWeightsError(ValueError):
+    """The backbone's weights cannot be had: the message says how to provide them."""
+
+
+def is_pretrained(backbone: str, weights: str) -> bool:
+    """A backbone with ImageNet (or user-supplied) weights: it is frozen and only the head learns labels."""
+    return backbone != "cnn" and weights != "none"
+
+
+def build_classifier(
+    num_classes: int,
+    image_size: int,
+    *,
+    backbone: str = "cnn",
+    weights: str = "none",
+    embedding_width: int = 128,
+) -> keras.Model:
+    """The network from RGB pixels in [0, 255] to class logits.
+
+    ``weights``: ``imagenet`` (Keras downloads and caches them), ``none`` (train from
+    scratch), or a path to a weights file (air-gapped machines). A pretrained backbone
+    is frozen (its BatchNorm layers run in inference mode); see :func:`unfreeze_backbone`.
+    """
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes to train a classifier, got {num_classes}")
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    if backbone == "cnn":
+        features = _cnn_features(inputs, image_size)
+    elif backbone in BACKBONES:
+        network = _load_backbone(BACKBONES[backbone], image_size, weights)
+        network.name = BACKBONE_LAYER
+        pretrained = is_pretrained(backbone, weights)
+        network.trainable = not pretrained
+        features = network(inputs, training=False) if pretrained else network(inputs)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}; use cnn, {', '.join(BACKBONES)}")
+    x = layers.Dropout(0.2)(features)
+    embedding = layers.Dense(embedding_width, activation="relu", name=EMBEDDING_LAYER)(x)
+    x = layers.Dropout(0.3)(embedding)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=f"bouncer_{backbone}")
+
+
+def _cnn_features(inputs: keras.KerasTensor, image_size: int) -> keras.KerasTensor:
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    for _ in range(stem_reductions(image_size)):
+        x = _conv(x, 32, strides=2)
+    for filters in (32, 64, 128):
+        for _ in range(2):
+            x = _conv(x, filters)
+        x = layers.MaxPooling2D()(x)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def stem_reductions(image_size: int) -> int:
+    """How many stride-2 convolutions bring ``image_size`` down to about CNN_WORKING_SIZE."""
+    return max(0, math.ceil(math.log2(image_size / CNN_WORKING_SIZE) - 0.25))
+
+
+def _conv(x: keras.KerasTensor, filters: int, *, strides: int = 1) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    return layers.ReLU()(x)
+
+
+def _load_backbone(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
+    if weights == "none":
+        return backbone.build(image_size, None)
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneWeightsError(f"BOUNCER_BACKBONE_WEIGHTS={weights}: no such file")
+        try:
+            return backbone.build(image_size, str(path))
+        except (ValueError, OSError) as exc:
+            raise BackboneWeightsError(
+                f"{path} does not hold {backbone.name} weights without the classification top "
+                f"(Keras's {backbone.weights_file}): {exc}"
+            ) from exc
+    try:
+        return backbone.build(image_size, "imagenet")
+    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") when offline
+        raise BackboneWeightsError(
+            f"could not get the ImageNet weights of {backbone.name} ({type(exc).__name__}: {exc}). "
+            f"Without network access, download {backbone.weights_url}{backbone.weights_file} elsewhere and "
+            f"set BOUNCER_BACKBONE_WEIGHTS to its path (or put it in ~/.keras/models/), "
+            "or use BOUNCER_BACKBONE_WEIGHTS=none to train from scratch"
+        ) from exc
+
+
+def unfreeze_backbone(classifier: keras.Model) -> None:
+    """Make a frozen backbone's weights trainable for fine-tuning; BatchNorm stays frozen (inference mode)."""
+    network = classifier.get_layer(BACKBONE_LAYER)
+    network.trainable = True
+    for layer in network.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+
+
+def recompute_batchnorm_statistics(classifier: keras.Model, batches: Iterable[tuple[Any, Any]]) -> int:
+    """Set every trainable BatchNorm layer's moving mean/variance to their average over ``batches``.
+
+    A cumulative average over the (image, label) batches (momentum i/(i+1) for batch i),
+    in training mode so each layer sees its batch statistics; a frozen backbone's
+    BatchNorm layers keep ImageNet's. Returns how many layers were updated.
+    """
+    norms = [layer for layer in all_layers(classifier) if isinstance(layer, layers.BatchNormalization)]
+    norms = [layer for layer in norms if layer.trainable]
+    if not norms:
+        return 0
+    saved = [layer.momentum for layer in norms]
+    try:
+        for i, (images, _) in enumerate(batches):
+            for layer in norms:
+                layer.momentum = i / (i + 1)
+            classifier(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, saved, strict=True):
+            layer.momentum = momentum
+    return len(norms)
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer, nested models' layers included."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found += all_layers(layer)
+    return found
+
+
+def feature_extractor(classifier: keras.Model) -> keras.Model:
+    """Pixels -> the (frozen) backbone's pooled features, the input of the head."""
+    network = classifier.get_layer(BACKBONE_LAYER)
+    return keras.Model(classifier.input, network(classifier.input, training=False), name="features")
+
+
+def inference_model(classifier: keras.Model) -> keras.Model:
+    """Same weights, two named outputs: class probabilities and the penultimate embedding."""
+    probabilities = layers.Softmax(name=OUTPUT_PROBABILITIES)(classifier.output)
+    embedding = classifier.get_layer(EMBEDDING_LAYER).output
+    return keras.Model(
+        classifier.input,
+        {OUTPUT_PROBABILITIES: probabilities, OUTPUT_EMBEDDING: embedding},
+        name="bouncer_inference",
+    )

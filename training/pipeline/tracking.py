@@ -1,0 +1,68 @@
+"""MLflow: every training run with its params, per-epoch metrics, artifacts and data version."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import mlflow
+
+from training.model.evaluation import EvaluationReport
+from training.settings import Settings
+
+
+def tracking_uri(settings: Settings) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a local SQLite store that needs no server."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+
+
+@contextmanager
+def mlflow_run(settings: Settings, *, run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    uri = tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        artifact_location = None
+        if "MLFLOW_TRACKING_URI" not in os.environ:
+            settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+            artifact_location = (settings.mlflow_dir / "artifacts").as_uri()
+        experiment_id = mlflow.create_experiment(settings.mlflow_experiment, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        yield run
+
+
+class MlflowEpochMetrics(keras.callbacks.Callback):
+    """Logs ``loss``, ``accuracy``, ``val_*`` and the learning rate after every epoch."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        if metrics:
+            mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+def log_confusion_matrix(report: EvaluationReport, artifact_file: str) -> None:
+    # A bare Figure, not pyplot: no global backend switch, so a notebook that trains in-process
+    # keeps its inline plots, and nothing is left open.
+    import numpy as np
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    labels = report.confusion_matrix["labels"]
+    size = max(4.0, 0.6 * len(labels) + 2)
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
+    ConfusionMatrixDisplay(np.array(report.confusion_matrix["matrix"]), display_labels=labels).plot(
+        ax=axes, xticks_rotation=45, colorbar=False
+    )
+    axes.set_title(f"accuracy {report.accuracy:.3f} on {report.n} images")
+    figure.tight_layout()
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)

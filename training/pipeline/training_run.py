@@ -1,0 +1,360 @@
+"""One training run as named steps: import -> load -> fit -> export -> evaluate -> embed -> audit -> register.
+
+Each step is a function of the previous steps' output; :func:`run_training` only
+orders them, tracks the run in MLflow and reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.curation.audit import LabelAudit
+from training.curation.index import EmbeddingIndex
+from training.data.folders import load_records
+from training.labels.store import ImageRecord, open_store
+from training.labels.sync import import_folder
+from training.model.evaluation import EvaluationReport, evaluate_predictions
+from training.model.inference import OnnxClassifier, Predictions
+from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
+from training.registry.store import register_model
+from training.settings import Settings
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from training.model.fit import TrainConfig, TrainedClassifier
+    from training.model.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+PARITY_SAMPLE = 256  # images compared between Keras and ONNX before registering
+
+
+@dataclass
+class TrainingResult:
+    tag: str
+    data_version: str
+    metrics: dict[str, float]
+    evaluation: EvaluationReport
+    parity: dict[str, float]
+    mlflow_run_id: str
+    epochs_run: int
+    train_wall_time_s: float
+    total_wall_time_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "data_version": self.data_version,
+            "metrics": self.metrics,
+            "parity": self.parity,
+            "mlflow_run_id": self.mlflow_run_id,
+            "epochs_run": self.epochs_run,
+            "train_wall_time_s": round(self.train_wall_time_s, 1),
+            "total_wall_time_s": round(self.total_wall_time_s, 1),
+        }
+
+
+def run_training(
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    verbose: int = 0,
+    sink: ProgressSink = ignore_progress,
+    metrics_file: Path | None = None,
+) -> TrainingResult:
+    """Train on the current curated labels and register a new model version: the steps below, in order.
+
+    Longer than most functions on purpose: it is the table of contents of a run (each
+    step a call, each phase reported), and splitting it would hide the order.
+    """
+    import mlflow  # heavy imports here, so importing this module (e.g. from the service) stays cheap
+
+    from training.model.recipe import resolve_recipe
+    from training.pipeline.tracking import mlflow_run
+
+    started = time.perf_counter()
+    progress = TrainingProgress(phase="importing", epochs=epochs or settings.epochs)
+    sink(progress)
+    data = _import(settings)
+    recipe = resolve_recipe(settings, [r.path for r in data.train], epochs=epochs, verbose=verbose)
+    size = recipe.config.image_size
+    report_phase(progress, sink, "loading", f"decoding {len(data.train) + len(data.test)} images at {size} px")
+    x_train, x_test = load_records(settings, data.train, size), load_records(settings, data.test, size)
+
+    with mlflow_run(settings, run_name=f"train-{data.version}") as run:
+        mlflow.set_tags({"data_version": data.version, "data_dir": str(settings.data_dir)})
+        mlflow.log_params({**recipe.params(), **data.params(), "embedder": settings.embedder})
+        report_phase(progress, sink, "training", f"training on {len(data.train)} images")
+        trained = _fit(data, x_train, recipe.config, progress, sink)
+        report_phase(progress, sink, "exporting", "converting to ONNX and checking parity")
+        exported = _export(settings, trained.model, data.classes, size, np.concatenate([x_train, x_test]))
+        report_phase(progress, sink, "evaluating", f"evaluating the ONNX model on {len(data.test)} test images")
+        train_predictions = exported.classifier.predict(x_train)
+        test_predictions = exported.classifier.predict(x_test)
+        evaluation = _evaluate(data, test_predictions)
+        report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
+        embedder, index = _embed(settings, data, train_predictions, test_predictions)
+        audit = None
+        if settings.out_of_fold_folds >= 2:
+            folds = settings.out_of_fold_folds
+            report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
+            audit = _label_audit(
+                settings, recipe.config, x_train, data.train, data.classes, train_predictions, progress, sink
+            )
+        report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
+        metrics = training_metrics(
+            evaluation, _accuracy(train_predictions, data.train, data.classes), trained.validation_accuracy
+        )
+        tag = _register(settings, data, recipe, trained.epochs_run, exported, embedder, index, audit, metrics, run)
+        _track(settings, tag, metrics, exported, evaluation)
+
+    result = TrainingResult(
+        tag=tag,
+        data_version=data.version,
+        metrics=metrics,
+        evaluation=evaluation,
+        parity=exported.parity,
+        mlflow_run_id=run.info.run_id,
+        epochs_run=trained.epochs_run,
+        train_wall_time_s=trained.wall_time_s,
+        total_wall_time_s=time.perf_counter() - started,
+    )
+    if metrics_file is not None:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(json.dumps(result.summary(), indent=2, sort_keys=True) + "\n")
+    report_phase(progress, sink, "registered", f"registered {tag}")
+    return result
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """What is trained on: the current labels, read once at the start of the run."""
+
+    train: list[ImageRecord]
+    test: list[ImageRecord]
+    classes: list[str]
+    version: str
+    dataset_id: str
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "n_classes": len(self.classes),
+            "data_version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class _Exported:
+    keras_inference: Any  # keras.Model with the two named outputs
+    onnx_model: Any  # onnx.ModelProto
+    classifier: OnnxClassifier
+    parity: dict[str, float]
+
+
+def _import(settings: Settings) -> _Dataset:
+    with open_store(settings) as store:
+        import_folder(settings, store)
+        data = _Dataset(
+            train=store.images(split=settings.train_split),
+            test=store.images(split=settings.test_split),
+            classes=store.classes(),
+            version=store.data_version(),
+            dataset_id=store.dataset_id,
+        )
+    if not data.train:
+        raise ValueError(f"no training images under {settings.data_dir / settings.train_split}")
+    if len(data.classes) < 2:
+        raise ValueError(f"need at least 2 classes, found {data.classes}")
+    return data
+
+
+def _fit(
+    data: _Dataset, x_train: np.ndarray, config: TrainConfig, progress: TrainingProgress, sink: ProgressSink
+) -> TrainedClassifier:
+    from training.model.fit import train_classifier
+    from training.pipeline.tracking import MlflowEpochMetrics
+
+    return train_classifier(
+        x_train,
+        [r.label for r in data.train],
+        data.classes,
+        config,
+        progress=progress,
+        sink=sink,
+        extra_callbacks=[MlflowEpochMetrics()],
+    )
+
+
+def _export(settings: Settings, model: Any, classes: list[str], size: int, images: np.ndarray) -> _Exported:
+    """ONNX graph of the trained network, refused unless it computes what Keras computes on real images."""
+    from training.model.network import inference_model
+    from training.model.onnx_export import check_parity, export_onnx
+
+    keras_inference = inference_model(model)
+    onnx_model = export_onnx(keras_inference, size)
+    classifier = OnnxClassifier(onnx_model.SerializeToString(), classes, size)
+    rng = np.random.default_rng(settings.seed)
+    sample = images[rng.choice(len(images), size=min(PARITY_SAMPLE, len(images)), replace=False)]
+    parity = check_parity(keras_inference, classifier, sample, tolerance=settings.parity_tolerance)
+    figures = {
+        "max_abs_diff_probabilities": parity.max_abs_diff_probabilities,
+        "max_abs_diff_embedding": parity.max_abs_diff_embedding,
+    }
+    return _Exported(keras_inference, onnx_model, classifier, figures)
+
+
+def _evaluate(data: _Dataset, predictions: Predictions) -> EvaluationReport:
+    return evaluate_predictions(
+        predictions.probabilities,
+        [r.label for r in data.test],
+        data.classes,
+        image_ids=[r.image_id for r in data.test],
+        paths=[r.path for r in data.test],
+    )
+
+
+def _accuracy(predictions: Predictions, records: list[ImageRecord], classes: list[str]) -> float:
+    targets = np.array([classes.index(r.label) for r in records])
+    return float(np.mean(predictions.probabilities.argmax(axis=1) == targets))
+
+
+def _embed(
+    settings: Settings, data: _Dataset, train: Predictions, test: Predictions
+) -> tuple[Pipeline, EmbeddingIndex]:
+    """The embedder is fitted on the train split only; every image's reduced vector goes into the index."""
+    from training.model.embedder import fit_embedder
+
+    embedder = fit_embedder(settings.embedder, train.embeddings, settings.embedding_dim, seed=settings.seed)
+    records = data.train + data.test
+    index = EmbeddingIndex.build(
+        embedder,
+        [r.image_id for r in records],
+        [r.split for r in records],
+        np.concatenate([train.embeddings, test.embeddings]),
+    )
+    return embedder, index
+
+
+def _register(
+    settings: Settings,
+    data: _Dataset,
+    recipe: Recipe,
+    epochs_run: int,
+    exported: _Exported,
+    embedder: Pipeline,
+    index: EmbeddingIndex,
+    audit: LabelAudit | None,
+    metrics: dict[str, float],
+    run: Any,
+) -> str:
+    """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
+    metadata = {
+        "class_names": data.classes,
+        "image_size": recipe.config.image_size,
+        "recipe": recipe.params(),
+        "data_version": data.version,
+        "dataset_id": data.dataset_id,  # whose model this is: see registry.serving
+        "data_dir": str(settings.data_dir),  # for humans reading `bentoml models get`
+        "metrics": metrics,
+        "parity": exported.parity,
+        "embedder": settings.embedder,
+        "embedding_dim": int(index.vectors.shape[1]),
+        "epochs_run": epochs_run,
+        "mlflow_run_id": run.info.run_id,
+        "onnx_opset": exported.onnx_model.opset_import[0].version,
+        "out_of_fold_folds": 0 if audit is None else audit.folds,
+    }
+    return register_model(
+        settings.model_name,
+        exported.onnx_model,
+        embedder,
+        index,
+        metadata=metadata,
+        labels={"data_version": data.version},
+        keras_model=exported.keras_inference,
+        audit=audit,
+    )
+
+
+def _track(
+    settings: Settings, tag: str, metrics: dict[str, float], exported: _Exported, evaluation: EvaluationReport
+) -> None:
+    import mlflow
+    import onnx
+
+    from training.pipeline.tracking import log_confusion_matrix, log_file
+
+    mlflow.log_metrics({**metrics, **{f"parity_{k}": v for k, v in exported.parity.items()}})
+    mlflow.set_tag("bentoml_tag", tag)
+    log_confusion_matrix(evaluation, "confusion_matrix.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx.save(exported.onnx_model, onnx_path)
+        log_file(onnx_path, "model")
+    if settings.labels_csv.exists():
+        log_file(settings.labels_csv, "data")
+    mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
+
+
+def training_metrics(
+    evaluation: EvaluationReport, train_accuracy: float, validation_accuracy: float | None
+) -> dict[str, float]:
+    """What a version is judged by. Without a test split there are no test figures, not zeros."""
+    metrics = {"train_accuracy": train_accuracy, "n_test": float(evaluation.n)}
+    if validation_accuracy is not None:
+        metrics["val_accuracy"] = validation_accuracy
+    if evaluation.n:
+        metrics |= {
+            "test_accuracy": evaluation.accuracy,
+            "test_loss": evaluation.loss,
+            "baseline_accuracy": evaluation.baseline_accuracy,
+        }
+    else:
+        log.warning("no test split: the version has no test accuracy (the train task promotes it only when forced)")
+    return metrics
+
+
+def _label_audit(
+    settings: Settings,
+    config: TrainConfig,
+    x_train: np.ndarray,
+    records: list[ImageRecord],
+    classes: list[str],
+    in_sample: Predictions,
+    progress: TrainingProgress,
+    sink: ProgressSink,
+) -> LabelAudit:
+    from training.curation.duplicates import near_duplicate_groups
+    from training.model.out_of_fold import out_of_fold_probabilities
+    from training.model.recipe import fold_config
+
+    started = time.perf_counter()
+    probabilities = out_of_fold_probabilities(
+        x_train,
+        [r.label for r in records],
+        classes,
+        fold_config(config, settings),
+        folds=settings.out_of_fold_folds,
+        progress=progress,
+        sink=sink,
+    )
+    log.info("out-of-fold probabilities in %.1fs", time.perf_counter() - started)
+    return LabelAudit(
+        image_ids=np.array([r.image_id for r in records]),
+        out_of_fold=probabilities,
+        in_sample=in_sample.probabilities,
+        duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
+        sha256s=np.array([r.sha256 for r in records]),
+        folds=settings.out_of_fold_folds,
+    )

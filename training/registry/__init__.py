@@ -1,0 +1,1 @@
+"""The BentoML model store: registering and loading versions, which version serves a dataset, building the bento."""

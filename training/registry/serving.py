@@ -1,0 +1,187 @@
+"""Which stored version serves a dataset: one resolution for the service, the CLI, notebooks and benchmarks.
+
+The model store is shared by every dataset trained on this machine: a version's
+metadata names its dataset (``dataset_id``), and :func:`resolve_serving_tag` picks
+this dataset's version for serving, evaluating and finding suspects alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+
+from training.curation.curator import Curator
+from training.labels.store import LabelStore, open_store
+from training.model.evaluation import weak_model_warning
+from training.registry.store import list_versions, load_registered
+from training.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelResolutionError(ValueError):
+    """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
+
+
+def dataset_matches(metadata: Mapping[str, Any], dataset_id: str, classes: list[str]) -> bool:
+    """Was the version with this metadata trained on this dataset?"""
+    recorded = metadata.get("dataset_id")
+    if recorded is None:
+        # Registered before datasets had an identity: it is this dataset's when it predicts
+        # exactly this dataset's classes (the best evidence such a version carries).
+        return list(metadata.get("class_names", [])) == classes
+    return recorded == dataset_id
+
+
+def versions_for_dataset(name: str, store: LabelStore) -> list[bentoml.Model]:
+    """The stored versions of ``name`` trained on the dataset ``store`` curates, newest first."""
+    classes = store.classes()
+    return [m for m in list_versions(name) if dataset_matches(m.info.metadata, store.dataset_id, classes)]
+
+
+def check_classes(
+    tag: str, metadata: Mapping[str, Any], store: LabelStore, *, chosen_as: str = "", then: str = ""
+) -> None:
+    """Refuse a version whose classes are not this dataset's: its answers would name the wrong classes.
+
+    ``chosen_as`` says how the version was picked (" (the promoted version)"), ``then`` what to
+    do after training; both go into the message.
+    """
+    model_classes, classes = list(metadata.get("class_names", [])), store.classes()
+    if not classes:
+        raise ModelResolutionError(
+            f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
+            "nothing was imported into its label database (`bouncer import`)"
+        )
+    if model_classes != classes:
+        raise ModelResolutionError(
+            f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset's classes are "
+            f"{classes}: train a model on this dataset (`bouncer train`){then}"
+        )
+
+
+def fitting_tag(tag: str, store: LabelStore, *, chosen_as: str = "") -> str:
+    """The full ``name:version`` of ``tag`` (``latest`` resolved), refused unless its classes are the dataset's."""
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        message = f"model {tag}{chosen_as} is not in the model store (see `bentoml models list`)"
+        raise ModelResolutionError(message) from None
+    check_classes(str(model.tag), model.info.metadata, store, chosen_as=chosen_as)
+    return str(model.tag)
+
+
+def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
+    """The version that serves this dataset; ``evaluate`` and ``suspects`` use it too, so all of them agree.
+
+    In order: the promoted version (a row in this dataset's label DB) if this model
+    store holds it; else BOUNCER_MODEL_TAG (or the model a served bento was built with)
+    if set; else the newest version trained on this dataset. A ModelResolutionError when
+    there is none, or when the chosen version's classes are not the dataset's.
+    """
+    promoted = store.serving(settings.model_name)
+    if promoted is not None:
+        try:
+            model = bentoml.models.get(promoted.tag)
+        except bentoml.exceptions.NotFound:
+            log.warning("promoted version %s is not in this model store; not serving it", promoted.tag)
+        else:
+            check_classes(
+                str(model.tag),
+                model.info.metadata,
+                store,
+                chosen_as=" (the promoted version)",
+                then=", then promote it (`bouncer promote VERSION`)",
+            )
+            return str(model.tag)
+    if settings.pinned_model_tag:
+        pinned_by = "BOUNCER_MODEL_TAG" if settings.model_tag else "the model_tag the bento was built with"
+        return fitting_tag(settings.pinned_model_tag, store, chosen_as=f" ({pinned_by})")
+    matching = versions_for_dataset(settings.model_name, store)
+    if not matching:
+        others = len(list_versions(settings.model_name))
+        raise ModelResolutionError(
+            f"no '{settings.model_name}' model was trained on the dataset in {settings.data_dir} "
+            f"(dataset id {store.dataset_id}"
+            + (f"; the {others} stored version(s) belong to other datasets" if others else "")
+            + "): train one with `bouncer train`"
+        )
+    check_classes(str(matching[0].tag), matching[0].info.metadata, store, chosen_as=" (the newest of this dataset)")
+    return str(matching[0].tag)
+
+
+@contextmanager
+def open_curator(settings: Settings, *, model_tag: str | None = None) -> Iterator[Curator]:
+    """The curation façade over this dataset's label store and the version serving it.
+
+    ``model_tag`` picks another version (it must predict this dataset's classes). The
+    CLI, notebooks and benchmarks use this; the service builds a Curator per request
+    with the version its live model serves, resolved the same way.
+    """
+    with open_store(settings) as store:
+        tag = fitting_tag(model_tag, store) if model_tag else resolve_serving_tag(settings, store)
+        yield Curator(settings, store, load_registered(tag))
+
+
+class UnknownVersion(LookupError):
+    """No stored version by that name (a 404)."""
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One stored version of this dataset, as ``models`` / ``bouncer models`` show it."""
+
+    version: str
+    tag: str
+    created_at: str
+    metrics: dict[str, float]
+    data_version: str | None
+    serving: bool
+    beats_baseline: bool | None  # test accuracy above the majority-label baseline; None without test figures
+    warning: str | None
+    recipe: dict[str, Any] | None
+
+
+def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -> list[VersionInfo]:
+    """This dataset's versions, newest first, with their metrics and whether each beat the majority label."""
+    described = []
+    for model in versions_for_dataset(settings.model_name, store):
+        metadata = model.info.metadata
+        metrics = {k: float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+        baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
+        known = baseline is not None and accuracy is not None
+        described.append(
+            VersionInfo(
+                version=model.tag.version,
+                tag=str(model.tag),
+                created_at=model.info.creation_time.isoformat(),
+                metrics=metrics,
+                data_version=metadata.get("data_version"),
+                serving=str(model.tag) == serving_tag,
+                beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
+                warning=weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+                recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+            )
+        )
+    return described
+
+
+def promote_version(settings: Settings, store: LabelStore, version: str, *, actor: str, reason: str) -> str:
+    """Record that ``version`` serves this dataset from now on (every worker follows); its tag.
+
+    UnknownVersion if the store lacks it; ModelResolutionError if it predicts other classes.
+    """
+    tag = f"{settings.model_name}:{version}"
+    if version not in {m.tag.version for m in list_versions(settings.model_name)}:
+        raise UnknownVersion(f"unknown model version {version!r}; see `models` for the registered ones")
+    fitting_tag(tag, store)  # another dataset's model: its answers would name other classes
+    store.promote(settings.model_name, tag, actor=actor, reason=reason or "promote")
+    return tag

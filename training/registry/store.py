@@ -1,0 +1,116 @@
+"""The BentoML model store: one model name, one version per training run.
+
+A version holds the ONNX graph, the fitted embedder and the reduced vectors of
+every image (the embedding index), so a service needs nothing but the tag to
+answer every endpoint. Which version serves is :mod:`training.registry.serving`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import joblib
+import numpy as np
+import onnx
+from sklearn.pipeline import Pipeline
+
+from training.curation.audit import LabelAudit
+from training.curation.index import EmbeddingIndex
+from training.model.inference import OnnxClassifier
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EMBEDDER_FILE = "embedder.joblib"
+INDEX_FILE = "index.npz"
+AUDIT_FILE = "label_audit.npz"  # out-of-fold probabilities etc. for finding label errors
+KERAS_FILE = "model.keras"  # the same weights in Keras, for fine-tuning and the naive-serving benchmark
+
+
+@dataclass
+class RegisteredModel:
+    """A loaded model version: everything serving needs, from one tag."""
+
+    tag: str
+    classifier: OnnxClassifier
+    embedder: Pipeline
+    index: EmbeddingIndex
+    metadata: dict[str, Any]
+    audit: LabelAudit | None = None  # None for versions trained without out-of-fold probabilities
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":", 1)[1]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.classifier.image_size
+
+    def reduce(self, images: np.ndarray) -> np.ndarray:
+        """Vectors in the index's space for images that are not in the index (e.g. uploads)."""
+        return self.embedder.transform(self.classifier.predict(images).embeddings)
+
+
+def register_model(
+    name: str,
+    onnx_model: onnx.ModelProto,
+    embedder: Pipeline,
+    index: EmbeddingIndex,
+    *,
+    metadata: dict[str, Any],
+    labels: dict[str, str] | None = None,
+    keras_model: Any | None = None,
+    audit: LabelAudit | None = None,
+) -> str:
+    """Save a new version under ``name``; returns its tag ``name:version``."""
+    for key in ("class_names", "image_size"):
+        if key not in metadata:
+            raise ValueError(f"metadata needs {key!r}")
+    with bentoml.models.create(name, metadata=metadata, labels=labels or {}) as model:
+        onnx.save(onnx_model, model.path_of(MODEL_FILE))
+        joblib.dump(embedder, model.path_of(EMBEDDER_FILE))
+        index.save(Path(model.path_of(INDEX_FILE)))
+        if keras_model is not None:
+            keras_model.save(model.path_of(KERAS_FILE))
+        if audit is not None:
+            audit.save(Path(model.path_of(AUDIT_FILE)))
+    return str(model.tag)
+
+
+def load_registered(tag: str, *, threads: int = 0) -> RegisteredModel:
+    """Load ``name:version`` (or ``name:latest``) from the store; KeyError-like NotFound if absent."""
+    model = bentoml.models.get(tag)
+    metadata = dict(model.info.metadata)
+    classifier = OnnxClassifier(
+        Path(model.path_of(MODEL_FILE)), list(metadata["class_names"]), int(metadata["image_size"]), threads=threads
+    )
+    embedder = joblib.load(model.path_of(EMBEDDER_FILE))
+    index = EmbeddingIndex.load(Path(model.path_of(INDEX_FILE)))
+    audit_path = Path(model.path_of(AUDIT_FILE))
+    audit = LabelAudit.load(audit_path) if audit_path.is_file() else None
+    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata, audit)
+
+
+def keras_model_path(tag: str) -> Path:
+    """Where ``tag`` keeps its Keras model (FileNotFoundError for versions saved without one)."""
+    path = Path(bentoml.models.get(tag).path_of(KERAS_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{tag} has no {KERAS_FILE}")
+    return path
+
+
+def list_versions(name: str) -> list[bentoml.Model]:
+    """Every stored version of ``name``, newest first."""
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return []
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
