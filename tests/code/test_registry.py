@@ -56,7 +56,8 @@ def test_a_database_from_before_identities_gets_one(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     LabelStore(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE dataset")  # the schema before this table existed
+        connection.execute("DROP TABLE dataset")  # the schema before this table existed,
+        connection.execute("DROP TABLE alembic_version")  # from before migrations: revision 0001 is detected
     with LabelStore(f"sqlite:///{path}") as store:
         assert uuid.UUID(store.dataset_id)
     with sqlite3.connect(path) as connection:

@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from training.data.folders import Fingerprint
 from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
 from training.labels.export import data_version_of, labels_csv_text, write_labels_csv
-from training.labels.schema import Base, ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
+from training.labels.migrate import upgrade_to_head
+from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
 from training.settings import Settings
 
 
@@ -113,7 +114,8 @@ class LabelStore:
             read_engine = _sqlite_engine(url, for_writes=False)
         else:
             self.engine = read_engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)  # also adds tables new in this version to an existing database
+        # Every opener upgrades (one query when at head): `bouncer` and each service worker start on the newest schema.
+        upgrade_to_head(self.engine, reads=read_engine)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
