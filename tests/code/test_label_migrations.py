@@ -1,27 +1,54 @@
-"""Schema migrations of the label database: real SQLite files, real processes."""
+"""Schema migrations of the label database: real SQLite files, a database the previous release made, real processes."""
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 
-from training.labels.migrate import LabelDatabaseSchemaError, head_revision
+from training.labels.errors import UndoConflictError
+from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision
 from training.labels.schema import Base
-from training.labels.store import LabelStore
+from training.labels.store import LabelStore, Promotion
 
 PROJECT = Path(__file__).resolve().parents[2]
+PREVIOUS_RELEASE_DDL = Path(__file__).with_name("fixtures") / "labels_1b62949.sql"
+
+# What the previous release wrote (SQLAlchemy keeps SQLite datetimes as text, without the zone).
+PREVIOUS_RELEASE_ROWS = """
+INSERT INTO classes (name) VALUES ('cat'), ('dog');
+INSERT INTO images (image_id, path, split, folder_label, label, sha256, size, mtime_ns, present) VALUES
+    ('a1', 'train/cat/1.png', 'train', 'cat', 'dog', 'aa', 101, 1700000000000000001, 1),
+    ('b2', 'train/dog/2.png', 'train', 'dog', 'dog', 'bb', 102, 1700000000000000002, 1),
+    ('c3', 'test/cat/3.png', 'test', 'cat', 'cat', 'cc', 103, 1700000000000000003, 1),
+    ('d4', 'train/cat/4.png', 'train', 'cat', 'cat', 'dd', 104, 1700000000000000004, 0);
+INSERT INTO label_events (event_id, kind, created_at, actor, reason, reverts_event_id) VALUES
+    (1, 'relabel', '2026-11-20 10:00:00.000000', 'alice', 'they are dogs', NULL),
+    (2, 'undo', '2026-11-20 10:05:00.000000', 'bob', 'undo event 1', 1),
+    (3, 'relabel', '2026-11-20 10:10:00.000000', 'alice', 'only this one', NULL);
+INSERT INTO label_changes (id, event_id, image_id, old_label, new_label) VALUES
+    (1, 1, 'a1', 'cat', 'dog'), (2, 1, 'c3', 'cat', 'dog'),
+    (3, 2, 'a1', 'dog', 'cat'), (4, 2, 'c3', 'dog', 'cat'),
+    (5, 3, 'a1', 'cat', 'dog');
+INSERT INTO promotions (id, model_name, tag, created_at, actor, reason) VALUES
+    (1, 'bouncer', 'bouncer:first', '2026-11-19 09:00:00.000000', 'train', 'first model'),
+    (2, 'bouncer', 'bouncer:second', '2026-11-21 09:00:00.000000', 'carol', 'rollback test');
+"""
 
 
 def run_script(path: Path, script: str) -> None:
@@ -33,6 +60,18 @@ def run_script(path: Path, script: str) -> None:
 def query(path: Path, statement: str) -> list[tuple[object, ...]]:
     with closing(sqlite3.connect(path)) as connection:
         return connection.execute(statement).fetchall()
+
+
+def previous_release_database(path: Path) -> Path:
+    """A label database as the release before migrations left it: its DDL, then a curated history."""
+    run_script(path, PREVIOUS_RELEASE_DDL.read_text() + PREVIOUS_RELEASE_ROWS)
+    return path
+
+
+def schema_of(path: Path) -> set[tuple[object, ...]]:
+    """Every table and index with its CREATE statement (whitespace normalised), Alembic's own table left out."""
+    rows = query(path, "SELECT type, name, sql FROM sqlite_master WHERE tbl_name != 'alembic_version'")
+    return {(kind, name, re.sub(r"\s+", " ", str(statement))) for kind, name, statement in rows}
 
 
 def differences_from_the_code(url: str) -> list[object]:
@@ -69,6 +108,76 @@ def test_a_new_database_is_migrated_to_exactly_the_schema_of_the_code(tmp_path: 
     LabelStore(url).close()
     assert stamped_revision(tmp_path / "labels.db") == [head_revision()]
     assert differences_from_the_code(url) == []
+
+
+def test_revision_1_makes_exactly_the_previous_release_schema(tmp_path: Path) -> None:
+    migrated = tmp_path / "migrated.db"
+    engine = create_engine(f"sqlite:///{migrated}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+    engine.dispose()
+    assert schema_of(migrated) == schema_of(previous_release_database(tmp_path / "previous.db"))
+
+
+def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_path: Path) -> None:
+    path = previous_release_database(tmp_path / "labels.db")
+    url = f"sqlite:///{path}"
+
+    with LabelStore(url) as store:
+        assert stamped_revision(path) == [head_revision()]
+        assert differences_from_the_code(url) == []
+        dataset_id = store.dataset_id
+        assert uuid.UUID(dataset_id)
+
+        assert store.classes() == ["cat", "dog"]
+        assert [(r.image_id, r.path, r.split, r.folder_label, r.label) for r in store.images()] == [
+            ("c3", "test/cat/3.png", "test", "cat", "cat"),
+            ("a1", "train/cat/1.png", "train", "cat", "dog"),
+            ("b2", "train/dog/2.png", "train", "dog", "dog"),
+        ]  # d4 was removed from disk: still in the database, still hidden
+
+        history = store.history()
+        assert [(e.event_id, e.kind, e.actor, e.reason) for e in history] == [
+            (3, "relabel", "alice", "only this one"),
+            (2, "undo", "bob", "undo event 1"),
+            (1, "relabel", "alice", "they are dogs"),
+        ]
+        assert [(e.reverts_event_id, e.reverted_by_event_id) for e in history] == [(None, None), (1, None), (None, 2)]
+        assert [[(c.image_id, c.old_label, c.new_label) for c in e.changes] for e in history] == [
+            [("a1", "cat", "dog")],
+            [("a1", "dog", "cat"), ("c3", "dog", "cat")],
+            [("a1", "cat", "dog"), ("c3", "cat", "dog")],
+        ]
+        assert history[2].created_at.isoformat() == "2026-11-20T10:00:00+00:00"
+        assert [e.event_id for e in store.history(image_id="c3")] == [2, 1]
+
+        assert store.serving("bouncer") == Promotion(
+            "bouncer:second", datetime(2026, 11, 21, 9), "carol", "rollback test"
+        )
+
+        csv_path = tmp_path / "labels.csv"
+        store.export_csv(csv_path)
+        assert csv_path.read_text().splitlines() == [
+            "path,image_id,split,label,sha256",
+            "test/cat/3.png,c3,test,cat,cc",
+            "train/cat/1.png,a1,train,dog,aa",
+            "train/dog/2.png,b2,train,dog,bb",
+        ]
+
+        # The trail goes on where it stopped: undo links and ids continue, the old undo still guards.
+        with pytest.raises(UndoConflictError, match="already undone by event 2"):
+            store.undo(1)
+        assert store.undo(3, actor="dave").event_id == 4
+        assert store.get("a1").label == "cat"
+        assert store.history(limit=1)[0].reverts_event_id == 3
+
+    schema_version = query(path, "PRAGMA schema_version")
+    with statements_sent() as sent, LabelStore(url) as again:
+        assert again.dataset_id == dataset_id
+    assert query(path, "PRAGMA schema_version") == schema_version  # no DDL the second time
+    assert query(path, "SELECT count(*) FROM dataset") == [(1,)]
+    assert [s for s in sent if "alembic_version" in s] == ["SELECT version_num FROM alembic_version"]
+    assert not [s for s in sent if s.startswith(("BEGIN", "CREATE", "ALTER", "INSERT", "UPDATE"))]
 
 
 def test_a_database_at_head_costs_one_query_and_no_lock(tmp_path: Path) -> None:
