@@ -19,7 +19,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from training.labels.errors import UndoConflictError
 from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision
@@ -84,8 +84,41 @@ def differences_from_the_code(url: str) -> list[object]:
         engine.dispose()
 
 
-def stamped_revision(path: Path) -> list[object]:
-    return [version for (version,) in query(path, "SELECT version_num FROM alembic_version")]
+def rows(url: str, statement: str) -> list[tuple[object, ...]]:
+    """``statement``'s rows, through a throw-away engine: the same for SQLite and PostgreSQL."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(statement))]
+    finally:
+        engine.dispose()
+
+
+def stamped_revision(url: str) -> list[object]:
+    return [version for (version,) in rows(url, "SELECT version_num FROM alembic_version")]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database nobody opened yet: an SQLite file, or an empty PostgreSQL database on the
+    server ``BOUNCER_TEST_POSTGRES_URL`` names (skipped without it: CI has no PostgreSQL server)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'labels.db'}"
+        return
+    server = os.environ.get("BOUNCER_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("set BOUNCER_TEST_POSTGRES_URL=postgresql+psycopg://user@host/postgres to run on PostgreSQL")
+    pytest.importorskip("psycopg")
+    name = f"bouncer_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @contextmanager
@@ -103,11 +136,28 @@ def statements_sent() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-def test_a_new_database_is_migrated_to_exactly_the_schema_of_the_code(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'labels.db'}"
-    LabelStore(url).close()
-    assert stamped_revision(tmp_path / "labels.db") == [head_revision()]
-    assert differences_from_the_code(url) == []
+def test_a_new_database_is_migrated_to_exactly_the_schema_of_the_code(new_database: str) -> None:
+    LabelStore(new_database).close()
+    assert stamped_revision(new_database) == [head_revision()]
+    assert differences_from_the_code(new_database) == []
+
+
+@pytest.mark.parametrize("revision", ["0001", "0002"])
+def test_a_database_from_before_migrations_is_stamped_by_its_tables_then_upgraded(
+    new_database: str, revision: str
+) -> None:
+    """What create_all left: the tables of that revision and no alembic_version (see the SQLite fixture test too)."""
+    engine = create_engine(new_database)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), revision)
+        connection.execute(text("DROP TABLE alembic_version"))
+        connection.execute(text("INSERT INTO classes (name) VALUES ('cat')"))
+    engine.dispose()
+    with LabelStore(new_database) as store:
+        assert store.classes() == ["cat"]
+        assert uuid.UUID(store.dataset_id)
+    assert stamped_revision(new_database) == [head_revision()]
+    assert differences_from_the_code(new_database) == []
 
 
 def test_revision_1_makes_exactly_the_previous_release_schema(tmp_path: Path) -> None:
@@ -124,7 +174,7 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
     url = f"sqlite:///{path}"
 
     with LabelStore(url) as store:
-        assert stamped_revision(path) == [head_revision()]
+        assert stamped_revision(url) == [head_revision()]
         assert differences_from_the_code(url) == []
         dataset_id = store.dataset_id
         assert uuid.UUID(dataset_id)
@@ -192,9 +242,9 @@ def test_a_database_at_head_costs_one_query_and_no_lock(tmp_path: Path) -> None:
     ]
 
 
-def test_processes_opening_a_new_database_at_once_all_get_a_migrated_store(tmp_path: Path) -> None:
-    """Three processes start on the same missing SQLite file together: one migrates, the others wait and use it."""
-    url = f"sqlite:///{tmp_path / 'labels.db'}"
+def test_processes_opening_a_new_database_at_once_all_get_a_migrated_store(new_database: str, tmp_path: Path) -> None:
+    """Three processes open the same new database together: one migrates, the others wait and use it."""
+    url = new_database
     go = tmp_path / "go"
     script = textwrap.dedent(
         f"""
@@ -208,7 +258,7 @@ def test_processes_opening_a_new_database_at_once_all_get_a_migrated_store(tmp_p
             print(store.dataset_id)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
     names = ["one", "two", "three"]
     workers = [
         subprocess.Popen(
@@ -231,11 +281,9 @@ def test_processes_opening_a_new_database_at_once_all_get_a_migrated_store(tmp_p
             w.kill()
     assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in outputs]
     assert len({out.strip() for out, _ in outputs}) == 1  # one identity, made once
-    assert stamped_revision(tmp_path / "labels.db") == [head_revision()]
+    assert stamped_revision(url) == [head_revision()]
     assert differences_from_the_code(url) == []
-    with LabelStore(url) as store:
-        assert store.serving("bouncer") is not None
-    assert query(tmp_path / "labels.db", "SELECT count(*) FROM promotions") == [(3,)]
+    assert rows(url, "SELECT count(*) FROM promotions") == [(3,)]
 
 
 def test_a_database_of_a_newer_release_is_refused_not_changed(tmp_path: Path) -> None:
@@ -244,7 +292,7 @@ def test_a_database_of_a_newer_release_is_refused_not_changed(tmp_path: Path) ->
     run_script(path, "UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(LabelDatabaseSchemaError, match="revision 9999, which this Bouncer does not know"):
         LabelStore(f"sqlite:///{path}")
-    assert stamped_revision(path) == ["9999"]
+    assert stamped_revision(f"sqlite:///{path}") == ["9999"]
 
 
 def test_a_database_with_only_some_of_the_tables_is_refused(tmp_path: Path) -> None:
