@@ -16,13 +16,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from training.labels.errors import UndoConflictError
-from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision
+from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision, migration_transaction
 from training.labels.schema import Base
 from training.labels.store import LabelStore, Promotion
 
@@ -228,6 +230,26 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
     assert query(path, "SELECT count(*) FROM dataset") == [(1,)]
     assert [s for s in sent if "alembic_version" in s] == ["SELECT version_num FROM alembic_version"]
     assert not [s for s in sent if s.startswith(("BEGIN", "CREATE", "ALTER", "INSERT", "UPDATE"))]
+
+
+def test_a_revision_may_copy_a_table_that_others_reference(tmp_path: Path) -> None:
+    """SQLite changes a column by copying the table (batch mode): images and label_events have children."""
+    url = f"sqlite:///{previous_release_database(tmp_path / 'labels.db')}"
+    with LabelStore(url) as store:
+        with migration_transaction(store.engine) as connection:
+            operations = Operations(MigrationContext.configure(connection))
+            for table in ("images", "label_events"):
+                with operations.batch_alter_table(table, recreate="always") as batch:
+                    batch.add_column(sa.Column("note", sa.String(64), nullable=True))
+        assert [e.event_id for e in store.history(image_id="a1")] == [3, 2, 1]
+        assert query(tmp_path / "labels.db", "SELECT count(*) FROM images WHERE note IS NULL") == [(4,)]
+        with store.engine.connect() as connection:  # back on for the store's own writes
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+        dangling = pytest.raises(LabelDatabaseSchemaError, match="foreign keys point nowhere")
+        with dangling, migration_transaction(store.engine) as connection:
+            connection.execute(text("DELETE FROM images WHERE image_id = 'a1'"))  # its changes would dangle
+        assert store.get("a1").label == "dog"  # rolled back
 
 
 def test_a_database_at_head_costs_one_query_and_no_lock(tmp_path: Path) -> None:

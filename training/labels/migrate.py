@@ -85,11 +85,10 @@ def upgrade_to_head(engine: Engine, *, reads: Engine | None = None) -> None:
     head = head_revision()
     if current_revision(reads or engine) == head:
         return
-    with _alembic_logs_quiet(), engine.begin() as connection:
+    with _alembic_logs_quiet(), migration_transaction(engine) as connection:
         from alembic import command
         from alembic.runtime.migration import MigrationContext
 
-        _lock(connection)
         current = MigrationContext.configure(connection).get_current_revision()  # again: someone may have been first
         if current == head:
             return
@@ -106,6 +105,33 @@ def upgrade_to_head(engine: Engine, *, reads: Engine | None = None) -> None:
             )
         log.info("upgrading the label database %s from revision %s to %s", _name(engine), current or "none", head)
         command.upgrade(config, "head")
+
+
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """The one transaction revisions run in, holding the migration lock until it commits.
+
+    On SQLite, foreign keys are off for its length and checked before the commit:
+    changing a column copies the table (``op.batch_alter_table``), and dropping the old
+    ``images`` or ``label_events`` would otherwise fail on the rows that reference it
+    (SQLite only switches them outside a transaction, and deferring does not help).
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        foreign_keys = _sqlite_pragma(connection, "foreign_keys") if sqlite else None
+        if sqlite:
+            _sqlite_pragma(connection, "foreign_keys", 0)
+        try:
+            with connection.begin():
+                _lock(connection)
+                yield connection
+                if sqlite and (dangling := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise LabelDatabaseSchemaError(
+                        f"a migration left rows whose foreign keys point nowhere (table, rowid, parent): {dangling[:5]}"
+                    )
+        finally:
+            if sqlite:
+                _sqlite_pragma(connection, "foreign_keys", foreign_keys)
 
 
 def revision_of_unversioned(connection: Connection) -> str | None:
@@ -133,6 +159,17 @@ def _lock(connection: Connection) -> None:
         # A deferred BEGIN takes no lock (and pysqlite's default commits DDL at once):
         # two processes would both create the tables.
         raise ValueError("upgrade_to_head needs an SQLite engine whose transactions begin with BEGIN IMMEDIATE")
+
+
+def _sqlite_pragma(connection: Connection, name: str, value: int | None = None) -> int:
+    """Read or set a pragma through the driver: SQLAlchemy would begin a transaction (BEGIN IMMEDIATE) first."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if value is not None:
+            cursor.execute(f"PRAGMA {name}={int(value)}")
+        return int(cursor.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        cursor.close()
 
 
 @contextmanager
