@@ -114,8 +114,12 @@ class LabelStore:
             read_engine = _sqlite_engine(url, for_writes=False)
         else:
             self.engine = read_engine = create_engine(url, pool_pre_ping=True)
-        # Every opener upgrades (one query when at head): `bouncer` and each service worker start on the newest schema.
-        upgrade_to_head(self.engine, reads=read_engine)
+        try:  # every opener upgrades (one query when at head): `bouncer` and each worker start on the newest schema
+            upgrade_to_head(self.engine, reads=read_engine)
+        except BaseException:
+            self.engine.dispose()
+            read_engine.dispose()
+            raise
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
