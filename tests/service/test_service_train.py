@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import TENSORFLOW_NOISE, TrainedDemo
-from tests.service.conftest import running_server
+from tests.service.conftest import PROJECT, running_server
 from training.progress import PHASES
 
 pytestmark = pytest.mark.slow
@@ -275,15 +275,26 @@ def register_copy(tag: str) -> str:
 def test_the_rebuilt_bento_serves_the_new_version(
     deployment: Deployment, training: TrainingRun, tmp_path: Path
 ) -> None:
+    import bentoml
+
+    from training.labels.migrate import head_revision
+
     result = training.result.json()
+    revisions = "training/labels/migrations/versions"
+    shipped = Path(bentoml.bentos.get(result["bento_tag"]).path_of("src")) / revisions
+    assert {p.name for p in shipped.glob("*.py")} == {p.name for p in (PROJECT / revisions).glob("*.py")}
     newer = register_copy(deployment.trained_demo.result.tag)  # the bento must not serve whatever is latest
     data_dir = copy_demo_data(deployment.trained_demo, tmp_path / "data")  # no promotion recorded here
+    with closing(sqlite3.connect(data_dir / "labels.db")) as database, database:
+        database.execute("DROP TABLE alembic_version")  # as a database from before migrations: the bento stamps it
     env = {"BOUNCER_DATA_DIR": str(data_dir), "BOUNCER_MLFLOW_DIR": str(tmp_path / "mlruns")}
     with running_server(deployment.trained_demo, tmp_path, bento=result["bento_tag"], **env) as url:
         answer = _predict(url, deployment.image())
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == result["model_version"] != newer.split(":")[1]
         assert _serving(url) == [result["model_version"]]
+    with closing(sqlite3.connect(data_dir / "labels.db")) as database:
+        assert database.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
 
 
 def _wait_for(condition: Any, what: str, timeout: float = TRAIN_TIMEOUT_S) -> Any:
