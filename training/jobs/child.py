@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from training.pipeline.retrain import retrain
 
+    canceled: list[str] = []
+
     def cancel(signum: int, _frame: object) -> None:
-        raise TrainingCanceled(f"canceled by request (signal {signum})")
+        canceled.append(f"canceled by request (signal {signum})")
+        raise TrainingCanceled(canceled[0])
 
     signal.signal(signal.SIGTERM, cancel)
     try:
@@ -50,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         result = retrain(
             settings, serving_tag=args.serving_tag, epochs=args.epochs, force=args.force, actor=args.actor, sink=sink
         )
-    except TrainingCanceled as exc:
-        write_json_atomic(files.result, {"run_id": args.run_id, "state": "canceled", "error": str(exc)})
-        return 1
-    except Exception as exc:
+    except BaseException as exc:
+        # Raised inside a TensorFlow step, the cancel can come back as another exception
+        # (a TypeError was seen): the flag, not the exception's type, says it was a cancel.
+        if not canceled and not isinstance(exc, Exception):
+            raise
+        if canceled:
+            write_json_atomic(files.result, {"run_id": args.run_id, "state": "canceled", "error": canceled[0]})
+            return 1
         traceback.print_exc()
         write_json_atomic(
             files.result, {"run_id": args.run_id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
