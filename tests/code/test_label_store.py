@@ -178,3 +178,41 @@ def test_relabels_from_several_processes_are_all_kept(store: LabelStore, setting
     assert {store.get(i).label for i in halves[0]} == {"ring"}
     assert {store.get(i).label for i in halves[1]} == {"cross"}
     assert len(store.history(limit=10_000)) == 2 * (10 * 15 * 2 + 1)
+
+
+def test_confirm_marks_images_reviewed_until_undone(store: LabelStore) -> None:
+    squares = [r.image_id for r in store.images(split="train", label="square")[:2]]
+    csv_before = store.labels_csv()
+    confirmed = store.confirm(squares, reason="looked right", actor="reviewer")
+    assert [(c.image_id, c.old_label, c.new_label) for c in confirmed.confirmed] == [
+        (i, "square", "square") for i in squares
+    ]
+    assert store.reviewed_image_ids() == set(squares)
+    assert store.labels_csv() == csv_before  # a confirmation changes no label, nor the data version
+    [event] = store.history(image_id=squares[0], limit=1)
+    assert (event.kind, event.reason, event.actor) == ("confirm", "looked right", "reviewer")
+
+    undone = store.undo(confirmed.event_id)
+    assert store.reviewed_image_ids() == set()  # taking the decision back puts them back in the queue
+    assert [c.new_label for c in undone.changed] == ["square", "square"]
+    with pytest.raises(UnknownImageError):
+        store.confirm(["nope"])
+
+
+def test_an_undone_relabel_is_no_longer_a_decision(store: LabelStore) -> None:
+    ring = store.images(split="train", label="ring")[0].image_id
+    relabel = store.relabel([ring], "cross")
+    assert store.reviewed_image_ids() == {ring}
+    store.undo(relabel.event_id)
+    assert store.reviewed_image_ids() == set()
+
+
+def test_undo_refuses_to_take_back_a_label_a_later_confirm_vouched_for(store: LabelStore) -> None:
+    cross = store.images(split="train", label="cross")[0].image_id
+    relabel = store.relabel([cross], "ring")
+    confirm = store.confirm([cross])
+    with pytest.raises(UndoConflictError, match=f"confirmed by the later event {confirm.event_id}"):
+        store.undo(relabel.event_id)
+    store.undo(confirm.event_id)  # take the confirmation back first: then the relabel can go
+    store.undo(relabel.event_id)
+    assert store.get(cross).label == "cross"

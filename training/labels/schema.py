@@ -64,7 +64,7 @@ class EventRow(Base):
     __tablename__ = "label_events"
 
     event_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))  # relabel | undo | move
+    kind: Mapped[str] = mapped_column(String(16))  # relabel | confirm | undo | move
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     actor: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(String(2048), default="")

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import Select, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from training.data.folders import Fingerprint
 from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
@@ -68,6 +68,12 @@ class RelabelResult:
     event_id: int | None  # None when nothing changed
     changed: list[LabelChange]
     unchanged: list[str]
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    event_id: int
+    confirmed: list[LabelChange]  # each image with the label a person confirmed (old = new)
 
 
 @dataclass(frozen=True)
@@ -202,8 +208,13 @@ class LabelStore:
             return _image_record(row)
 
     def reviewed_image_ids(self) -> set[str]:
-        """Images some relabel or undo has touched: a person already looked at them."""
-        query = select(ChangeRow.image_id).join(EventRow).where(EventRow.kind.in_(("relabel", "undo"))).distinct()
+        """Images a person decided on: relabelled or confirmed as correct, by an event not undone since."""
+        query = (
+            select(ChangeRow.image_id)
+            .join(EventRow)
+            .where(EventRow.kind.in_(DECISIONS), EventRow.event_id.not_in(_reverted_events()))
+            .distinct()
+        )
         with self._session() as session:
             return set(session.scalars(query))
 
@@ -273,8 +284,35 @@ class LabelStore:
             self._after_write()
         return RelabelResult(event_id, changes, unchanged)
 
+    def confirm(self, image_ids: Sequence[str], *, reason: str = "", actor: str = "unknown") -> ConfirmResult:
+        """Record that a person checked these images and their current labels are right (undoable).
+
+        A confirmed image counts as reviewed: it leaves the review queues, ``expand``
+        skips it. Its event's changes keep the label (old = new).
+        """
+        ids = list(dict.fromkeys(image_ids))
+        if not ids:
+            raise UnknownImageError("no image_ids given")
+        with self._writer.begin() as session:
+            rows = {
+                row.image_id: row
+                for row in session.scalars(
+                    select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True))
+                )
+            }
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+            confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
+            event_id = record_event(session, "confirm", confirmed, actor=actor, reason=reason)
+        return ConfirmResult(event_id, confirmed)
+
     def undo(self, event_id: int, *, actor: str = "unknown", reason: str = "") -> RelabelResult:
-        """Revert one event by appending its inverse; refuses to clobber later changes."""
+        """Revert one event by appending its inverse; refuses to clobber later changes.
+
+        Later means a later relabel that changed one of the images, or a later confirm
+        of one of them (it vouched for the label this undo would change); undo those first.
+        """
         with self._writer.begin() as session:
             original = session.get(EventRow, event_id)
             if original is None:
@@ -293,6 +331,22 @@ class LabelStore:
                 raise UndoConflictError(
                     f"cannot undo event {event_id}: image(s) {', '.join(conflicts[:10])} were relabelled "
                     "by a later event; undo that one first"
+                )
+            confirmed_later = session.execute(
+                select(ChangeRow.image_id, EventRow.event_id)
+                .join(EventRow)
+                .where(
+                    ChangeRow.image_id.in_(list(rows)),
+                    EventRow.event_id > event_id,
+                    EventRow.kind == "confirm",
+                    EventRow.event_id.not_in(_reverted_events()),
+                )
+            ).first()
+            if confirmed_later is not None:
+                image_id, later = confirmed_later
+                raise UndoConflictError(
+                    f"cannot undo event {event_id}: image {image_id} was confirmed by the later event {later}; "
+                    "undo that one first"
                 )
             inverse = [LabelChange(c.image_id, c.new_label, c.old_label) for c in original.changes]
             for change in inverse:
@@ -360,6 +414,16 @@ def open_store(settings: Settings) -> LabelStore:
     return LabelStore(
         settings.label_db_url, labels_csv=settings.labels_csv if settings.export_labels_on_change else None
     )
+
+
+# Events that are a person's decision about an image; "undo" reverts one, "move" is the folder's doing.
+DECISIONS = ("relabel", "confirm")
+
+
+def _reverted_events() -> Select[tuple[int | None]]:
+    """The ids of events some undo reverted."""
+    undo = aliased(EventRow)
+    return select(undo.reverts_event_id).where(undo.reverts_event_id.is_not(None))
 
 
 def record_event(
