@@ -45,9 +45,16 @@ class RelabelResult(Out):
     unchanged: list[str]
 
 
+class ConfirmResult(Out):
+    event_id: int = Field(description="The recorded event (pass it to `undo`).")
+    confirmed: list[LabelChangeOut] = Field(description="Each image with the label confirmed (old = new).")
+
+
 class HistoryEvent(Out):
     event_id: int
-    kind: str = Field(description="relabel, undo, or move (a file moved to another class folder on disk).")
+    kind: str = Field(
+        description="relabel, confirm (a person checked the label), undo, or move (a file moved to another folder)."
+    )
     created_at: str
     actor: str
     reason: str
@@ -76,12 +83,12 @@ class ClassScore(Out):
     support: int
 
 
-class Misclassified(Out):
+class MisclassifiedOut(Out):
     image_id: str
     path: str
-    label: str
+    label: str = Field(description="The current (curated) label.")
     predicted: str
-    confidence: float
+    confidence: float = Field(description="The model's probability of its prediction.")
 
 
 class ConfusionMatrix(Out):
@@ -95,7 +102,7 @@ class Evaluation(Out):
     loss: float
     per_class: dict[str, ClassScore]
     confusion_matrix: ConfusionMatrix
-    misclassified: list[Misclassified] = Field(description="Most confident mistakes first.")
+    misclassified: list[MisclassifiedOut] = Field(description="Most confident mistakes first.")
     baseline_accuracy: float = Field(description="Accuracy of always answering the most common label.")
     beats_baseline: bool
     warning: str | None = Field(description="Set when the model is no better than that baseline.")
@@ -186,6 +193,7 @@ class TrainProgress(Out):
     history: list[dict[str, float]] | None = Field(None, description="Every epoch of the model so far.")
     message: str | None = None
     run_id: str | None = None
+    task_id: str | None = Field(None, description="The train task of this run (what PUT /train/cancel takes).")
     started_at: float | None = None
     updated_at: float | None = None
     elapsed_s: float | None = None

@@ -19,6 +19,7 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
+from bento_service import ui
 from bento_service.classifier import Classifier
 from bento_service.client_error_log import install_client_error_filter
 from bento_service.errors import Conflict, PayloadTooLarge, TrainingError, client_errors
@@ -26,9 +27,11 @@ from bento_service.live_model import LiveModel
 from bento_service.middleware import install
 from bento_service.schemas import (
     DB_INT_MAX,
+    ConfirmResult,
     Evaluation,
     HistoryEvent,
     ImageInfo,
+    MisclassifiedOut,
     ModelVersion,
     Neighbour,
     Prediction,
@@ -55,12 +58,13 @@ quiet_tensorflow()
 install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # The endpoints that change something: they need the API token (see middleware.WriteGate).
-WRITE_ENDPOINTS = ("relabel", "undo", "promote", "train")
+WRITE_ENDPOINTS = ("relabel", "confirm", "undo", "promote", "train")
 ACTOR = "api"
 # Parameters several endpoints take, with their bounds.
 Neighbours = Annotated[int, Field(ge=1, le=1000, description="How many neighbours.")]
 Split = Annotated[str, Field(description="train or test (BOUNCER_TRAIN_SPLIT / BOUNCER_TEST_SPLIT).")]
 LabelFilter = Annotated[str | None, Field(description="Only images currently labelled so.")]
+Offset = Annotated[int, Field(ge=0, le=DB_INT_MAX, description="Skip this many first (paging).")]
 
 
 @bentoml.service(traffic={"timeout": 300}, workers=_STARTUP.workers)
@@ -119,6 +123,20 @@ class Bouncer:
         )
 
     @bentoml.api
+    def confusion(
+        self,
+        label: str,
+        predicted: str,
+        split: Split = "test",
+        limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
+        offset: Offset = 0,
+    ) -> list[MisclassifiedOut]:
+        """The images of one confusion-matrix cell: true ``label``, predicted ``predicted``; most confident first."""
+        with client_errors():
+            cell = self.curator().confusion(split, label=label, predicted=predicted, offset=offset, limit=limit)
+        return [MisclassifiedOut.model_validate(m) for m in cell]
+
+    @bentoml.api
     def similar(
         self,
         image_id: str,
@@ -150,15 +168,18 @@ class Bouncer:
         image_ids: list[str] | None = None,
         k: Annotated[int, Field(ge=1, le=100)] = 5,
         limit: Annotated[int, Field(ge=1, le=100_000)] = 100,
+        offset: Offset = 0,
     ) -> list[TracedOut]:
         """Training images that pull misclassified images to the wrong class, most votes first.
 
         From ``image_ids`` (any split; each is traced towards the class the model
         predicts for it), or by default from every misclassified test image. For each,
         its ``k`` nearest training images labelled with the predicted class get a vote.
+        Reviewed images are left out; ``offset`` pages through the list.
         """
         with client_errors():
-            return [TracedOut.model_validate(t) for t in self.curator().trace(image_ids, k=k, limit=limit)]
+            traced = self.curator().trace(image_ids, k=k, limit=limit, offset=offset)
+        return [TracedOut.model_validate(t) for t in traced]
 
     @bentoml.api
     def expand(
@@ -179,15 +200,16 @@ class Bouncer:
             ]
 
     @bentoml.api
-    def suspects(self, k: Annotated[int, Field(ge=1, le=100_000)] = 50) -> list[SuspectOut]:
+    def suspects(self, k: Annotated[int, Field(ge=1, le=100_000)] = 50, offset: Offset = 0) -> list[SuspectOut]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
         cleanlab label quality on the out-of-fold probabilities stored with the serving
         version, plus exact/near duplicates that disagree. Current labels, and reviewed
-        (relabelled) images are left out: a relabel takes an image off the list at once.
+        (relabelled or confirmed) images are left out: a decision takes an image off the list at once.
+        ``offset`` pages through the ranking.
         """
         with client_errors():
-            return [SuspectOut.model_validate(s) for s in self.curator().suspects(k)]
+            return [SuspectOut.model_validate(s) for s in self.curator().suspects(k, offset=offset)]
 
     @bentoml.api
     def images(
@@ -195,7 +217,7 @@ class Bouncer:
         split: str | None = None,
         label: str | None = None,
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
-        offset: Annotated[int, Field(ge=0, le=DB_INT_MAX)] = 0,
+        offset: Offset = 0,
     ) -> list[ImageInfo]:
         """List images with their ids and curated labels, sorted by path."""
         records = self.curator().images(split=split, label=label, limit=limit, offset=offset)
@@ -218,6 +240,12 @@ class Bouncer:
         """Give every image ``label`` in one recorded, undoable transaction."""
         with client_errors():
             return RelabelResult.model_validate(self.curator().relabel(image_ids, label, reason=reason, actor=ACTOR))
+
+    @bentoml.api
+    def confirm(self, image_ids: Annotated[list[str], Field(min_length=1)], reason: str = "") -> ConfirmResult:
+        """Record that these images' current labels are right: they count as reviewed (undoable like a relabel)."""
+        with client_errors():
+            return ConfirmResult.model_validate(self.curator().confirm(image_ids, reason=reason, actor=ACTOR))
 
     @bentoml.api
     def undo(self, event_id: Annotated[int, Field(ge=1, le=DB_INT_MAX)]) -> RelabelResult:
@@ -288,3 +316,4 @@ class Bouncer:
 
 
 install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS)
+Bouncer.mount_asgi_app(ui.app, path=ui.PATH)

@@ -12,6 +12,8 @@ probabilities); callers turn them into 4xx answers or CLI errors.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,8 +26,8 @@ from training.curation.index import EmbeddingIndex, Neighbour, nearest_neighbour
 from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
 from training.data.folders import MissingSplitError, load_records
-from training.labels.store import ImageRecord, LabelEvent, LabelStore, RelabelResult
-from training.model.evaluation import EvaluationReport, evaluate_predictions
+from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
+from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
 from training.settings import Settings
 
@@ -76,6 +78,18 @@ def check_evaluable(settings: Settings, store: LabelStore, split: str) -> None:
 
 
 @dataclass(frozen=True)
+class _Evaluated:
+    report: EvaluationReport
+    rows: list[Misclassified]  # every image: its label, the prediction and its confidence
+
+
+# Evaluations kept per process, newest last: a few model versions x splits x data versions.
+EVALUATIONS_KEPT = 8
+_EVALUATIONS: OrderedDict[tuple[str, str, str], _Evaluated] = OrderedDict()
+_EVALUATIONS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
 class Similar:
     query: str | None  # the image_id asked about; None for an uploaded image
     results: list[Neighbour]
@@ -97,17 +111,47 @@ class Curator:
 
     # --- the model's view -----------------------------------------------------------
     def evaluate(self, split: str) -> EvaluationReport:
-        """Accuracy, per-class scores, confusion matrix and misclassified images on the current labels."""
+        """Accuracy, per-class scores, confusion matrix and misclassified images on the current labels.
+
+        Cached per (model version, data version, split): labels or images change the data version.
+        """
+        return self._evaluated(split).report
+
+    def confusion(self, split: str, *, label: str, predicted: str, offset: int, limit: int) -> list[Misclassified]:
+        """The images of one confusion-matrix cell: true ``label`` predicted as ``predicted``, most confident first."""
+        evaluated = self._evaluated(split)
+        cell = [row for row in evaluated.rows if row.label == label and row.predicted == predicted]
+        return sorted(cell, key=lambda row: -row.confidence)[offset : offset + limit]
+
+    def _evaluated(self, split: str) -> _Evaluated:
         check_evaluable(self.settings, self.store, split)
+        key = (self.model.tag, self.store.data_version(), split)
+        with _EVALUATIONS_LOCK:
+            if key in _EVALUATIONS:
+                _EVALUATIONS.move_to_end(key)
+                return _EVALUATIONS[key]
         records = self.store.images(split=split)
-        predictions = self.model.classifier.predict(load_records(self.settings, records, self.model.image_size))
-        return evaluate_predictions(
-            predictions.probabilities,
+        probabilities = self.model.classifier.predict(
+            load_records(self.settings, records, self.model.image_size)
+        ).probabilities
+        report = evaluate_predictions(
+            probabilities,
             [r.label for r in records],
             self.model.class_names,
             image_ids=[r.image_id for r in records],
             paths=[r.path for r in records],
         )
+        best = probabilities.argmax(axis=1)
+        rows = [
+            Misclassified(r.image_id, r.path, r.label, self.model.class_names[int(b)], float(p[b]))
+            for r, b, p in zip(records, best, probabilities, strict=True)
+        ]
+        evaluated = _Evaluated(report, rows)
+        with _EVALUATIONS_LOCK:
+            _EVALUATIONS[key] = evaluated
+            while len(_EVALUATIONS) > EVALUATIONS_KEPT:
+                _EVALUATIONS.popitem(last=False)
+        return evaluated
 
     def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
         """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
@@ -161,11 +205,12 @@ class Curator:
         return nearest_to_any(self.model.index, queries, candidates, k)
 
     # --- finding wrong labels -----------------------------------------------------------
-    def trace(self, image_ids: Sequence[str] | None, *, k: int, limit: int) -> list[TracedImage]:
+    def trace(self, image_ids: Sequence[str] | None, *, k: int, limit: int, offset: int = 0) -> list[TracedImage]:
         """Training images that pull misclassified images to the wrong class, most votes first.
 
         From ``image_ids`` (any split; each is traced towards the class the model
-        predicts for it), or by default from every misclassified test image.
+        predicts for it), or by default from every misclassified test image. Images a
+        person already decided on (relabelled or confirmed) are left out.
         """
         model = self.model
         if image_ids:
@@ -182,7 +227,8 @@ class Curator:
         errors = [e for e in errors if e[1] != e[2] and e[2] in model.class_names]  # a right answer pulls nothing
         if not errors:
             return []
-        train = self.store.images(split=self.settings.train_split)
+        reviewed = self.store.reviewed_image_ids()
+        train = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
         rows = model.index.rows_of([r.image_id for r in train])
         train = [r for r, row in zip(train, rows, strict=True) if row >= 0]  # newer than the model: no vector yet
         traced = trace_to_training(
@@ -194,9 +240,9 @@ class Curator:
             model.class_names,
             k=k,
         )
-        return traced[:limit]
+        return traced[offset : offset + limit]
 
-    def suspects(self, k: int) -> list[Suspect]:
+    def suspects(self, k: int, *, offset: int = 0) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
         cleanlab label quality on the out-of-fold probabilities stored with the version,
@@ -210,7 +256,7 @@ class Curator:
             )
         reviewed = self.store.reviewed_image_ids()
         records = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
-        return find_suspects(self.model.audit, records, self.model.class_names)[:k]
+        return find_suspects(self.model.audit, records, self.model.class_names)[offset : offset + k]
 
     # --- labels ---------------------------------------------------------------------
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
@@ -218,6 +264,9 @@ class Curator:
 
     def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
         return self.store.relabel(image_ids, label, reason=reason, actor=actor)
+
+    def confirm(self, image_ids: Sequence[str], *, reason: str, actor: str) -> ConfirmResult:
+        return self.store.confirm(image_ids, reason=reason, actor=actor)
 
     def undo(self, event_id: int, *, actor: str) -> RelabelResult:
         return self.store.undo(event_id, actor=actor)

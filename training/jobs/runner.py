@@ -123,6 +123,8 @@ class TrainRunner:
             status.update(state="failed", error="the training process died without a result (see train.log)")
         until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))
         status["elapsed_s"] = round(until - float(progress.get("started_at", until)), 1)
+        job = read_json(self.files.job) or {}
+        status["task_id"] = job.get("task_id") if job.get("run_id") == progress.get("run_id") else None
         return status
 
     def _log_tail(self, lines: int = 20) -> str:
