@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,44 @@ def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) 
     caps = {"BOUNCER_MAX_UPLOAD_BYTES": str(UPLOAD_CAP), "BOUNCER_MAX_REQUEST_BYTES": str(REQUEST_CAP)}
     with running_server(trained_demo, tmp_path_factory.mktemp("server"), **caps) as url:
         yield url
+
+
+def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
+    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
+    source = trained_demo.settings.data_dir
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
+    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
+        src.backup(dst)
+    return target
+
+
+class Deployment:
+    """A server on its own copy of the demo data; ``restart`` starts a new one on the same copy."""
+
+    def __init__(self, trained_demo: TrainedDemo, root: Path, *, token: str, **extra_env: str) -> None:
+        self.trained_demo = trained_demo
+        self.root = root
+        self.data_dir = copy_demo_data(trained_demo, root / "data")
+        self.env = {
+            "BOUNCER_DATA_DIR": str(self.data_dir),
+            "BOUNCER_MLFLOW_DIR": str(root / "mlruns"),
+            "BOUNCER_API_TOKEN": token,
+        }
+        self.env.update(extra_env)
+        self.original_version = trained_demo.result.tag.split(":", 1)[1]
+        self._stack = ExitStack()
+        self.url = ""
+
+    def start(self) -> None:
+        self.url = self._stack.enter_context(running_server(self.trained_demo, self.root, **self.env))
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        self._stack.close()
+        self._stack = ExitStack()
+
+    def image(self, split: str = "test", label: str = "dog") -> Path:
+        return sorted((self.data_dir / split / label).glob("*.png"))[0]

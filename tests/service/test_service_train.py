@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import TENSORFLOW_NOISE, TrainedDemo
-from tests.service.conftest import PROJECT, running_server
+from tests.service.conftest import PROJECT, Deployment, copy_demo_data, running_server
 from training.progress import PHASES
 
 pytestmark = pytest.mark.slow
@@ -64,49 +64,9 @@ def _serving(url: str) -> list[str]:
     return [m["version"] for m in _post(url, "models", {}).json() if m["serving"]]
 
 
-def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
-    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
-    source = trained_demo.settings.data_dir
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
-    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
-        src.backup(dst)
-    return target
-
-
-class Deployment:
-    """A server on its own copy of the demo data; ``restart`` starts a new one on the same copy."""
-
-    def __init__(self, trained_demo: TrainedDemo, root: Path) -> None:
-        self.trained_demo = trained_demo
-        self.root = root
-        self.data_dir = copy_demo_data(trained_demo, root / "data")
-        self.env = {
-            "BOUNCER_DATA_DIR": str(self.data_dir),
-            "BOUNCER_MLFLOW_DIR": str(root / "mlruns"),
-            "BOUNCER_API_TOKEN": TOKEN,
-        }
-        self.original_version = trained_demo.result.tag.split(":", 1)[1]
-        self._stack = ExitStack()
-        self.url = ""
-
-    def start(self) -> None:
-        self.url = self._stack.enter_context(running_server(self.trained_demo, self.root, **self.env))
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        self._stack.close()
-        self._stack = ExitStack()
-
-    def image(self, split: str = "test", label: str = "dog") -> Path:
-        return sorted((self.data_dir / split / label).glob("*.png"))[0]
-
-
 @pytest.fixture(scope="module")
 def deployment(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("train-server"))
+    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("train-server"), token=TOKEN)
     deployment.start()
     try:
         yield deployment

@@ -1,0 +1,156 @@
+"""The review page, served by the bento itself at ``/ui`` (no second server, no Node at run time).
+
+A Starlette app mounted on the service: the page and its static files, plus the few
+GET routes a page needs that BentoML's POST endpoints cannot give an ``<img>``:
+thumbnails (resized here, cached by the browser with an ETag), the original image
+bytes, one image's record, and what the page shows in its header. Reads only:
+every write goes through the service's own endpoints, with the same token gate.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import anyio
+import bentoml
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from training.data.folders import resolve_inside
+from training.data.images import ImageError, open_image, to_rgb
+from training.labels.errors import NotFoundError
+
+STATIC = Path(__file__).parent / "static"
+PATH = "/ui"
+THUMBNAIL_SIZES = (32, 640)  # smallest and largest thumbnail edge the page may ask for
+THUMBNAIL_QUALITY = 85
+# Thumbnails kept in memory per worker: ~10 KB each, so ~40 MB at most.
+THUMBNAIL_CACHE = 4096
+# Thumbnails and originals are named by content (the sha256 in the ETag): a day in the browser's cache,
+# revalidated after that with If-None-Match (a 304 costs no decode).
+CACHE_CONTROL = "private, max-age=86400"
+
+
+def _service() -> Any:
+    """The Bouncer instance of this worker (its label store, settings, live model)."""
+    return bentoml.get_current_service()
+
+
+async def index(request: Request) -> Response:
+    if not request.url.path.endswith("/"):
+        return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=308)
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def info(request: Request) -> JSONResponse:
+    """What the page needs to draw its controls: classes, splits, whether writes need a token, the serving version."""
+    service = _service()
+    return JSONResponse(
+        {
+            "classes": service.store.classes(),
+            "splits": list(service.settings.splits),
+            "token_required": bool(service.settings.api_token),
+            "serving": service.live.get().version,
+        }
+    )
+
+
+async def record(request: Request) -> JSONResponse:
+    service = _service()
+    try:
+        found = service.store.get(request.path_params["image_id"])
+    except NotFoundError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    return JSONResponse(
+        {
+            "image_id": found.image_id,
+            "path": found.path,
+            "split": found.split,
+            "label": found.label,
+            "folder_label": found.folder_label,
+            "sha256": found.sha256,
+        }
+    )
+
+
+async def original(request: Request) -> Response:
+    """The stored file as it is (the page shows it large and posts it to ``predict``)."""
+    located = _locate(request)
+    if isinstance(located, Response):
+        return located
+    path, etag = located
+    if _fresh(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+    return FileResponse(path, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+
+
+async def thumbnail(request: Request) -> Response:
+    """A JPEG no larger than ``size`` px on its longer side, aspect kept."""
+    try:
+        size = int(request.query_params.get("size", "160"))
+    except ValueError:
+        return JSONResponse({"error": "size must be an integer number of pixels"}, status_code=400)
+    if not THUMBNAIL_SIZES[0] <= size <= THUMBNAIL_SIZES[1]:
+        return JSONResponse(
+            {"error": f"size must be within {THUMBNAIL_SIZES[0]}..{THUMBNAIL_SIZES[1]}"}, status_code=400
+        )
+    located = _locate(request)
+    if isinstance(located, Response):
+        return located
+    path, etag = located
+    etag = f'{etag[:-1]}-{size}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if _fresh(request, etag):
+        return Response(status_code=304, headers=headers)
+    max_pixels = _service().settings.max_image_pixels
+    try:
+        body = await anyio.to_thread.run_sync(_thumbnail, str(path), etag, size, max_pixels)
+    except ImageError as exc:
+        return JSONResponse({"error": f"{path.name}: {exc}"}, status_code=422)
+    return Response(body, media_type="image/jpeg", headers=headers)
+
+
+@lru_cache(maxsize=THUMBNAIL_CACHE)
+def _thumbnail(path: str, etag: str, size: int, max_pixels: int) -> bytes:
+    """``etag`` names the content (sha256): a file changed on disk is a new cache entry."""
+    image = to_rgb(open_image(Path(path), max_pixels=max_pixels, shrink_to=size))
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()
+
+
+def _locate(request: Request) -> tuple[Path, str] | Response:
+    """The file of ``image_id`` (only under DATA_DIR) and its ETag, or the 404 to answer."""
+    service = _service()
+    try:
+        found = service.store.get(request.path_params["image_id"])
+        path = resolve_inside(service.settings.data_dir, found.path)
+    except (NotFoundError, PermissionError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    if not path.is_file():
+        return JSONResponse({"error": f"image file {found.path} is missing from the data directory"}, status_code=404)
+    return path, f'"{found.sha256[:32]}"'
+
+
+def _fresh(request: Request, etag: str) -> bool:
+    return etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+
+
+app = Starlette(
+    routes=[
+        Route("/", index),
+        Route("/info", info),
+        Route("/record/{image_id}", record),
+        Route("/image/{image_id}", original),
+        Route("/thumbnail/{image_id}", thumbnail),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+)

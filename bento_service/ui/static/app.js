@@ -1,0 +1,817 @@
+// Bouncer's review page: a queue of candidates to relabel or confirm, an image page, the evaluation
+// and the models, all over the service's own HTTP API. No build step, no dependencies: plain modules.
+
+const API = new URL("../", location.href); // the page lives at <service>/ui/
+const TOKEN_KEY = "bouncer-token";
+const COUNTER_KEY = "bouncer-counter";
+const PAGE = 120; // queue items fetched per request
+const THUMB = 156; // thumbnail size in CSS pixels (the server resizes)
+const ROW = 222; // card height + gap, see style.css
+const CELL = 180; // card width + gap
+
+// ---------------------------------------------------------------- the API
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function call(path, { method = "POST", body, write = false, form } = {}) {
+  const headers = {};
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (write && token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(new URL(path, API), {
+      method,
+      headers,
+      body: form ?? (body === undefined ? undefined : JSON.stringify(body)),
+    });
+  } catch (error) {
+    throw new ApiError(0, `network error: ${error.message} (is the server running?)`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = text;
+  }
+  if (!response.ok) {
+    const message = (data && data.error) || text || response.statusText;
+    if (response.status === 401) askForToken(message);
+    throw new ApiError(response.status, message);
+  }
+  return data;
+}
+
+const api = (endpoint, body = {}) => call(endpoint, { body });
+const write = (endpoint, body = {}) => call(endpoint, { body, write: true });
+const thumbnail = (id, size = THUMB) => new URL(`ui/thumbnail/${encodeURIComponent(id)}?size=${size * 2}`, API);
+const original = (id) => new URL(`ui/image/${encodeURIComponent(id)}`, API);
+
+// ---------------------------------------------------------------- small helpers
+const $ = (selector, root = document) => root.querySelector(selector);
+const esc = (text) =>
+  String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const el = (html) => {
+  const template = document.createElement("template");
+  template.innerHTML = html.trim();
+  return template.content.firstElementChild;
+};
+
+function say(text, { kind = "info", action, seconds = 8 } = {}) {
+  const box = el(`<div class="message ${kind}"><span>${esc(text)}</span></div>`);
+  if (action) {
+    const button = el(`<button type="button">${esc(action.label)}</button>`);
+    button.addEventListener("click", () => {
+      box.remove();
+      action.run();
+    });
+    box.append(button);
+  }
+  $("#messages").append(box);
+  setTimeout(() => box.remove(), seconds * 1000);
+}
+
+const fail = (error) => say(error.message || String(error), { kind: "error", seconds: 12 });
+
+// ---------------------------------------------------------------- session state
+const counter = JSON.parse(sessionStorage.getItem(COUNTER_KEY) || '{"decisions":0,"changed":0}');
+function count(decisions, changed) {
+  counter.decisions += decisions;
+  counter.changed += changed;
+  sessionStorage.setItem(COUNTER_KEY, JSON.stringify(counter));
+  $("#counter").textContent = `${counter.decisions} decisions · ${counter.changed} labels changed`;
+}
+
+const info = { classes: [], splits: ["train", "test"], token_required: false, serving: "" };
+async function refreshInfo() {
+  Object.assign(info, await call("ui/info", { method: "GET" }));
+  $("#serving").textContent = info.serving ? `serving ${info.serving}` : "";
+}
+
+function askForToken(reason) {
+  const dialog = $("#token-dialog");
+  if (reason) say(reason, { kind: "error" });
+  $("#token-input").value = localStorage.getItem(TOKEN_KEY) || "";
+  if (!dialog.open) dialog.showModal();
+}
+
+function showTokenState() {
+  const has = Boolean(localStorage.getItem(TOKEN_KEY));
+  $("#token-button").classList.toggle("has-token", has);
+  $("#token-button").textContent = has ? "Token ✓" : info.token_required ? "Token needed" : "Token";
+}
+
+// ---------------------------------------------------------------- the review queue
+// Where candidates come from; each fetches one page (offset, limit) and says whether there are more.
+const SOURCES = {
+  suspects: {
+    title: "Suspects: cleanlab's most likely wrong labels, flagged first",
+    fetch: async (offset, limit) => api("suspects", { k: limit, offset }),
+    caption: (s) => `<span class="label">${esc(s.label)}</span> <span class="arrow">→ ${esc(s.suggested_label)}</span><br>score ${fmt(s.score, 2)}${s.flagged ? " · flagged" : ""}`,
+  },
+  trace: {
+    title: "Traced: training images that pull misclassified test images to the wrong class",
+    fetch: async (offset, limit, params) => api("trace", { k: params.k, limit, offset }),
+    caption: (t) => `<span class="label">${esc(t.label)}</span> <span class="arrow">→ ${esc(t.suggested_label)}</span><br>${t.votes} vote${t.votes === 1 ? "" : "s"}`,
+  },
+  expand: {
+    title: "Expand: the unreviewed images nearest to what you confirmed as mislabelled",
+    fetch: async (offset, limit, params) =>
+      offset > 0 || !params.seeds.length
+        ? []
+        : api("expand", { image_ids: params.seeds, k: params.k, label: params.label || null, split: params.split }),
+    caption: (n) => `<span class="label">${esc(n.label)}</span><br>distance ${fmt(n.distance, 2)}`,
+  },
+  similar: {
+    title: "Similar: the nearest images to one image",
+    fetch: async (offset, limit, params) =>
+      offset > 0 || !params.image_id
+        ? []
+        : (await api("similar", { image_id: params.image_id, k: params.k, split: params.split, label: params.label || null })).results,
+    caption: (n) => `<span class="label">${esc(n.label)}</span><br>distance ${fmt(n.distance, 2)}`,
+  },
+  images: {
+    title: "All images, by path",
+    fetch: async (offset, limit, params) => api("images", { split: params.split, label: params.label || null, limit, offset }),
+    caption: (r) => `<span class="label">${esc(r.label)}</span><br><span class="muted">${esc(r.split)}</span>`,
+  },
+};
+
+const queue = {
+  source: "suspects",
+  params: { k: 5, split: "train", label: "", image_id: "", seeds: [] },
+  items: [],
+  more: true,
+  loading: false,
+  selected: new Set(),
+  anchor: null,
+  focus: 0,
+  busy: false,
+  confirmedWrong: [], // relabelled this session: where "expand" grows from
+  firstPaint: null,
+};
+
+function renderReview(view) {
+  view.innerHTML = "";
+  const classes = info.classes.map((c) => `<option>${esc(c)}</option>`).join("");
+  view.append(
+    el(`<section class="panel">
+      <div class="toolbar">
+        <label>Candidates <select id="source">${Object.keys(SOURCES).map((s) => `<option value="${s}">${s}</option>`).join("")}</select></label>
+        <label id="p-image" hidden>image id <input id="image-id" size="18" placeholder="image_id"></label>
+        <label id="p-k">k <input id="k" type="number" min="1" max="1000" value="${queue.params.k}" style="width:5rem"></label>
+        <label id="p-split">split <select id="split">${info.splits.map((s) => `<option>${esc(s)}</option>`).join("")}</select></label>
+        <label id="p-label">label <select id="label"><option value="">any</option>${classes}</select></label>
+        <button id="load" type="button" class="primary">Load</button>
+        <span id="source-title" class="muted"></span>
+      </div>
+    </section>`),
+  );
+  view.append(
+    el(`<section class="actionbar">
+      <span class="count" id="selection-count">0 selected</span>
+      <button id="select-all" type="button" title="a">Select all</button>
+      <button id="select-none" type="button" title="Esc">Clear</button>
+      <label>relabel as <select id="relabel-label">${classes}</select></label>
+      <input id="reason" placeholder="reason (kept in the history)" size="26">
+      <button id="relabel" type="button" class="danger" title="r">Relabel selection</button>
+      <button id="confirm" type="button" class="primary" title="c">Confirm correct</button>
+      <span class="hint">click, shift-click or arrows + space select · a all · Esc clear · Enter open · r relabel · c confirm</span>
+    </section>`),
+  );
+  view.append(el(`<div class="grid-viewport" id="viewport" tabindex="0"><div class="grid-spacer" id="spacer"><div class="grid" id="grid"></div></div></div>`));
+
+  $("#source").value = queue.source;
+  $("#split").value = queue.params.split;
+  $("#label").value = queue.params.label;
+  $("#image-id").value = queue.params.image_id;
+  showParams();
+  $("#source").addEventListener("change", () => {
+    queue.source = $("#source").value;
+    history.replaceState(null, "", `#/review/${queue.source}`);
+    showParams();
+    loadQueue();
+  });
+  $("#load").addEventListener("click", loadQueue);
+  $("#select-all").addEventListener("click", selectAll);
+  $("#select-none").addEventListener("click", clearSelection);
+  $("#relabel").addEventListener("click", relabelSelection);
+  $("#confirm").addEventListener("click", confirmSelection);
+  const viewport = $("#viewport");
+  viewport.addEventListener("scroll", () => draw({ force: false }), { passive: true });
+  viewport.addEventListener("keydown", onGridKey);
+  new ResizeObserver(() => draw({ force: false })).observe(viewport);
+  loadQueue();
+}
+
+function showParams() {
+  const source = queue.source;
+  $("#p-image").hidden = source !== "similar";
+  $("#p-k").hidden = !["trace", "expand", "similar"].includes(source);
+  $("#p-split").hidden = !["expand", "similar", "images"].includes(source);
+  $("#p-label").hidden = !["expand", "similar", "images"].includes(source);
+  $("#source-title").textContent = SOURCES[source].title;
+}
+
+function readParams() {
+  Object.assign(queue.params, {
+    k: Number($("#k").value) || 5,
+    split: $("#split").value,
+    label: $("#label").value,
+    image_id: $("#image-id").value.trim(),
+    seeds: queue.confirmedWrong.slice(-200),
+  });
+  if (queue.source === "expand" && !queue.params.seeds.length) {
+    say("Expand grows from images you relabelled in this session: relabel some first (or pick another source).");
+  }
+}
+
+async function loadQueue() {
+  readParams();
+  Object.assign(queue, { items: [], more: true, selected: new Set(), anchor: null, focus: 0, firstPaint: null });
+  queue.started = performance.now();
+  updateSelection();
+  $("#viewport").scrollTop = 0;
+  draw();
+  await loadMore();
+}
+
+async function loadMore() {
+  if (queue.loading || !queue.more) return;
+  queue.loading = true;
+  const source = queue.source;
+  try {
+    const page = await SOURCES[source].fetch(queue.items.length, PAGE, queue.params);
+    if (source !== queue.source) return; // the reviewer switched meanwhile
+    const known = new Set(queue.items.map((i) => i.image_id));
+    queue.items.push(...page.filter((i) => !known.has(i.image_id)));
+    queue.more = page.length >= PAGE && ["suspects", "trace", "images"].includes(source);
+  } catch (error) {
+    fail(error);
+    queue.more = false;
+  } finally {
+    queue.loading = false;
+  }
+  draw();
+  updateSelection();
+}
+
+function columns() {
+  return Math.max(1, Math.floor(($("#viewport").clientWidth + 8) / CELL));
+}
+
+let drawn = ""; // what the grid shows now: redraw only when the visible rows or the items change
+
+function draw({ force = true } = {}) {
+  const viewport = $("#viewport");
+  if (!viewport) return;
+  const grid = $("#grid");
+  const cols = columns();
+  const rows = Math.ceil(queue.items.length / cols);
+  const first = Math.max(0, Math.floor(viewport.scrollTop / ROW) - 2);
+  const last = Math.min(rows, Math.ceil((viewport.scrollTop + viewport.clientHeight) / ROW) + 2);
+  const key = `${first}:${last}:${cols}:${queue.items.length}:${queue.source}`;
+  if (!force && key === drawn) return;
+  drawn = key;
+  $("#spacer").style.height = `${rows * ROW}px`;
+  grid.style.transform = `translateY(${first * ROW}px)`;
+  grid.innerHTML = "";
+  if (!queue.items.length) {
+    grid.append(el(`<div class="empty">${queue.loading || queue.more ? "Loading…" : "Nothing to review here."}</div>`));
+    return;
+  }
+  const caption = SOURCES[queue.source].caption;
+  const pending = [];
+  for (let index = first * cols; index < Math.min(queue.items.length, last * cols); index++) {
+    const item = queue.items[index];
+    const card = el(`<div class="card" data-index="${index}" tabindex="-1" title="${esc(item.path)}">
+        <img alt="${esc(item.path)}" width="${THUMB}" height="${THUMB}" src="${thumbnail(item.image_id)}">
+        <a class="open" href="#/image/${encodeURIComponent(item.image_id)}" title="open">⤢</a>
+        <div class="caption">${caption(item)}</div>
+      </div>`);
+    card.classList.toggle("selected", queue.selected.has(item.image_id));
+    card.addEventListener("click", (event) => onCardClick(event, index));
+    if (index === queue.focus) card.dataset.focus = "1";
+    pending.push(card.querySelector("img").decode().catch(() => null));
+    grid.append(card);
+  }
+  if (queue.firstPaint === null && queue.items.length) {
+    Promise.all(pending).then(() => {
+      if (queue.firstPaint === null) {
+        queue.firstPaint = performance.now() - queue.started;
+        window.bouncerTimings = { ...(window.bouncerTimings || {}), firstGrid: queue.firstPaint, shown: pending.length };
+      }
+    });
+  }
+  if (last * cols >= queue.items.length - cols * 2) loadMore(); // near the end: fetch the next page
+}
+
+function onCardClick(event, index) {
+  if (event.target.closest("a")) return; // the open link navigates
+  const id = queue.items[index].image_id;
+  if (event.shiftKey && queue.anchor !== null) {
+    const [from, to] = [Math.min(queue.anchor, index), Math.max(queue.anchor, index)];
+    for (let i = from; i <= to; i++) queue.selected.add(queue.items[i].image_id);
+  } else if (queue.selected.has(id)) {
+    queue.selected.delete(id);
+  } else {
+    queue.selected.add(id);
+  }
+  queue.anchor = index;
+  queue.focus = index;
+  $("#viewport").focus({ preventScroll: true });
+  updateSelection();
+}
+
+function onGridKey(event) {
+  if (!queue.items.length || event.target.closest("input,select")) return;
+  const cols = columns();
+  const moves = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -cols, ArrowDown: cols };
+  if (event.key in moves) {
+    event.preventDefault();
+    const next = Math.max(0, Math.min(queue.items.length - 1, queue.focus + moves[event.key]));
+    if (event.shiftKey) queue.selected.add(queue.items[queue.focus].image_id), queue.selected.add(queue.items[next].image_id);
+    queue.focus = next;
+    queue.anchor = next;
+    scrollToFocus();
+    updateSelection();
+  } else if (event.key === " ") {
+    event.preventDefault();
+    const id = queue.items[queue.focus].image_id;
+    queue.selected.has(id) ? queue.selected.delete(id) : queue.selected.add(id);
+    queue.anchor = queue.focus;
+    updateSelection();
+  } else if (event.key === "a" || (event.key === "A" && (event.ctrlKey || event.metaKey))) {
+    event.preventDefault();
+    selectAll();
+  } else if (event.key === "Escape") {
+    clearSelection();
+  } else if (event.key === "Enter") {
+    location.hash = `#/image/${encodeURIComponent(queue.items[queue.focus].image_id)}`;
+  } else if (event.key === "r") {
+    relabelSelection();
+  } else if (event.key === "c") {
+    confirmSelection();
+  }
+}
+
+function scrollToFocus() {
+  const viewport = $("#viewport");
+  const row = Math.floor(queue.focus / columns());
+  if (row * ROW < viewport.scrollTop) viewport.scrollTop = row * ROW;
+  else if ((row + 1) * ROW > viewport.scrollTop + viewport.clientHeight) viewport.scrollTop = (row + 1) * ROW - viewport.clientHeight;
+}
+
+function selectAll() {
+  queue.items.forEach((item) => queue.selected.add(item.image_id));
+  updateSelection();
+}
+
+function clearSelection() {
+  queue.selected.clear();
+  updateSelection();
+}
+
+function updateSelection() {
+  const count = $("#selection-count");
+  if (count) count.textContent = `${queue.selected.size} selected of ${queue.items.length}${queue.more ? "+" : ""}`;
+  for (const card of document.querySelectorAll(".card")) {
+    const index = Number(card.dataset.index);
+    card.classList.toggle("selected", queue.selected.has(queue.items[index]?.image_id));
+    card.toggleAttribute("data-focus", index === queue.focus);
+  }
+  const busy = queue.busy || !queue.selected.size;
+  for (const id of ["relabel", "confirm"]) if ($(`#${id}`)) $(`#${id}`).disabled = busy;
+}
+
+// One write at a time: a double click or a repeated key cannot apply a decision twice.
+async function decide(kind) {
+  if (queue.busy || !queue.selected.size) return;
+  const ids = [...queue.selected];
+  const reason = $("#reason").value.trim();
+  queue.busy = true;
+  updateSelection();
+  try {
+    if (kind === "relabel") {
+      const label = $("#relabel-label").value;
+      const result = await write("relabel", { image_ids: ids, label, reason: reason || "review page" });
+      count(ids.length, result.changed.length);
+      queue.confirmedWrong.push(...result.changed.map((c) => c.image_id));
+      done(ids, `Relabelled ${result.changed.length} as ${label}${result.unchanged.length ? ` (${result.unchanged.length} already were)` : ""}.`, result.event_id);
+    } else {
+      const result = await write("confirm", { image_ids: ids, reason: reason || "review page" });
+      count(ids.length, 0);
+      done(ids, `Confirmed ${ids.length} as correct.`, result.event_id);
+    }
+  } catch (error) {
+    fail(error); // the selection stays: nothing was lost
+  } finally {
+    queue.busy = false;
+    updateSelection();
+  }
+}
+
+function done(ids, text, eventId) {
+  const gone = new Set(ids);
+  queue.items = queue.items.filter((item) => !gone.has(item.image_id)); // reviewed: they leave the queue
+  queue.selected.clear();
+  queue.focus = Math.min(queue.focus, Math.max(0, queue.items.length - 1));
+  draw();
+  updateSelection();
+  const undo = eventId === null || eventId === undefined ? null : { label: "Undo", run: () => undoEvent(eventId, () => loadQueue()) };
+  say(text, { kind: "success", action: undo, seconds: 15 });
+}
+
+const relabelSelection = () => decide("relabel");
+const confirmSelection = () => decide("confirm");
+
+async function undoEvent(eventId, after) {
+  try {
+    const result = await write("undo", { event_id: eventId });
+    count(0, -result.changed.filter((c) => c.old_label !== c.new_label).length); // the count is net
+    say(`Undone (event ${result.event_id}).`, { kind: "success" });
+    after?.();
+  } catch (error) {
+    fail(error);
+  }
+}
+
+// ---------------------------------------------------------------- the image page
+async function renderImage(view, id) {
+  view.innerHTML = `<p class="muted">Loading ${esc(id)}…</p>`;
+  let record;
+  try {
+    record = await call(`ui/record/${encodeURIComponent(id)}`, { method: "GET" });
+  } catch (error) {
+    view.innerHTML = `<p class="warning">${esc(error.message)}</p>`;
+    return;
+  }
+  const classes = info.classes.map((c) => `<option ${c === record.label ? "selected" : ""}>${esc(c)}</option>`).join("");
+  view.innerHTML = "";
+  view.append(
+    el(`<div class="image-page">
+      <section>
+        <h2>${esc(record.path)}</h2>
+        <img class="large" alt="${esc(record.path)}" src="${original(id)}">
+        <p>label <b id="current-label">${esc(record.label)}</b> · split ${esc(record.split)} · folder ${esc(record.folder_label)} · id <code>${esc(id)}</code></p>
+        <div class="toolbar">
+          <label>relabel as <select id="one-label">${classes}</select></label>
+          <input id="one-reason" placeholder="reason" size="20">
+          <button id="one-relabel" type="button" class="danger">Relabel</button>
+          <button id="one-confirm" type="button" class="primary">Confirm correct</button>
+        </div>
+      </section>
+      <section>
+        <div class="panel"><h3>Prediction</h3><div id="prediction" class="muted">…</div></div>
+        <div class="panel"><h3>Label history</h3><ul class="history" id="history"><li class="muted">…</li></ul></div>
+        <div class="panel"><h3>Nearest neighbours (train)</h3><div class="neighbours" id="neighbours">…</div></div>
+      </section>
+    </div>`),
+  );
+  const once = async (button, run) => {
+    if (button.disabled) return;
+    button.disabled = true;
+    try {
+      await run();
+    } catch (error) {
+      fail(error);
+    } finally {
+      button.disabled = false;
+    }
+  };
+  $("#one-relabel").addEventListener("click", (e) =>
+    once(e.target, async () => {
+      const label = $("#one-label").value;
+      const result = await write("relabel", { image_ids: [id], label, reason: $("#one-reason").value || "image page" });
+      count(1, result.changed.length);
+      say(`Relabelled as ${label}.`, { kind: "success" });
+      renderImage(view, id);
+    }),
+  );
+  $("#one-confirm").addEventListener("click", (e) =>
+    once(e.target, async () => {
+      await write("confirm", { image_ids: [id], reason: $("#one-reason").value || "image page" });
+      count(1, 0);
+      say("Confirmed as correct.", { kind: "success" });
+      loadHistory(view, id);
+    }),
+  );
+  loadPrediction(id);
+  loadHistory(view, id);
+  loadNeighbours(id);
+}
+
+async function loadPrediction(id) {
+  try {
+    const blob = await (await fetch(original(id))).blob();
+    const form = new FormData();
+    form.append("image", blob, "image");
+    const p = await call("predict", { form });
+    const rows = Object.entries(p.probabilities)
+      .sort((a, b) => b[1] - a[1])
+      .map(([label, prob]) => `<span>${esc(label)}</span><div class="bar" style="width:${(prob * 100).toFixed(1)}%"></div><span>${fmt(prob, 3)}</span>`)
+      .join("");
+    $("#prediction").innerHTML = `<p><b>${esc(p.label)}</b> (${fmt(p.confidence, 3)}) by model ${esc(p.model_version)}</p><div class="bars">${rows}</div>`;
+  } catch (error) {
+    $("#prediction").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
+  }
+}
+
+async function loadHistory(view, id) {
+  try {
+    const events = await api("history", { image_id: id, limit: 50 });
+    const list = $("#history");
+    list.innerHTML = events.length ? "" : `<li class="muted">No event: the label is the folder's.</li>`;
+    for (const e of events) {
+      const change = e.changes[0];
+      const what =
+        e.kind === "confirm" ? `confirmed <b>${esc(change?.new_label)}</b>` : `${esc(change?.old_label)} → <b>${esc(change?.new_label)}</b>`;
+      const item = el(`<li><b>${esc(e.kind)}</b> #${e.event_id} ${what} · ${esc(new Date(e.created_at).toLocaleString())} · ${esc(e.actor)}${e.reason ? ` · “${esc(e.reason)}”` : ""}
+        ${e.reverted_by_event_id ? `<span class="muted">(undone by #${e.reverted_by_event_id})</span>` : ""}</li>`);
+      if (!e.reverted_by_event_id && e.kind !== "undo" && e.kind !== "move") {
+        const button = el(`<button type="button">Undo</button>`);
+        button.addEventListener("click", async () => {
+          button.disabled = true;
+          await undoEvent(e.event_id, () => renderImage(view, id));
+          button.disabled = false;
+        });
+        item.append(" ", button);
+      }
+      list.append(item);
+    }
+  } catch (error) {
+    $("#history").innerHTML = `<li class="warning">${esc(error.message)}</li>`;
+  }
+}
+
+async function loadNeighbours(id) {
+  try {
+    const { results } = await api("similar", { image_id: id, k: 12, split: "train" });
+    $("#neighbours").innerHTML = results
+      .map(
+        (n) => `<a href="#/image/${encodeURIComponent(n.image_id)}" title="${esc(n.path)}"><img alt="" src="${thumbnail(n.image_id, 110)}">${esc(n.label)} · ${fmt(n.distance, 2)}</a>`,
+      )
+      .join("");
+  } catch (error) {
+    $("#neighbours").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
+  }
+}
+
+// ---------------------------------------------------------------- evaluation
+async function renderEvaluation(view, split = "test") {
+  view.innerHTML = `<p class="muted">Evaluating the serving model on the ${esc(split)} split…</p>`;
+  let report;
+  try {
+    report = await api("evaluate", { split });
+  } catch (error) {
+    view.innerHTML = `<p class="warning">${esc(error.message)}</p>`;
+    return;
+  }
+  const { labels, matrix } = report.confusion_matrix;
+  const peak = Math.max(1, ...matrix.flat());
+  const head = labels.map((l) => `<th class="predicted">${esc(l)}</th>`).join("");
+  const body = matrix
+    .map(
+      (row, i) =>
+        `<tr><th>${esc(labels[i])}</th>${row
+          .map((n, j) => {
+            const strength = n / peak;
+            const color = i === j ? `rgba(31,138,76,${0.1 + 0.6 * strength})` : n ? `rgba(194,55,47,${0.15 + 0.7 * strength})` : "#f3f4f7";
+            return `<td class="cell" data-true="${esc(labels[i])}" data-predicted="${esc(labels[j])}" style="background:${color}" title="${esc(labels[i])} taken for ${esc(labels[j])}">${n}</td>`;
+          })
+          .join("")}</tr>`,
+    )
+    .join("");
+  const perClass = Object.entries(report.per_class)
+    .map(([c, s]) => `<tr><td>${esc(c)}</td><td>${fmt(s.precision)}</td><td>${fmt(s.recall)}</td><td>${fmt(s.f1)}</td><td>${s.support}</td></tr>`)
+    .join("");
+  view.innerHTML = "";
+  view.append(
+    el(`<div>
+      <section class="panel">
+        <div class="toolbar"><label>split <select id="eval-split">${info.splits.map((s) => `<option ${s === split ? "selected" : ""}>${esc(s)}</option>`).join("")}</select></label>
+          <span class="muted">model ${esc(report.model_version)} · data version ${esc(report.data_version)}</span></div>
+        <div class="figures">
+          <div class="figure">${fmt(report.accuracy)}<small>accuracy on ${report.n} images</small></div>
+          <div class="figure">${fmt(report.baseline_accuracy)}<small>always the most common label</small></div>
+          <div class="figure">${fmt(report.loss)}<small>log loss</small></div>
+        </div>
+        ${report.warning ? `<p class="warning">${esc(report.warning)}</p>` : ""}
+      </section>
+      <section class="panel"><h3>Confusion matrix (rows: true label, columns: predicted): click a cell</h3>
+        <table class="confusion"><thead><tr><th></th>${head}</tr></thead><tbody>${body}</tbody></table></section>
+      <section class="panel" id="cell-panel" hidden><h3 id="cell-title"></h3><div class="neighbours" id="cell-images"></div></section>
+      <section class="panel"><h3>Per class</h3><table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>${perClass}</tbody></table></section>
+    </div>`),
+  );
+  $("#eval-split").addEventListener("change", () => renderEvaluation(view, $("#eval-split").value));
+  view.querySelectorAll("td.cell").forEach((cell) =>
+    cell.addEventListener("click", async () => {
+      view.querySelectorAll("td.cell.active").forEach((c) => c.classList.remove("active"));
+      cell.classList.add("active");
+      const { true: label, predicted } = cell.dataset;
+      $("#cell-panel").hidden = false;
+      $("#cell-title").textContent = `${label} predicted as ${predicted}`;
+      $("#cell-images").innerHTML = `<span class="muted">…</span>`;
+      try {
+        const images = await api("confusion", { split, label, predicted, limit: 200 });
+        $("#cell-images").innerHTML = images.length
+          ? images
+              .map(
+                (m) => `<a href="#/image/${encodeURIComponent(m.image_id)}" title="${esc(m.path)}"><img alt="" src="${thumbnail(m.image_id, 110)}">${fmt(m.confidence, 2)}</a>`,
+              )
+              .join("")
+          : `<span class="muted">No image.</span>`;
+      } catch (error) {
+        $("#cell-images").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
+      }
+    }),
+  );
+}
+
+// ---------------------------------------------------------------- models and training
+let polling = null;
+
+async function renderModels(view) {
+  view.innerHTML = "";
+  view.append(
+    el(`<div>
+      <section class="panel">
+        <h2>Train</h2>
+        <div class="toolbar">
+          <label>epochs <input id="epochs" type="number" min="1" max="1000" placeholder="default" style="width:6rem"></label>
+          <label><input id="force" type="checkbox"> promote even if not better</label>
+          <button id="train" type="button" class="primary">Train on the current labels</button>
+          <button id="cancel" type="button" hidden>Cancel</button>
+        </div>
+        <div id="progress"></div>
+      </section>
+      <section class="panel"><h2>Versions of this dataset</h2><div id="versions" class="muted">…</div></section>
+    </div>`),
+  );
+  $("#train").addEventListener("click", submitTraining);
+  $("#cancel").addEventListener("click", cancelTraining);
+  loadVersions();
+  watchTraining();
+}
+
+async function loadVersions() {
+  let versions;
+  try {
+    versions = await api("models");
+  } catch (error) {
+    $("#versions").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
+    return;
+  }
+  const rows = versions
+    .map((v) => {
+      const recipe = v.recipe ? `${esc(v.recipe.backbone)} ${v.recipe.image_size}px` : "–";
+      const verdict = v.beats_baseline === false ? `<span class="warning" title="${esc(v.warning)}">no better than the majority label</span>` : "";
+      return `<tr class="${v.serving ? "serving" : ""}"><td><code>${esc(v.version)}</code> ${v.serving ? '<span class="badge">serving</span>' : ""}</td>
+        <td>${esc(new Date(v.created_at).toLocaleString())}</td><td>${fmt(v.metrics.test_accuracy)}</td><td>${fmt(v.metrics.baseline_accuracy)}</td>
+        <td>${esc(v.data_version)}</td><td>${recipe}</td><td>${verdict}</td>
+        <td>${v.serving ? "" : `<button type="button" data-version="${esc(v.version)}">Serve this</button>`}</td></tr>`;
+    })
+    .join("");
+  $("#versions").innerHTML = `<table><thead><tr><th>version</th><th>registered</th><th>test accuracy</th><th>baseline</th><th>data version</th><th>recipe</th><th></th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
+  $("#versions").classList.remove("muted");
+  document.querySelectorAll("#versions button[data-version]").forEach((button) =>
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const result = await write("promote", { version: button.dataset.version, reason: "review page" });
+        say(`Now serving ${result.version} (was ${result.previous_version}).`, { kind: "success" });
+        await refreshInfo();
+        loadVersions();
+      } catch (error) {
+        fail(error);
+        button.disabled = false;
+      }
+    }),
+  );
+}
+
+async function submitTraining() {
+  const button = $("#train");
+  if (button.disabled) return;
+  button.disabled = true;
+  try {
+    const epochs = Number($("#epochs").value) || null;
+    const task = await write("train/submit", { epochs, force: $("#force").checked });
+    say(`Training started (task ${task.task_id}).`, { kind: "success" });
+    watchTraining();
+  } catch (error) {
+    fail(error);
+    button.disabled = false;
+  }
+}
+
+async function cancelTraining() {
+  const status = await api("train_progress").catch(() => null);
+  if (!status?.task_id) return;
+  try {
+    await call(`train/cancel?task_id=${encodeURIComponent(status.task_id)}`, { method: "PUT", write: true });
+    say("Training canceled.", { kind: "success" });
+  } catch (error) {
+    fail(error);
+  }
+}
+
+function watchTraining() {
+  clearInterval(polling);
+  const tick = async () => {
+    if (!$("#progress")) return clearInterval(polling);
+    let status;
+    try {
+      status = await api("train_progress");
+    } catch (error) {
+      $("#progress").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
+      return;
+    }
+    showProgress(status);
+    if (status.state !== "running") {
+      clearInterval(polling);
+      $("#train").disabled = false;
+      if (status.state === "succeeded") {
+        await refreshInfo();
+        loadVersions();
+      }
+    }
+  };
+  tick();
+  polling = setInterval(tick, 1000);
+}
+
+function showProgress(s) {
+  $("#cancel").hidden = s.state !== "running";
+  $("#train").disabled = s.state === "running";
+  if (s.state === "idle") {
+    $("#progress").innerHTML = `<p class="muted">No training has run yet.</p>`;
+    return;
+  }
+  const result = s.result
+    ? `<p class="${s.result.promoted ? "ok" : "warning"}">${esc(s.result.promotion_message)}</p>${s.result.warning ? `<p class="warning">${esc(s.result.warning)}</p>` : ""}`
+    : "";
+  const error = s.error && s.state !== "succeeded" ? `<p class="warning">${esc(s.error.split("\n")[0])}</p>` : "";
+  $("#progress").innerHTML = `<p><b>${esc(s.state)}</b> · ${esc(s.phase || "")} · ${esc(s.message || "")} · ${fmt(s.elapsed_s, 0)} s</p>
+    ${s.epochs ? `<progress max="${s.epochs}" value="${s.epoch || 0}"></progress> epoch ${s.epoch || 0}/${s.epochs}` : ""}
+    ${chart(s.history || [])}${result}${error}`;
+}
+
+function chart(history) {
+  if (history.length < 2) return "";
+  const width = 480, height = 140, pad = 24;
+  const series = [
+    ["loss", "#c2372f"],
+    ["accuracy", "#2f6fde"],
+    ["val_accuracy", "#1f8a4c"],
+  ].filter(([key]) => key in history[0]);
+  const top = Math.max(1, ...history.map((h) => h.loss || 0));
+  const x = (i) => pad + (i * (width - 2 * pad)) / (history.length - 1);
+  const y = (v, key) => height - pad - ((key === "loss" ? v / top : v) * (height - 2 * pad));
+  const lines = series
+    .map(([key, color]) => `<polyline fill="none" stroke="${color}" stroke-width="2" points="${history.map((h, i) => `${x(i)},${y(h[key], key)}`).join(" ")}"/>`)
+    .join("");
+  const legend = series.map(([key, color]) => `<span style="color:${color}">■ ${key}</span>`).join("");
+  return `<svg class="chart" width="${width}" height="${height}" role="img" aria-label="loss and accuracy by epoch">${lines}</svg><div class="legend">${legend}</div>`;
+}
+
+// ---------------------------------------------------------------- routing
+async function route() {
+  const view = $("#view");
+  clearInterval(polling);
+  const [, name = "review", arg] = location.hash.match(/^#\/([^/]+)\/?(.*)$/) || [];
+  document.querySelectorAll("header nav a[data-view]").forEach((a) => a.classList.toggle("active", a.dataset.view === name));
+  if (name === "image" && arg) return renderImage(view, decodeURIComponent(arg));
+  if (name === "evaluation") return renderEvaluation(view);
+  if (name === "models") return renderModels(view);
+  if (arg && arg in SOURCES) queue.source = arg; // #/review/trace opens that queue
+  return renderReview(view);
+}
+
+async function start() {
+  $("#token-button").addEventListener("click", () => askForToken());
+  $("#token-dialog").addEventListener("close", () => {
+    const choice = $("#token-dialog").returnValue;
+    if (choice === "save") localStorage.setItem(TOKEN_KEY, $("#token-input").value.trim());
+    if (choice === "clear") localStorage.removeItem(TOKEN_KEY);
+    showTokenState();
+  });
+  count(0, 0);
+  try {
+    await refreshInfo();
+  } catch (error) {
+    fail(error);
+  }
+  showTokenState();
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+start();

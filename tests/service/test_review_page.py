@@ -1,0 +1,184 @@
+"""The review page in a real Chromium against a real `bentoml serve`: review, undo, confirm, evaluate, train.
+
+Debian's chromium (``apt-get install chromium``) driven by Playwright; nothing downloads a
+browser. Screenshots of every page go to ``test-artifacts/ui/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TrainedDemo
+from tests.service.conftest import Deployment
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[2]
+ARTIFACTS = PROJECT / "test-artifacts" / "ui"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "page-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The flags a sandbox-less root CI needs; no background networking (the machine has no internet).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def site(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("page-server"), token=TOKEN)
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium (README, the tests)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, site: Deployment, request: pytest.FixtureRequest) -> Iterator[object]:
+    # tall enough for a grid of more than 100 thumbnails (11 rows of 10), whose first paint is measured
+    viewport = {"width": 1900, "height": 2600} if "queue" in request.node.name else {"width": 1400, "height": 950}
+    page = browser.new_page(viewport=viewport)  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    page.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shoot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def post(site: Deployment, endpoint: str, payload: dict, **kwargs: object) -> object:
+    response = httpx.post(f"{site.url}/{endpoint}", json=payload, timeout=60, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def give_token(page: object) -> None:
+    """What a reviewer does once: the page asks for the token on the first write (a 401)."""
+    dialog = page.locator("#token-dialog")  # type: ignore[attr-defined]
+    dialog.wait_for(state="visible")
+    page.fill("#token-input", TOKEN)  # type: ignore[attr-defined]
+    page.click("#token-dialog button[value=save]")  # type: ignore[attr-defined]
+
+
+def test_review_queue_relabel_undo_confirm(page: object, site: Deployment) -> None:
+    before = {i["path"]: i["label"] for i in post(site, "images", {"split": "train", "limit": 10_000})}
+    page.goto(f"{site.url}/ui/")  # type: ignore[attr-defined]
+    page.wait_for_function("window.bouncerTimings && window.bouncerTimings.firstGrid !== undefined")  # type: ignore[attr-defined]
+    timings = page.evaluate("window.bouncerTimings")  # type: ignore[attr-defined]
+    print(f"\nfirst paint of the suspects grid: {timings['firstGrid']:.0f} ms for {timings['shown']} thumbnails")
+    cards = page.locator(".card")  # type: ignore[attr-defined]
+    assert timings["shown"] >= 100 and cards.count() >= 100
+    page.set_viewport_size({"width": 1400, "height": 950})  # type: ignore[attr-defined]
+    shoot(page, "review-queue")
+
+    # select three: click, then shift-click two further on
+    ids = [cards.nth(i).get_attribute("title") for i in range(3)]  # paths
+    cards.nth(0).click()
+    cards.nth(2).click(modifiers=["Shift"])
+    assert page.locator(".card.selected").count() == 3  # type: ignore[attr-defined]
+    target = page.locator("#relabel-label option").nth(1).inner_text()  # type: ignore[attr-defined]
+    page.select_option("#relabel-label", target)  # type: ignore[attr-defined]
+    page.fill("#reason", "browser test")  # type: ignore[attr-defined]
+    page.click("#relabel")  # type: ignore[attr-defined]
+    give_token(page)  # the first write was refused (401) and the selection kept
+    assert page.locator(".card.selected").count() == 3  # type: ignore[attr-defined]
+    page.dblclick("#relabel")  # type: ignore[attr-defined]  # a double click must not relabel twice
+    page.locator(".message.success").first.wait_for()  # type: ignore[attr-defined]
+
+    events = post(site, "history", {"limit": 5})
+    relabels = [e for e in events if e["kind"] == "relabel" and e["reason"] == "browser test"]
+    assert len(relabels) == 1, events  # one event, whatever the clicks
+    changed = relabels[0]["changes"]
+    assert {c["new_label"] for c in changed} == {target} and len(changed) <= 3
+    images = {i["path"]: i for i in post(site, "images", {"split": "train", "limit": 10_000})}
+    assert all(images[path]["label"] == target for path in ids)
+    assert not set(ids) & {c.get_attribute("title") for c in cards.all()}  # they left the queue
+
+    # undo from the image page of one of them
+    image_id = images[ids[0]]["image_id"]
+    page.goto(f"{site.url}/ui/#/image/{image_id}")  # type: ignore[attr-defined]
+    page.locator("#history button", has_text="Undo").first.wait_for()  # type: ignore[attr-defined]
+    page.locator("#neighbours a").first.wait_for()  # type: ignore[attr-defined]
+    page.locator("#prediction .bars").wait_for()  # type: ignore[attr-defined]
+    shoot(page, "image-page")
+    page.locator("#history button", has_text="Undo").first.click()  # type: ignore[attr-defined]
+    page.locator(".message.success", has_text="Undone").wait_for()  # type: ignore[attr-defined]
+    restored = {i["path"]: i["label"] for i in post(site, "images", {"split": "train", "limit": 10_000})}
+    assert [restored[path] for path in ids] == [before[path] for path in ids]  # the whole event was undone
+
+    # confirm two as correct: they leave the queue and the history says so
+    page.goto(f"{site.url}/ui/#/review")  # type: ignore[attr-defined]
+    page.locator(".card").nth(1).wait_for()  # type: ignore[attr-defined]
+    confirmed = [page.locator(".card").nth(i).get_attribute("title") for i in range(2)]  # type: ignore[attr-defined]
+    page.locator(".card").nth(0).click()  # type: ignore[attr-defined]
+    page.locator(".card").nth(1).click()  # type: ignore[attr-defined]
+    page.click("#confirm")  # type: ignore[attr-defined]
+    page.locator(".message.success", has_text="Confirmed").wait_for()  # type: ignore[attr-defined]
+    shown = {c.get_attribute("title") for c in page.locator(".card").all()}  # type: ignore[attr-defined]
+    assert not set(confirmed) & shown
+    reloaded = post(site, "suspects", {"k": 100_000})
+    assert not set(confirmed) & {s["path"] for s in reloaded}  # the server agrees: reviewed
+    # 3 relabelled (then undone: no label changed in the end) + 2 confirmed
+    assert page.inner_text("#counter") == "5 decisions · 0 labels changed"  # type: ignore[attr-defined]
+
+
+def test_confusion_matrix_cell_shows_its_images(page: object, site: Deployment) -> None:
+    page.goto(f"{site.url}/ui/#/evaluation")  # type: ignore[attr-defined]
+    page.locator("td.cell").first.wait_for()  # type: ignore[attr-defined]
+    evaluation = post(site, "evaluate", {"split": "test"})
+    labels, matrix = evaluation["confusion_matrix"]["labels"], evaluation["confusion_matrix"]["matrix"]
+    i, j = next((i, j) for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j and n)
+    page.locator(f'td.cell[data-true="{labels[i]}"][data-predicted="{labels[j]}"]').click()  # type: ignore[attr-defined]
+    page.locator("#cell-images a").first.wait_for()  # type: ignore[attr-defined]
+    assert page.locator("#cell-images a").count() == matrix[i][j]  # type: ignore[attr-defined]
+    shoot(page, "evaluation")
+
+
+def test_models_page_trains_with_the_token_and_shows_progress(page: object, site: Deployment) -> None:
+    page.goto(f"{site.url}/ui/#/models")  # type: ignore[attr-defined]
+    page.locator("#versions table").wait_for()  # type: ignore[attr-defined]
+    versions_before = page.locator("#versions tbody tr").count()  # type: ignore[attr-defined]
+    page.click("#token-button")  # type: ignore[attr-defined]
+    give_token(page)
+    page.locator("#token-button", has_text="Token ✓").wait_for()  # type: ignore[attr-defined]
+    page.fill("#epochs", "2")  # type: ignore[attr-defined]
+    page.check("#force")  # type: ignore[attr-defined]
+    page.click("#train")  # type: ignore[attr-defined]
+    page.locator("#progress", has_text="running").wait_for(timeout=60_000)  # type: ignore[attr-defined]
+    page.locator("#progress svg.chart").wait_for(timeout=180_000)  # type: ignore[attr-defined]  # two epochs drawn
+    shoot(page, "models-training")
+    page.locator("#progress", has_text="succeeded").wait_for(timeout=300_000)  # type: ignore[attr-defined]
+    assert "promoted (forced)" in page.inner_text("#progress")  # type: ignore[attr-defined]
+    page.wait_for_function(f"document.querySelectorAll('#versions tbody tr').length > {versions_before}")  # type: ignore[attr-defined]
+    shoot(page, "models")
+    status = post(site, "train_progress", {})
+    assert status["state"] == "succeeded" and status["result"]["promoted"]  # type: ignore[index]
+    serving = [v for v in post(site, "models", {}) if v["serving"]]  # type: ignore[union-attr]
+    assert serving[0]["version"] == status["result"]["model_version"]  # type: ignore[index]
