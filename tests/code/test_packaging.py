@@ -1,0 +1,78 @@
+"""Packaging: `pip install` and `bentoml build` read one list of pins, through their own readers.
+
+setuptools expands ``pyproject.toml`` the way ``pip install`` does, and BentoML parses
+``bentofile.yaml`` and the requirements file the way ``bentoml build`` does; the test
+compares what each of them would install. ``test_service_train.py`` builds a real bento.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import warnings
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def pyproject() -> dict:
+    return tomllib.loads((PROJECT / "pyproject.toml").read_text())
+
+
+def setuptools_dependencies() -> list[str]:
+    """``[project.dependencies]`` as setuptools expands it when pip builds the project."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "[tool.setuptools] is still *beta*"
+        return read_configuration(PROJECT / "pyproject.toml", expand=True)["project"]["dependencies"]
+
+
+def bento_requirements_file() -> Path:
+    """The file ``bentoml build`` reads the bento's pins from, resolved as BentoML resolves it."""
+    from bentoml._internal.bento.build_config import BentoBuildConfig
+    from bentoml._internal.utils.filesystem import resolve_user_filepath
+
+    config = BentoBuildConfig.from_file(str(PROJECT / "bentofile.yaml"))
+    assert config.python.packages is None, "pins belong in the requirements file, not python.packages"
+    assert config.python.requirements_txt, "bentofile.yaml names no python.requirements_txt"
+    return Path(resolve_user_filepath(config.python.requirements_txt, str(PROJECT))).resolve()
+
+
+def bento_requirements() -> list[str]:
+    """The requirement lines BentoML writes into the bento (its own parser, nested files included)."""
+    from pip_requirements_parser import RequirementsFile
+
+    parsed = RequirementsFile.from_file(str(bento_requirements_file()), include_nested=True)
+    assert not parsed.invalid_lines, [line.dumps() for line in parsed.invalid_lines]
+    return [req.dumps() for req in parsed.requirements]
+
+
+def test_pyproject_and_bentofile_read_the_same_requirements_file() -> None:
+    project = pyproject()
+    assert "dependencies" not in project["project"], "a second, hand-written list of pins"
+    assert project["project"]["dynamic"] == ["dependencies"]
+    files = project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]
+    assert [(PROJECT / name).resolve() for name in files] == [bento_requirements_file()]
+
+
+def test_pip_and_bentoml_would_install_the_same_pins() -> None:
+    from_pip = [str(Requirement(line)) for line in setuptools_dependencies()]
+    from_bento = [str(Requirement(line)) for line in bento_requirements()]
+    assert from_pip == from_bento
+    assert any(Requirement(line).name == "bentoml" for line in from_pip)
+
+
+def test_every_requirement_parses_and_is_constrained_once() -> None:
+    requirements = [Requirement(line) for line in setuptools_dependencies()]
+    names = [req.name.lower() for req in requirements]
+    assert len(names) == len(set(names)), f"listed twice: {sorted({n for n in names if names.count(n) > 1})}"
+    assert not [req.name for req in requirements if not req.specifier], "every runtime dependency has a version"
+    extras = {name: [Requirement(line) for line in lines] for name, lines in project_extras().items()}
+    for extra, reqs in extras.items():
+        assert not {req.name.lower() for req in reqs} & set(names), f"extra {extra!r} repeats a runtime pin"
+
+
+def project_extras() -> dict[str, list[str]]:
+    return pyproject()["project"]["optional-dependencies"]
