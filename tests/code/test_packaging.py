@@ -20,13 +20,17 @@ def pyproject() -> dict:
     return tomllib.loads((PROJECT / "pyproject.toml").read_text())
 
 
-def setuptools_dependencies() -> list[str]:
-    """``[project.dependencies]`` as setuptools expands it when pip builds the project."""
+def setuptools_project() -> dict:
+    """``[project]`` as setuptools expands it when pip builds the project (dynamic fields filled in)."""
     from setuptools.config.pyprojecttoml import read_configuration
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "[tool.setuptools] is still *beta*"
-        return read_configuration(PROJECT / "pyproject.toml", expand=True)["project"]["dependencies"]
+        return read_configuration(PROJECT / "pyproject.toml", expand=True)["project"]
+
+
+def setuptools_dependencies() -> list[str]:
+    return setuptools_project()["dependencies"]
 
 
 def bento_requirements_file() -> Path:
@@ -76,6 +80,13 @@ def test_every_requirement_parses_and_is_constrained_once() -> None:
 
 def project_extras() -> dict[str, list[str]]:
     return pyproject()["project"]["optional-dependencies"]
+
+
+def test_the_package_version_is_the_one_the_service_reports() -> None:
+    import training
+    from bento_service.openapi import openapi_info
+
+    assert setuptools_project()["version"] == training.__version__ == openapi_info()["version"]
 
 
 def test_the_license_file_is_the_licence_pyproject_declares() -> None:
