@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,15 @@ SERVICE = "bento_service.service:Bouncer"
 # Small caps on the shared server so the size refusals are tested without megabytes of uploads.
 UPLOAD_CAP = 200_000
 REQUEST_CAP = 1_000_000
+
+
+def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
+    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
+    source = trained_demo.settings.data_dir
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
+    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
+        src.backup(dst)
+    return target
 
 
 @contextmanager

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import TENSORFLOW_NOISE, TrainedDemo
-from tests.service.conftest import running_server
+from tests.service.conftest import copy_demo_data, running_server
 from training.progress import PHASES
 
 pytestmark = pytest.mark.slow
@@ -62,15 +61,6 @@ def _predict(url: str, image: Path) -> httpx.Response:
 
 def _serving(url: str) -> list[str]:
     return [m["version"] for m in _post(url, "models", {}).json() if m["serving"]]
-
-
-def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
-    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
-    source = trained_demo.settings.data_dir
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
-    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
-        src.backup(dst)
-    return target
 
 
 class Deployment:
