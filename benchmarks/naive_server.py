@@ -2,7 +2,8 @@
 
 FastAPI + uvicorn, one process, and the Keras model's ``model.predict`` called once
 per request (no batching, no ONNX). Decoding is the service's own, so the two
-servers differ only in how they run the model.
+servers differ only in how they run the model. FastAPI comes with the ``bench`` extra:
+``.venv/bin/pip install -e ".[bench]"``.
 
     BOUNCER_BENCH_TAG=bouncer:<version> uvicorn benchmarks.naive_server:app --port 3001
 """

@@ -7,6 +7,9 @@ same closed loop of concurrent clients posting real test images. Prints throughp
 p50/p99 latency and non-200 answers (503 = the batching dispatcher shedding load) for
 each, and Bouncer's ratios against the baseline.
 
+The baseline needs FastAPI, which Bouncer itself does not: install the ``bench`` extra
+first (``.venv/bin/pip install -e ".[bench]"``).
+
 Without ``--tag`` it builds a throw-away workspace (demo data + a short training) in a
 temp dir, so it never touches your model store:
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -31,6 +35,7 @@ import httpx
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+BASELINE_PACKAGES = ("fastapi", "uvicorn")  # the `bench` extra in pyproject.toml
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.workspace import isolated_env, workspace  # noqa: E402
@@ -121,6 +126,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs for the throw-away model")
     parser.add_argument("--workdir", type=Path, help="keep the workspace and server logs here (default: a temp dir)")
     args = parser.parse_args()
+    missing = [name for name in BASELINE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:  # say so now, not after the workspace's training
+        raise SystemExit(f"the naive baseline needs {', '.join(missing)}: .venv/bin/pip install -e '.[bench]'")
 
     with workspace(args.workdir, prefix="bouncer-bench-") as root:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

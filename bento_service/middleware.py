@@ -18,6 +18,9 @@ What BentoML does by itself, and what we do about it:
   ``PUT /train/cancel`` took none and only flipped a status), and BentoML replaces every
   401 message with "Authorization error": :class:`WriteGate` answers 401/409 itself
   and really cancels a training.
+- Its OpenAPI page carries BentoML's boilerplate (default README with badges, "BentoML
+  Team" as contact, no version outside a bento) and no option to change it:
+  :class:`bento_service.openapi.OpenAPIInfo` answers ``/docs.json`` with Bouncer's ``info``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from bento_service.openapi import OpenAPIInfo
 from training.jobs.runner import NotRunning, TrainRunner
 from training.settings import Settings
 
@@ -69,11 +73,13 @@ def install(service: Any, *, settings: Settings, write_endpoints: Iterable[str])
     BentoML wraps each added middleware around the previous ones, so the first added
     is innermost. Outermost: RequestGuard (size and content type, before anything
     reads the body); then ErrorBodyFix (so the guards' and the gate's 4xx pass through
-    it unchanged, and BentoML's get fixed); innermost: WriteGate (after the size cap).
+    it unchanged, and BentoML's get fixed); then WriteGate (after the size cap);
+    innermost: OpenAPIInfo (a read-only page, behind every guard).
     """
     routes = api_routes(service)
     forbid_unknown_fields(service)
     GuardedMultipartSerde.register()
+    service.add_asgi_middleware(OpenAPIInfo, service=service)
     service.add_asgi_middleware(WriteGate, settings=settings, write_paths=write_paths(service, write_endpoints))
     service.add_asgi_middleware(ErrorBodyFix, routes=routes)
     service.add_asgi_middleware(RequestGuard, routes=routes, max_body_bytes=settings.max_request_bytes)

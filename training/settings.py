@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     )
     mlflow_dir: Path = Field(
         Path("mlruns"),
-        description="Local MLflow store (sqlite + artifacts) used when MLFLOW_TRACKING_URI is unset.",
+        description=(
+            "Local MLflow store (sqlite + artifacts) used when MLFLOW_TRACKING_URI is unset;"
+            " the artifacts of a tracking database that is not a SQLite file."
+        ),
     )
     mlflow_experiment: str = "bouncer"
     model_name: str = Field("bouncer", description="Name of the model in the BentoML model store.")

@@ -14,10 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import anyio
 import bentoml
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -111,7 +111,7 @@ async def thumbnail(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     max_pixels = _service().settings.max_image_pixels
     try:
-        body = await anyio.to_thread.run_sync(_thumbnail, str(path), etag, size, max_pixels)
+        body = await run_in_threadpool(_thumbnail, str(path), etag, size, max_pixels)
     except ImageError as exc:
         return JSONResponse({"error": f"{path.name}: {exc}"}, status_code=422)
     return Response(body, media_type="image/jpeg", headers=headers)

@@ -118,6 +118,28 @@ def test_mlflow_tracking_uri_from_the_environment_wins(settings: Settings, monke
     assert tracking_uri(settings) == "http://mlflow.example:5000"
 
 
+def test_a_sqlite_tracking_uri_keeps_run_files_beside_its_database_not_in_the_cwd(
+    shapes_dataset, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow alone put a new experiment's files in ./mlruns of whatever directory training ran in."""
+    store = tmp_path / "tracking" / "x.db"
+    store.parent.mkdir()
+    uri = f"sqlite:///{store}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    result = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=1)
+
+    assert list(cwd.iterdir()) == []  # no mlruns/, nothing at all
+    assert not settings.mlflow_dir.exists()  # BOUNCER_MLFLOW_DIR is for the default store only
+    run = MlflowClient(uri).get_run(result.mlflow_run_id)
+    artifacts = store.parent / "artifacts"
+    assert run.info.artifact_uri == (artifacts / run.info.run_id / "artifacts").as_uri()
+    assert (artifacts / run.info.run_id / "artifacts" / "model" / "model.onnx").is_file()
+
+
 def test_suspects_cli_ranks_train_images_of_the_stored_audit(
     trained_demo: TrainedDemo, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,15 @@ UPLOAD_CAP = 200_000
 REQUEST_CAP = 1_000_000
 
 
+def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
+    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
+    source = trained_demo.settings.data_dir
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
+    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
+        src.backup(dst)
+    return target
+
+
 @contextmanager
 def running_server(
     trained_demo: TrainedDemo, log_dir: Path, *, bento: str | None = None, **extra_env: str
@@ -54,15 +63,6 @@ def server(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) 
     caps = {"BOUNCER_MAX_UPLOAD_BYTES": str(UPLOAD_CAP), "BOUNCER_MAX_REQUEST_BYTES": str(REQUEST_CAP)}
     with running_server(trained_demo, tmp_path_factory.mktemp("server"), **caps) as url:
         yield url
-
-
-def copy_demo_data(trained_demo: TrainedDemo, target: Path) -> Path:
-    """The demo's images and label DB (copied with SQLite's backup API, safe next to a live server)."""
-    source = trained_demo.settings.data_dir
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("labels.db*", ".bouncer"))
-    with closing(sqlite3.connect(source / "labels.db")) as src, closing(sqlite3.connect(target / "labels.db")) as dst:
-        src.backup(dst)
-    return target
 
 
 class Deployment:

@@ -138,6 +138,23 @@ def test_health_and_openapi(server: str) -> None:
     assert {"/predict", "/evaluate"} <= set(spec["paths"])
 
 
+def test_the_openapi_page_is_bouncers_not_bentomls_boilerplate(server: str) -> None:
+    import training
+
+    answer = httpx.get(f"{server}/docs.json", timeout=10)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    info = answer.json()["info"]
+    assert info["title"] == "Bouncer"
+    assert info["version"] == training.__version__
+    assert "keeps its training labels honest" in info["description"]
+    assert "`trace`" in info["description"] and "`relabel`" in info["description"]  # the loop, by endpoint
+    for boilerplate in ("created with bentoml", "bentoml team", "contact@bentoml.com", "shields.io", "badge"):
+        assert boilerplate not in answer.text.lower()
+    assert "http" not in info["description"]  # links to nothing external
+    page = httpx.get(f"{server}/", timeout=10)  # the Swagger UI, which loads /docs.json
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+
+
 def test_models_and_evaluate_say_whether_the_model_beats_the_majority_label(server: str) -> None:
     versions = httpx.post(f"{server}/models", json={}, timeout=30).json()
     serving = next(v for v in versions if v["serving"])

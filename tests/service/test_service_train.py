@@ -253,8 +253,30 @@ def test_the_rebuilt_bento_serves_the_new_version(
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == result["model_version"] != newer.split(":")[1]
         assert _serving(url) == [result["model_version"]]
+        assert httpx.get(f"{url}/docs.json", timeout=10).json()["info"]["title"] == "Bouncer"  # not the bento's README
     with closing(sqlite3.connect(data_dir / "labels.db")) as database:
         assert database.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+
+
+def test_the_bento_installs_the_pins_pip_installs(training: TrainingRun) -> None:
+    """The bento's requirements.in is our pins, and the lock BentoML resolved from it satisfies each one."""
+    import bentoml
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from tests.code.test_packaging import setuptools_dependencies
+
+    def requirements(path: Path) -> list[Requirement]:
+        lines = path.read_text().splitlines()
+        return [Requirement(line) for line in lines if line.strip() and not line.startswith(("#", "-"))]
+
+    python = Path(bentoml.bentos.get(training.result.json()["bento_tag"]).path) / "env" / "python"
+    pins = [Requirement(line) for line in setuptools_dependencies()]
+    assert {str(pin) for pin in pins} <= {str(req) for req in requirements(python / "requirements.in")}
+    locked = {canonicalize_name(req.name): req for req in requirements(python / "requirements.txt")}
+    for pin in pins:
+        (version,) = [spec.version for spec in locked[canonicalize_name(pin.name)].specifier]
+        assert pin.specifier.contains(version, prereleases=True), f"the bento locks {pin.name} {version}, not {pin}"
 
 
 def _wait_for(condition: Any, what: str, timeout: float = TRAIN_TIMEOUT_S) -> Any:

@@ -13,10 +13,35 @@ import mlflow
 from training.model.evaluation import EvaluationReport
 from training.settings import Settings
 
+# Stores MLflow reaches through SQLAlchemy: without an artifact location of their own, MLflow
+# puts a new experiment's run files in ./mlruns of whatever directory the process runs in.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
 
 def tracking_uri(settings: Settings) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a local SQLite store that needs no server."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+
+
+def artifact_dir(uri: str, settings: Settings) -> Path | None:
+    """Where a new experiment keeps its run files, so that it is never the working directory's ``mlruns``.
+
+    A SQLite file store: ``artifacts/`` beside the database file (the default store is
+    ``BOUNCER_MLFLOW_DIR/mlflow.db``, so ``BOUNCER_MLFLOW_DIR/artifacts``). Another database
+    (PostgreSQL, MySQL, in-memory SQLite): ``BOUNCER_MLFLOW_DIR/artifacts``. None where the
+    store decides: a tracking server (its ``--artifacts-destination``) or a file store (MLflow
+    keeps the files inside the store's own folder).
+    """
+    scheme = uri.partition(":")[0].split("+")[0].lower() if "://" in uri else ""
+    if scheme not in DATABASE_SCHEMES:
+        return None
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return Path(database).expanduser().resolve().parent / "artifacts"
+    return settings.mlflow_dir / "artifacts"
 
 
 @contextmanager
@@ -25,10 +50,11 @@ def mlflow_run(settings: Settings, *, run_name: str | None = None) -> Iterator[m
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
+        artifacts = artifact_dir(uri, settings)
         artifact_location = None
-        if "MLFLOW_TRACKING_URI" not in os.environ:
-            settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-            artifact_location = (settings.mlflow_dir / "artifacts").as_uri()
+        if artifacts is not None:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            artifact_location = artifacts.as_uri()
         experiment_id = mlflow.create_experiment(settings.mlflow_experiment, artifact_location=artifact_location)
     else:
         experiment_id = experiment.experiment_id
