@@ -216,3 +216,23 @@ def test_undo_refuses_to_take_back_a_label_a_later_confirm_vouched_for(store: La
     store.undo(confirm.event_id)  # take the confirmation back first: then the relabel can go
     store.undo(relabel.event_id)
     assert store.get(cross).label == "cross"
+
+
+def test_the_revision_moves_with_every_change_and_only_then(store: LabelStore, settings: Settings) -> None:
+    start = store.revision()
+    version = store.data_version()
+    import_folder(settings, store)  # nothing changed on disk
+    assert store.revision() == start and store.data_version() == version
+    cross = store.images(split="train", label="cross")[0].image_id
+    relabel = store.relabel([cross], "ring")
+    assert store.revision() == start + 1 and store.data_version() != version
+    store.relabel([cross], "ring")  # no change, no event: same revision
+    assert store.revision() == start + 1
+    store.confirm([cross])
+    store.undo(relabel.event_id + 1)  # the confirm
+    store.undo(relabel.event_id)
+    assert store.revision() == start + 4 and store.data_version() == version
+    new = settings.data_dir / "train" / "ring" / "extra.png"
+    shutil.copy(next((settings.data_dir / "train" / "cross").glob("*.png")), new)
+    import_folder(settings, store)
+    assert store.revision() == start + 5

@@ -42,6 +42,7 @@ VERSION_TABLE = "alembic_version"  # Alembic's default name
 PREVIOUS_RELEASE_TABLES = frozenset({"images", "classes", "label_events", "label_changes", "promotions"})
 PREVIOUS_RELEASE_REVISION = "0001"
 DATASET_TABLE_REVISION = "0002"
+LABEL_REVISION_REVISION = "0003"
 # Any constant 64-bit key, the same in every process migrating a Bouncer label database.
 _POSTGRES_LOCK_KEY = int.from_bytes(hashlib.sha256(b"bouncer label database").digest()[:8], "big", signed=True)
 
@@ -142,7 +143,9 @@ def revision_of_unversioned(connection: Connection) -> str | None:
     if ours == PREVIOUS_RELEASE_TABLES:
         return PREVIOUS_RELEASE_REVISION
     if ours == PREVIOUS_RELEASE_TABLES | {"dataset"}:
-        return DATASET_TABLE_REVISION
+        # a stamp lost from a database at 0003 (its version table dropped by hand) is read back, not re-applied
+        columns = {column["name"] for column in inspect(connection).get_columns("dataset")}
+        return LABEL_REVISION_REVISION if "revision" in columns else DATASET_TABLE_REVISION
     missing = sorted(PREVIOUS_RELEASE_TABLES - ours)
     raise LabelDatabaseSchemaError(
         f"the label database has some of Bouncer's tables ({', '.join(sorted(ours))}) but not "

@@ -18,13 +18,15 @@ class Base(DeclarativeBase):
 
 
 class DatasetRow(Base):
-    """The identity of the dataset this database curates: a single row (``id`` 1), never changed."""
+    """The dataset this database curates: a single row (``id`` 1) with its identity and revision."""
 
     __tablename__ = "dataset"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dataset_id: Mapped[str] = mapped_column(String(36), unique=True)
+    dataset_id: Mapped[str] = mapped_column(String(36), unique=True)  # never changes
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # bumped by every write that changes labels or images (migration 0003): what caches key on
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PromotionRow(Base):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Select, create_engine, event, func, select
+from sqlalchemy import Select, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -130,6 +130,7 @@ class LabelStore:
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
         self._dataset_id = self._existing_dataset_id() or self._create_dataset_id()
+        self._data_version: tuple[int, str] = (-1, "")  # (revision, hash) of the last data_version() asked
 
     @property
     def dataset_id(self) -> str:
@@ -192,6 +193,11 @@ class LabelStore:
             query = query.limit(limit)
         with self._session() as session:
             return [_image_record(row) for row in session.scalars(query)]
+
+    def revision(self) -> int:
+        """A number every change of labels or images raises: equal revisions, equal labels (one row read)."""
+        with self._session() as session:
+            return int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
 
     def count(self, *, split: str | None = None) -> int:
         query = select(func.count()).select_from(ImageRow).where(ImageRow.present.is_(True))
@@ -280,6 +286,8 @@ class LabelStore:
             for change in changes:
                 rows[change.image_id].label = label
             event_id = record_event(session, "relabel", changes, actor=actor, reason=reason) if changes else None
+            if changes:
+                bump_revision(session)
         if changes:
             self._after_write()
         return RelabelResult(event_id, changes, unchanged)
@@ -305,6 +313,7 @@ class LabelStore:
                 raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
             confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
             event_id = record_event(session, "confirm", confirmed, actor=actor, reason=reason)
+            bump_revision(session)  # the reviewed set changed: suspect and trace queues change with it
         return ConfirmResult(event_id, confirmed)
 
     def undo(self, event_id: int, *, actor: str = "unknown", reason: str = "") -> RelabelResult:
@@ -359,6 +368,7 @@ class LabelStore:
                 reason=reason or f"undo event {event_id}",
                 reverts_event_id=event_id,
             )
+            bump_revision(session)
         self._after_write()
         return RelabelResult(new_id, inverse, [])
 
@@ -370,7 +380,10 @@ class LabelStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One write transaction (taking SQLite's write lock up front), then labels.csv follows."""
+        """One write transaction (SQLite's write lock taken up front); labels.csv follows after the commit.
+
+        A writer that changes labels or images calls :func:`bump_revision` in it.
+        """
         with self._writer.begin() as session:
             yield session
         self._after_write()
@@ -399,8 +412,14 @@ class LabelStore:
         return labels_csv_text(self.images())
 
     def data_version(self) -> str:
-        """Hash of every present image's content and curated label: what a model was trained on."""
-        return data_version_of(self.labels_csv())
+        """Hash of every present image's content and curated label: what a model was trained on.
+
+        Computed once per revision (hashing 100k labels takes a while, reading the revision does not).
+        """
+        revision = self.revision()
+        if self._data_version[0] != revision:
+            self._data_version = (revision, data_version_of(self.labels_csv()))
+        return self._data_version[1]
 
     def export_csv(self, path: Path) -> str:
         """Write labels.csv atomically (safe with several writers); return the data version."""
@@ -424,6 +443,10 @@ def _reverted_events() -> Select[tuple[int | None]]:
     """The ids of events some undo reverted."""
     undo = aliased(EventRow)
     return select(undo.reverts_event_id).where(undo.reverts_event_id.is_not(None))
+
+
+def bump_revision(session: Session) -> None:
+    session.execute(update(DatasetRow).where(DatasetRow.id == 1).values(revision=DatasetRow.revision + 1))
 
 
 def record_event(

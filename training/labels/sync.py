@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from training.data.folders import ScanResult, scan_folder
 from training.labels.schema import ClassRow, ImageRow
-from training.labels.store import LabelChange, LabelStore, record_event
+from training.labels.store import LabelChange, LabelStore, bump_revision, record_event
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ class SyncReport:
     moved: int = 0
     restored: int = 0
     unchanged: int = 0
+    rewritten: int = 0  # of the unchanged paths, files whose content changed
     skipped: list[tuple[str, str]] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the scan's, about folders (see ScanResult)
@@ -92,6 +93,7 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
                 report.restored += 1
             else:
                 report.unchanged += 1
+                report.rewritten += row.sha256 != scanned.sha256  # same path, new content
             row.sha256, row.size, row.mtime_ns = scanned.sha256, scanned.size, scanned.mtime_ns
             row.present = True
         for group in vanished.values():
@@ -106,6 +108,8 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
         for name in scan.classes:
             if name not in known:
                 session.add(ClassRow(name=name))
+        if report.added or report.removed or report.moved or report.restored or report.rewritten:
+            bump_revision(session)  # nothing changed: caches keyed on the revision stay valid
     return report
 
 
