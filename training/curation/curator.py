@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from sklearn.pipeline import Pipeline
@@ -30,6 +30,8 @@ from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelS
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
 from training.settings import Settings
+
+T = TypeVar("T")
 
 
 class CurationError(Exception):
@@ -83,10 +85,31 @@ class _Evaluated:
     rows: list[Misclassified]  # every image: its label, the prediction and its confidence
 
 
-# Evaluations kept per process, newest last: a few model versions x splits x data versions.
-EVALUATIONS_KEPT = 8
-_EVALUATIONS: OrderedDict[tuple[str, str, str], _Evaluated] = OrderedDict()
-_EVALUATIONS_LOCK = threading.Lock()
+class _Memo:
+    """A small thread-safe LRU of results keyed by (model version, label revision, ...): a new revision is a miss."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[tuple[object, ...], object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: tuple[object, ...], value: T) -> T:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+# Kept per process: evaluations and suspect rankings, keyed by (database, model version, label revision, what).
+_CACHE = _Memo(16)
 
 
 @dataclass(frozen=True)
@@ -113,7 +136,7 @@ class Curator:
     def evaluate(self, split: str) -> EvaluationReport:
         """Accuracy, per-class scores, confusion matrix and misclassified images on the current labels.
 
-        Cached per (model version, data version, split): labels or images change the data version.
+        Cached per (model version, label revision, split): any change of labels or images is a new revision.
         """
         return self._evaluated(split).report
 
@@ -125,11 +148,9 @@ class Curator:
 
     def _evaluated(self, split: str) -> _Evaluated:
         check_evaluable(self.settings, self.store, split)
-        key = (self.model.tag, self.store.data_version(), split)
-        with _EVALUATIONS_LOCK:
-            if key in _EVALUATIONS:
-                _EVALUATIONS.move_to_end(key)
-                return _EVALUATIONS[key]
+        key = (str(self.store.engine.url), self.model.tag, self.store.revision(), split)
+        if (cached := _CACHE.get(key)) is not None:
+            return cached
         records = self.store.images(split=split)
         probabilities = self.model.classifier.predict(
             load_records(self.settings, records, self.model.image_size)
@@ -146,12 +167,7 @@ class Curator:
             Misclassified(r.image_id, r.path, r.label, self.model.class_names[int(b)], float(p[b]))
             for r, b, p in zip(records, best, probabilities, strict=True)
         ]
-        evaluated = _Evaluated(report, rows)
-        with _EVALUATIONS_LOCK:
-            _EVALUATIONS[key] = evaluated
-            while len(_EVALUATIONS) > EVALUATIONS_KEPT:
-                _EVALUATIONS.popitem(last=False)
-        return evaluated
+        return _CACHE.put(key, _Evaluated(report, rows))
 
     def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
         """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
@@ -254,9 +270,13 @@ class Curator:
                 f"model version {self.model.version} has no out-of-fold probabilities "
                 "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
             )
-        reviewed = self.store.reviewed_image_ids()
-        records = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
-        return find_suspects(self.model.audit, records, self.model.class_names)[offset : offset + k]
+        key = (str(self.store.engine.url), self.model.tag, self.store.revision(), "suspects")
+        ranking = _CACHE.get(key)
+        if ranking is None:
+            reviewed = self.store.reviewed_image_ids()
+            records = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
+            ranking = _CACHE.put(key, find_suspects(self.model.audit, records, self.model.class_names))
+        return ranking[offset : offset + k]
 
     # --- labels ---------------------------------------------------------------------
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
