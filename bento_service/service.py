@@ -11,7 +11,9 @@ BentoML: ``middleware``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -67,6 +69,11 @@ LabelFilter = Annotated[str | None, Field(description="Only images currently lab
 Offset = Annotated[int, Field(ge=0, le=DB_INT_MAX, description="Skip this many first (paging).")]
 
 
+def served_at() -> str:
+    """This server's own address, as BentoML tells its workers (BENTOML_RUNNER_MAP); the path alone otherwise."""
+    return json.loads(os.environ.get("BENTOML_RUNNER_MAP", "{}")).get("Bouncer", "").rstrip("/")
+
+
 @bentoml.service(traffic={"timeout": 300}, workers=_STARTUP.workers)
 class Bouncer:
     bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)  # what `bentoml build` packs
@@ -77,6 +84,7 @@ class Bouncer:
         self.store = open_store(self.settings)
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
         self.trainer = TrainRunner(self.settings)
+        log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
 
     def curator(self) -> Curator:
         """The façade over the labels and the version serving now: a live swap cannot split a request."""

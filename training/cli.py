@@ -495,6 +495,7 @@ def serve(
         typer.echo(f"model: {resolve_serving_tag(settings, store)}")
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
+    typer.echo(f"review page: http://localhost:{port}/ui/   API and OpenAPI page: http://localhost:{port}/")
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
