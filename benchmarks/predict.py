@@ -1,95 +1,53 @@
-"""Single-image predict under 32 concurrent clients: Bouncer vs the same model served naively.
+"""Predict under 32 concurrent clients: Bouncer against the framework's ceiling and the naive way, one run.
 
-Starts, in this one run and on this machine: (1) `bentoml serve` of Bouncer (ONNX,
-adaptive batching through the Classifier dependency) and (2) benchmarks/naive_server.py
-(FastAPI calling the Keras model's ``predict`` per request), then drives each with the
-same closed loop of concurrent clients posting real test images. Prints throughput,
-p50/p99 latency and non-200 answers (503 = the batching dispatcher shedding load) for
-each, and Bouncer's ratios against the baseline.
+Starts, on this machine and in this one run, each server below on the same model and
+drives it with the same closed loop of concurrent clients posting real test images
+(benchmarks/loadgen.py: pre-encoded requests on keep-alive connections, light enough
+to share the cores with the server):
 
-The baseline needs FastAPI, which Bouncer itself does not: install the ``bench`` extra
-first (``.venv/bin/pip install -e ".[bench]"``).
+- Bouncer as configured by default (raw predict route, in-worker batching, one ONNX
+  thread per worker, a worker per core);
+- Bouncer through BentoML's ``@api`` handler (BOUNCER_FAST_PREDICT=false): the design choice;
+- a trivial BentoML endpoint taking the same upload and returning a constant: the framework's ceiling;
+- the naive way: FastAPI calling the Keras model's ``predict`` per request;
+- with ``--baseline-ref REF``: Bouncer as it was at that git commit (e.g. before issue 13).
 
-Without ``--tag`` it builds a throw-away workspace (demo data + a short training) in a
-temp dir, so it never touches your model store:
+Prints req/s, p50, p99 and non-2xx answers for each and Bouncer's ratios, then
+``predict_batch`` (32 images a request) against the same decode + ONNX work done in
+process, one process per core: the share of the machine's ceiling the HTTP path keeps.
 
-    .venv/bin/python benchmarks/predict.py                 # ~2 min on 2 cores
-    .venv/bin/python benchmarks/predict.py --clients 32 --seconds 30
+The naive baseline needs FastAPI: install the ``bench`` extra first
+(``.venv/bin/pip install -e ".[bench]"``). Without ``--tag`` it builds a throw-away
+workspace (demo data + a short training) in a temp dir, never touching your stores:
+
+    .venv/bin/python benchmarks/predict.py                        # ~4 min on 2 cores
+    .venv/bin/python benchmarks/predict.py --baseline-ref e0342bb --seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
+import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BASELINE_PACKAGES = ("fastapi", "uvicorn")  # the `bench` extra in pyproject.toml
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.loadgen import LoadResult, drive, multipart_request, run  # noqa: E402
 from benchmarks.workspace import isolated_env, workspace  # noqa: E402
 from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
 
-
-@dataclass
-class LoadResult:
-    name: str
-    latencies_ms: list[float]
-    statuses: Counter[int]
-    wall_s: float
-
-    @property
-    def ok(self) -> int:
-        return self.statuses.get(200, 0)
-
-    @property
-    def throughput(self) -> float:
-        return self.ok / self.wall_s
-
-    def percentile(self, q: float) -> float:
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(q) - 1]
-
-    def line(self) -> str:
-        bad = {code: n for code, n in self.statuses.items() if code != 200}
-        return (
-            f"{self.name:<34} {self.throughput:8.1f} req/s   p50 {self.percentile(50):7.1f} ms   "
-            f"p99 {self.percentile(99):7.1f} ms   ok {self.ok:6d}   non-200 {bad or 0}"
-        )
-
-
-async def drive(name: str, url: str, images: list[bytes], clients: int, seconds: float, warmup: float) -> LoadResult:
-    """Closed loop: each client posts one image, waits for the answer, posts the next."""
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        start = time.perf_counter()
-        measure_from, stop_at = start + warmup, start + warmup + seconds
-
-        async def one_client(worker: int) -> None:
-            i = worker
-            while (now := time.perf_counter()) < stop_at:
-                body = images[i % len(images)]
-                i += clients
-                response = await client.post(url, files={"image": ("image.png", body, "image/png")})
-                if now >= measure_from:
-                    latencies.append((time.perf_counter() - now) * 1000)
-                    statuses[response.status_code] += 1
-
-        await asyncio.gather(*(one_client(w) for w in range(clients)))
-        wall = time.perf_counter() - measure_from
-    return LoadResult(name, latencies, statuses, wall)
+BATCH = 32  # images per predict_batch request
 
 
 def excerpt_errors(log: Path, lines: int = 40) -> str:
@@ -117,17 +75,96 @@ def prepare_workspace(root: Path, env: dict[str, str], epochs: int) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def in_process_images_per_s(tag: str, images: list[bytes], seconds: float, env: dict[str, str]) -> float:
+    """Decode + ONNX in process, the way a worker does it, one process per core: the machine's ceiling."""
+    workers = os.cpu_count() or 1
+    os.environ.update(env)  # the pool's processes find the workspace's model store
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        counts = pool.starmap(_decode_and_infer, [(tag, images, seconds)] * workers)
+    return sum(counts) / seconds
+
+
+def _decode_and_infer(tag: str, images: list[bytes], seconds: float) -> int:
+    import numpy as np
+
+    from training.data.images import load_model_input
+    from training.registry.store import load_registered
+
+    model = load_registered(tag, threads=1)
+    done, i = 0, 0
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        batch = [images[(i + j) % len(images)] for j in range(BATCH)]
+        i += BATCH
+        pixels = np.stack([load_model_input(b, model.image_size, max_pixels=40_000_000) for b in batch])
+        model.classifier.probabilities(pixels)
+        done += BATCH
+    return done
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The project's files at git ``ref`` (for --baseline-ref), without touching this working tree."""
+    archive = subprocess.run(["git", "-C", str(PROJECT), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+@dataclass
+class Server:
+    name: str
+    command: Callable[[int], list[str]]  # for a port
+    ready: str = "/readyz"
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = PROJECT
+
+
+def bento(target: str) -> Callable[[int], list[str]]:
+    return lambda port: bentoml_serve_command(target, port)
+
+
+def servers(args: argparse.Namespace, root: Path) -> list[Server]:
+    chosen = [
+        Server("bouncer", bento("bento_service.service:Bouncer")),
+        Server(
+            "bouncer through BentoML's @api handler",
+            bento("bento_service.service:Bouncer"),
+            env={"BOUNCER_FAST_PREDICT": "false"},
+        ),
+        Server("trivial BentoML endpoint (constant answer)", bento("benchmarks.trivial_service:Trivial")),
+    ]
+    if not args.skip_naive:
+        naive = [str(BIN / "uvicorn"), "benchmarks.naive_server:app", "--port"]
+        chosen.append(Server("naive (FastAPI + Keras predict)", lambda port: [*naive, str(port)], "/ready"))
+    if args.baseline_ref:
+        old = checkout(args.baseline_ref, Path(tempfile.mkdtemp(prefix="bouncer-ref-", dir=root)))
+        # the settings of that time: one worker (BOUNCER_WORKERS took only numbers)
+        env = {"PYTHONPATH": str(old), "BOUNCER_WORKERS": "1"}
+        chosen.append(
+            Server(f"bouncer at {args.baseline_ref}", bento("bento_service.service:Bouncer"), env=env, cwd=old)
+        )
+    return chosen
+
+
+def load(
+    name: str, port: int, path: str, bodies: list[list[tuple[str, str, bytes]]], clients: int, args: argparse.Namespace
+) -> LoadResult:
+    requests = [multipart_request("127.0.0.1", port, path, parts) for parts in bodies]
+    return run(drive(name, "127.0.0.1", port, requests, clients=clients, seconds=args.seconds, warmup=args.warmup))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per server")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per server")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--tag", help="serve this existing model version (uses your env's stores)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs for the throw-away model")
+    parser.add_argument("--baseline-ref", help="also serve Bouncer as it was at this git commit")
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive Keras server")
     parser.add_argument("--workdir", type=Path, help="keep the workspace and server logs here (default: a temp dir)")
     args = parser.parse_args()
     missing = [name for name in BASELINE_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:  # say so now, not after the workspace's training
+    if missing and not args.skip_naive:  # say so now, not after the workspace's training
         raise SystemExit(f"the naive baseline needs {', '.join(missing)}: .venv/bin/pip install -e '.[bench]'")
 
     with workspace(args.workdir, prefix="bouncer-bench-") as root:
@@ -144,39 +181,52 @@ def main() -> None:
             raise SystemExit(f"no test images under {data_dir / 'test'}")
         env["BOUNCER_MODEL_TAG"] = tag
         env["BOUNCER_BENCH_TAG"] = tag
-
-        results = []
-        servers = [  # name, command for a port, readiness path
-            (
-                "bouncer (ONNX + adaptive batching)",
-                lambda port: bentoml_serve_command("bento_service.service:Bouncer", port),
-                "/readyz",
-            ),
-            (
-                "naive (FastAPI + Keras predict)",
-                lambda port: [str(BIN / "uvicorn"), "benchmarks.naive_server:app", "--port", str(port)],
-                "/ready",
-            ),
+        singles = [[("image", "x.png", image)] for image in images]
+        batches = [
+            [("images", "x.png", images[(i + j) % len(images)]) for j in range(BATCH)]
+            for i in range(0, len(images), BATCH)
         ]
-        for name, command, ready in servers:
-            port, log = free_port(), root / f"{name.split()[0]}.log"
-            with running(command(port), ready_url=f"http://127.0.0.1:{port}{ready}", log=log, env=env, cwd=PROJECT):
-                url = f"http://127.0.0.1:{port}/predict"
-                results.append(asyncio.run(drive(name, url, images, args.clients, args.seconds, args.warmup)))
-            if set(results[-1].statuses) != {200}:
-                print(excerpt_errors(log))
 
-    bouncer, naive = results
+        results: dict[str, LoadResult] = {}
+        for server in servers(args, root):
+            port, log = free_port(), root / f"server-{len(results)}.log"
+            ready_url = f"http://127.0.0.1:{port}{server.ready}"
+            with running(server.command(port), ready_url=ready_url, log=log, env={**env, **server.env}, cwd=server.cwd):
+                result = results[server.name] = load(server.name, port, "/predict", singles, args.clients, args)
+                print(result.line(), flush=True)
+                if server.name == "bouncer":
+                    batch = load("bouncer predict_batch", port, "/predict_batch", batches, 4, args)
+            if result.non_2xx:
+                print(f"  first non-2xx body: {result.first_error}\n{excerpt_errors(log)}")
+
+        print("measuring decode + ONNX in process (one process per core) ...", flush=True)
+        ceiling = in_process_images_per_s(tag, images, args.seconds, env)
+
+    report(tag, args, results, batch, ceiling)
+
+
+def report(
+    tag: str, args: argparse.Namespace, results: dict[str, LoadResult], batch: LoadResult, ceiling: float
+) -> None:
+    bouncer = results["bouncer"]
     print(f"\nmodel {tag}; {args.clients} concurrent clients, {args.seconds:.0f} s measured after {args.warmup:.0f} s")
-    for result in results:
+    for result in results.values():
         print(result.line())
+    print("\nbouncer's ratios (latency: lower is better):")
+    for name, other in results.items():
+        if name != "bouncer":
+            print(
+                f"  vs {name:<42} throughput x{bouncer.throughput / other.throughput:.2f}   "
+                f"p50 x{bouncer.percentile(50) / other.percentile(50):.2f}   "
+                f"p99 x{bouncer.percentile(99) / other.percentile(99):.2f}"
+            )
+    print(f"bouncer 503 (over capacity) answers: {bouncer.statuses.get(503, 0)}")
+    images_per_s = batch.throughput * BATCH
     print(
-        f"\nratio bouncer/naive: throughput x{bouncer.throughput / naive.throughput:.2f}, "
-        f"p50 x{bouncer.percentile(50) / naive.percentile(50):.2f}, "
-        f"p99 x{bouncer.percentile(99) / naive.percentile(99):.2f} (lower latency ratio is better)"
+        f"\npredict_batch ({BATCH} images a request, 4 clients): {images_per_s:.0f} images/s, "
+        f"p99 {batch.percentile(99):.0f} ms, non-2xx {batch.non_2xx}; "
+        f"decode + ONNX in process: {ceiling:.0f} images/s; HTTP keeps {images_per_s / ceiling:.0%} of it"
     )
-    shed = bouncer.statuses.get(503, 0)
-    print(f"bouncer 503 (overloaded) answers: {shed}")
 
 
 if __name__ == "__main__":

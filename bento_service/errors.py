@@ -31,6 +31,10 @@ class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class Unavailable(BentoMLException):
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class TrainingError(BentoMLException):
     error_code = HTTPStatus.INTERNAL_SERVER_ERROR
 

@@ -6,11 +6,16 @@ Promotion is a row in the shared label database (``LabelStore.promote``). Every
 worker polls it and, when it changes, loads the new version next to the old one
 and swaps a single reference: a request that already holds the old model finishes
 with it, the next one gets the new one, none is dropped.
+
+The worker that promotes also touches a signal file beside the data, which every
+worker on this machine checks (one ``stat``) on each request: a promote through the
+API is served by all of them from the next request on, not the next poll.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import bentoml
@@ -33,7 +38,10 @@ class LiveModel:
         promoted = store.serving(self._model_name)
         # a promoted version this store does not hold: warned about once, not retried on every poll
         self._failed_tag = promoted.tag if promoted is not None and promoted.tag != tag else None
-        self._model = load_registered(tag)
+        self._threads = settings.ort_threads
+        self._signal = settings.runtime_dir / "serving.changed"
+        self._signal_seen = self._signal_stamp()
+        self._model = load_registered(tag, threads=self._threads)
         log.info("serving %s", self._model.tag)
         self._stop = threading.Event()
         self._poller = threading.Thread(
@@ -43,7 +51,26 @@ class LiveModel:
 
     def get(self) -> RegisteredModel:
         """The current model; callers keep the returned object for the whole request."""
+        stamp = self._signal_stamp()
+        if stamp != self._signal_seen:  # a worker here promoted a version: follow it now
+            self._signal_seen = stamp
+            try:
+                self.refresh()
+            except Exception:  # the poller tries again; this request keeps the current version
+                log.exception("following the promoted model version failed")
         return self._model
+
+    def _signal_stamp(self) -> int:
+        try:
+            return os.stat(self._signal).st_mtime_ns
+        except OSError:
+            return 0
+
+    def announce(self) -> None:
+        """Tell the other workers on this machine that the promoted version changed."""
+        self._signal.parent.mkdir(parents=True, exist_ok=True)
+        self._signal.write_text(self._model.tag)
+        self._signal_seen = self._signal_stamp()
 
     def swap_to(self, tag: str) -> RegisteredModel:
         """Load ``tag`` and serve it from now on (no-op if it already serves).
@@ -52,7 +79,7 @@ class LiveModel:
         """
         with self._lock:
             if tag != self._model.tag:
-                model = load_registered(fitting_tag(tag, self._store))
+                model = load_registered(fitting_tag(tag, self._store), threads=self._threads)
                 previous, self._model = self._model.tag, model
                 log.info("now serving %s (was %s)", model.tag, previous)
             return self._model

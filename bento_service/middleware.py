@@ -28,78 +28,57 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from bentoml.exceptions import BadInput
-from starlette.datastructures import Headers, MutableHeaders, QueryParams, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from bento_service.openapi import OpenAPIInfo
+from bento_service.predict_route import PredictRoute
+from bento_service.routes import (
+    MULTIPART,
+    ASGIApp,
+    Message,
+    Receive,
+    RouteInput,
+    Scope,
+    Send,
+    api_routes,
+    read_form,
+    unknown_fields_message,
+)
 from training.jobs.runner import NotRunning, TrainRunner
 from training.settings import Settings
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-MULTIPART = "multipart/form-data"
-
-
-@dataclass(frozen=True)
-class RouteInput:
-    """What one POST route takes: its field names, which of them are file uploads, and its input model.
-
-    ``submit``: a task's submit route, whose body BentoML stores and validates only when
-    the task runs (a typo would be a 200 and a failed task): it is validated on arrival.
-    """
-
-    fields: frozenset[str]
-    files: frozenset[str] = frozenset()
-    spec: Any = None  # the endpoint's BentoML input model
-    submit: bool = False
 
 
 def install(service: Any, *, settings: Settings, write_endpoints: Iterable[str]) -> None:
     """Put every guard in front of ``service`` (a ``@bentoml.service`` class), in this order.
 
-    BentoML wraps each added middleware around the previous ones, so the first added
-    is innermost. Outermost: RequestGuard (size and content type, before anything
-    reads the body); then ErrorBodyFix (so the guards' and the gate's 4xx pass through
-    it unchanged, and BentoML's get fixed); then WriteGate (after the size cap);
-    innermost: OpenAPIInfo (a read-only page, behind every guard).
+    The first added is outermost (Starlette builds the stack in list order). Outermost:
+    RequestGuard (size and content type, before anything reads the body); then the raw
+    predict route (:mod:`bento_service.predict_route`, answering predict itself in its
+    final form); then ErrorBodyFix (so BentoML's 4xx get fixed); then WriteGate (the
+    token and the training lock); innermost: OpenAPIInfo (a read-only page).
     """
     routes = api_routes(service)
     forbid_unknown_fields(service)
     GuardedMultipartSerde.register()
-    service.add_asgi_middleware(OpenAPIInfo, service=service)
-    service.add_asgi_middleware(WriteGate, settings=settings, write_paths=write_paths(service, write_endpoints))
-    service.add_asgi_middleware(ErrorBodyFix, routes=routes)
     service.add_asgi_middleware(RequestGuard, routes=routes, max_body_bytes=settings.max_request_bytes)
+    if settings.fast_predict:
+        service.add_asgi_middleware(PredictRoute, routes=routes)
+    service.add_asgi_middleware(ErrorBodyFix, routes=routes)
+    service.add_asgi_middleware(WriteGate, settings=settings, write_paths=write_paths(service, write_endpoints))
+    service.add_asgi_middleware(OpenAPIInfo, service=service)
 
 
 def authorized(token: str | None, authorization: str) -> bool:
     """No token configured, or the header carries it (compared in constant time)."""
     return not token or hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
-
-
-def api_routes(service: Any) -> dict[str, RouteInput]:
-    """Each POST route and what its endpoint takes (a task also at its /submit route)."""
-    routes: dict[str, RouteInput] = {}
-    for api in service.apis.values():
-        fields = frozenset(api.input_spec.model_fields)
-        files = frozenset(api.input_spec.multipart_fields)
-        routes[api.route] = RouteInput(fields, files, api.input_spec)
-        if api.is_task:
-            routes[f"{api.route}/submit"] = RouteInput(fields, files, api.input_spec, submit=True)
-    return routes
 
 
 @dataclass(frozen=True)
@@ -157,22 +136,9 @@ class GuardedMultipartSerde:
 
 async def check_form(request: Request, cls: Any) -> None:
     """BadInput (400) for a malformed form, an unknown field, or a text value in a file field."""
-    try:
-        form = await request.form()
-    except (MultiPartException, HTTPException) as exc:  # no boundary, too many parts, a part over the size cap...
-        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail  # request.form() wraps it
-        raise BadInput(f"malformed form body: {detail}") from None
-    unknown = [name for name in dict.fromkeys(form.keys()) if name not in cls.model_fields]
-    if unknown:
-        raise BadInput(unknown_fields_message(unknown, request.url.path, cls.model_fields))
-    for name in cls.multipart_fields:
-        if any(not isinstance(value, UploadFile) for value in form.getlist(name)):
-            raise BadInput(f"field {name!r} of {request.url.path} must be a file upload, not a text value")
-
-
-def unknown_fields_message(unknown: Iterable[str], path: str, takes: Iterable[str]) -> str:
-    takes = ", ".join(sorted(takes)) or "no fields"
-    return f"unknown field {', '.join(map(repr, unknown))} for {path}; it takes: {takes}"
+    _, problem = await read_form(request, frozenset(cls.model_fields), frozenset(cls.multipart_fields))
+    if problem:
+        raise BadInput(problem)
 
 
 class RequestGuard:

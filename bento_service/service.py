@@ -1,16 +1,17 @@
 """Bouncer's HTTP API: a table of endpoints, each a few lines over the curation façade.
 
 Serves the version :func:`training.registry.serving.resolve_serving_tag` picks for this
-dataset and follows promotions live (``live_model``). ``predict`` goes through the
-batched ``Classifier`` dependency; everything else asks a
+dataset and follows promotions live (``live_model``). ``predict`` runs in the worker
+that took the request, batched with concurrent ones (``predictor``; answered by the raw
+route in ``predict_route`` unless BOUNCER_FAST_PREDICT=false); everything else asks a
 :class:`~training.curation.curator.Curator` made per request with the model serving
 at that moment. Schemas: ``schemas``; errors: ``errors``; what stands in front of
-BentoML: ``middleware``.
+BentoML: ``middleware``; fixes to BentoML itself: ``bentoml_fixes``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import json
 import logging
 import os
@@ -21,12 +22,12 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
-from bento_service import ui
-from bento_service.classifier import Classifier
+from bento_service import bentoml_fixes, ui
 from bento_service.client_error_log import install_client_error_filter
-from bento_service.errors import Conflict, PayloadTooLarge, TrainingError, client_errors
+from bento_service.errors import Conflict, PayloadTooLarge, TrainingError, Unavailable, client_errors
 from bento_service.live_model import LiveModel
 from bento_service.middleware import install
+from bento_service.predictor import BadUpload, Overloaded, Predictor
 from bento_service.schemas import (
     DB_INT_MAX,
     ConfirmResult,
@@ -57,6 +58,7 @@ from training.tf_logs import quiet_tensorflow
 log = logging.getLogger("bentoml.bouncer")
 
 quiet_tensorflow()
+bentoml_fixes.apply()
 install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # The endpoints that change something: they need the API token (see middleware.WriteGate).
@@ -74,17 +76,31 @@ def served_at() -> str:
     return json.loads(os.environ.get("BENTOML_RUNNER_MAP", "{}")).get("Bouncer", "").rstrip("/")
 
 
-@bentoml.service(traffic={"timeout": 300}, workers=_STARTUP.workers)
+# Predict's per-request cost, measured (issue 13): an access-log line ~4%, a tracing span ~17%.
+_QUIET = [] if _STARTUP.log_predict else ["/predict", "/predict_batch"]
+
+
+@bentoml.service(
+    traffic={"timeout": 300},
+    workers=_STARTUP.worker_count,
+    metrics={"enabled": _STARTUP.metrics},
+    logging={"access": {"enabled": _STARTUP.access_log, "skip_paths": _QUIET}},
+    tracing={"excluded_urls": _QUIET},
+)
 class Bouncer:
     bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)  # what `bentoml build` packs
-    classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
         self.settings = get_settings()
         self.store = open_store(self.settings)
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
+        self.predictor = Predictor(self.live, self.settings)
         self.trainer = TrainRunner(self.settings)
         log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
+        # What start-up built (models, sessions, imports) lives as long as the worker: keep it out
+        # of every later collection, which then scans only what requests allocate.
+        gc.collect()
+        gc.freeze()
 
     def curator(self) -> Curator:
         """The façade over the labels and the version serving now: a live swap cannot split a request."""
@@ -98,27 +114,29 @@ class Bouncer:
         with client_errors(field):
             return load_model_input(upload.read_bytes(), image_size, max_pixels=self.settings.max_image_pixels)
 
-    async def _classify(self, pixels: np.ndarray) -> list[Prediction]:
-        """Through the batched Classifier service: concurrent requests share one ONNX run."""
-        return [Prediction(**score) for score in await self.classifier.to_async.classify(pixels)]
+    async def _predict(self, uploads: list[tuple[str, Path]]) -> list[Prediction]:
+        """Through this worker's batcher: concurrent requests share one ONNX run."""
+        try:
+            answers = await self.predictor.predict_uploads([(name, path.read_bytes()) for name, path in uploads])
+        except BadUpload as exc:
+            if exc.status == 413:
+                raise PayloadTooLarge(str(exc)) from exc
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
+        except Overloaded as exc:
+            raise Unavailable(str(exc)) from exc
+        return [Prediction(**answer) for answer in answers]
 
     @bentoml.api
     async def predict(self, image: Path) -> Prediction:
         """Classify one uploaded image (multipart field ``image``); batched with concurrent requests."""
-        pixels = await asyncio.to_thread(self._pixels, image, "image", self.live.get().image_size)
-        return (await self._classify(pixels[None]))[0]
+        return (await self._predict([("image", image)]))[0]
 
     @bentoml.api
     async def predict_batch(
         self, images: Annotated[list[Path], Field(min_length=1, max_length=256)]
     ) -> list[Prediction]:
         """Classify several uploaded images (multipart field ``images``, repeated)."""
-        size = self.live.get().image_size
-
-        def decode() -> np.ndarray:
-            return np.stack([self._pixels(path, f"images[{i}]", size) for i, path in enumerate(images)])
-
-        return await self._classify(await asyncio.to_thread(decode))
+        return await self._predict([(f"images[{i}]", path) for i, path in enumerate(images)])
 
     @bentoml.api
     def evaluate(self, split: str = "test") -> Evaluation:
@@ -199,7 +217,7 @@ class Bouncer:
     ) -> list[Neighbour]:
         """Next candidates after a confirmed set: the unreviewed images nearest to any of ``image_ids``.
 
-        Reviewed = touched by a relabel or undo. ``label`` keeps only images currently
+        Reviewed = relabelled or confirmed (and not undone). ``label`` keeps only images currently
         labelled so (e.g. the wrong class the confirmed images carried).
         """
         with client_errors():
@@ -287,7 +305,7 @@ class Bouncer:
         except UnknownVersion as exc:
             raise bentoml.exceptions.NotFound(str(exc)) from exc
         self.live.swap_to(tag)
-        self.classifier.swap_to(tag)  # other Bouncer workers follow on their next poll
+        self.live.announce()  # workers on this machine follow at once, others on their next poll
         return PromoteResult(version=version, tag=tag, previous_version=previous.version)
 
     @bentoml.task
@@ -312,9 +330,9 @@ class Bouncer:
         except TrainingFailed as exc:
             log.error("training failed: %s", exc)
             raise TrainingError(str(exc)) from exc
-        if result["promoted"]:  # this worker and the classifier now; other workers on their next poll
+        if result["promoted"]:  # this worker and those on this machine now; others on their next poll
             self.live.swap_to(result["tag"])
-            await self.classifier.to_async.swap_to(result["tag"])
+            self.live.announce()
         return TrainResult(**result)
 
     @bentoml.api

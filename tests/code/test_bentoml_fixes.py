@@ -1,0 +1,62 @@
+"""The BentoML fixes in bento_service.bentoml_fixes: what they fix, and whether upstream still needs them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+from bento_service import bentoml_fixes
+
+
+async def _answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _timers_left_after_requests(call: Any, requests: int) -> int:
+    """How many per-request timeout timers are still scheduled once every request is answered."""
+    middleware = TimeoutMiddleware(_answer, timeout=300)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for _ in range(requests):
+        await call(middleware, {"type": "http", "path": "/"}, receive, send)
+    assert len(sent) == 2 * requests
+    loop = asyncio.get_running_loop()
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+
+def test_the_patched_timeout_middleware_cancels_its_timer() -> None:
+    assert asyncio.run(_timers_left_after_requests(bentoml_fixes._timeout_call, 50)) == 0
+
+
+def test_upstream_still_leaks_the_timer() -> None:
+    """Fails once the pinned BentoML cancels its timer: then delete the fix (docs/upstream/)."""
+    assert asyncio.run(_timers_left_after_requests(bentoml_fixes.UPSTREAM_TIMEOUT_CALL, 50)) == 50
+
+
+def test_the_patched_middleware_still_times_out() -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(5)
+
+    async def run() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await bentoml_fixes._timeout_call(TimeoutMiddleware(slow, timeout=0.05), {"type": "http"}, receive, send)
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[0]["status"] == 504
