@@ -207,6 +207,14 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
             "bouncer:second", datetime(2026, 11, 21, 9), "carol", "rollback test"
         )
 
+        # reviewed: in a relabel or confirm no undo reverted (a1 by event 3; c3's event 1 was undone)
+        assert query(path, "SELECT image_id, reviewed FROM images ORDER BY image_id") == [
+            ("a1", 1),
+            ("b2", 0),
+            ("c3", 0),
+            ("d4", 0),
+        ]
+
         csv_path = tmp_path / "labels.csv"
         store.export_csv(csv_path)
         assert csv_path.read_text().splitlines() == [

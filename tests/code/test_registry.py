@@ -13,8 +13,11 @@ from pathlib import Path
 
 import bentoml
 import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
 
 from bento_service.live_model import LiveModel
+from training.labels.migrate import alembic_config
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import import_folder
 from training.registry.serving import ModelResolutionError, resolve_serving_tag, versions_for_dataset
@@ -54,10 +57,11 @@ def test_a_label_database_has_one_identity_that_survives_reopening(tmp_path: Pat
 
 def test_a_database_from_before_identities_gets_one(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    LabelStore(f"sqlite:///{path}").close()
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE dataset")  # the schema before this table existed,
-        connection.execute("DROP TABLE alembic_version")  # from before migrations: revision 0001 is detected
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")  # the schema before the dataset table existed,
+        connection.execute(text("DROP TABLE alembic_version"))  # from before migrations: 0001 is detected
+    engine.dispose()
     with LabelStore(f"sqlite:///{path}") as store:
         assert uuid.UUID(store.dataset_id)
     with sqlite3.connect(path) as connection:

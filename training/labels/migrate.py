@@ -43,6 +43,7 @@ PREVIOUS_RELEASE_TABLES = frozenset({"images", "classes", "label_events", "label
 PREVIOUS_RELEASE_REVISION = "0001"
 DATASET_TABLE_REVISION = "0002"
 LABEL_REVISION_REVISION = "0003"
+IMAGE_REVISION_REVISION = "0004"
 # Any constant 64-bit key, the same in every process migrating a Bouncer label database.
 _POSTGRES_LOCK_KEY = int.from_bytes(hashlib.sha256(b"bouncer label database").digest()[:8], "big", signed=True)
 
@@ -143,7 +144,9 @@ def revision_of_unversioned(connection: Connection) -> str | None:
     if ours == PREVIOUS_RELEASE_TABLES:
         return PREVIOUS_RELEASE_REVISION
     if ours == PREVIOUS_RELEASE_TABLES | {"dataset"}:
-        # a stamp lost from a database at 0003 (its version table dropped by hand) is read back, not re-applied
+        # a stamp lost from a database at 0003+ (its version table dropped by hand) is read back, not re-applied
+        if "revision" in {column["name"] for column in inspect(connection).get_columns("images")}:
+            return IMAGE_REVISION_REVISION
         columns = {column["name"] for column in inspect(connection).get_columns("dataset")}
         return LABEL_REVISION_REVISION if "revision" in columns else DATASET_TABLE_REVISION
     missing = sorted(PREVIOUS_RELEASE_TABLES - ours)

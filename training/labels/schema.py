@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -54,6 +54,10 @@ class ImageRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     present: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    # the dataset revision of this row's last change (migration 0004): readers follow changes by it
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", index=True)
+    # in a relabel or confirm that no undo reverted: a person decided on this image
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ClassRow(Base):

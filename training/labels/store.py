@@ -77,6 +77,17 @@ class ConfirmResult:
 
 
 @dataclass(frozen=True)
+class ImageState:
+    """What searches filter on, for one image: see :meth:`LabelStore.changed_since`."""
+
+    image_id: str
+    split: str
+    label: str
+    present: bool
+    reviewed: bool
+
+
+@dataclass(frozen=True)
 class Promotion:
     tag: str
     created_at: datetime
@@ -182,8 +193,12 @@ class LabelStore:
         label: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        unreviewed: bool = False,
     ) -> list[ImageRecord]:
+        """Present images in path order; ``unreviewed``: only those no person relabelled or confirmed."""
         query = select(ImageRow).where(ImageRow.present.is_(True)).order_by(ImageRow.path)
+        if unreviewed:
+            query = query.where(ImageRow.reviewed.is_(False))
         if split is not None:
             query = query.where(ImageRow.split == split)
         if label is not None:
@@ -193,6 +208,32 @@ class LabelStore:
             query = query.limit(limit)
         with self._session() as session:
             return [_image_record(row) for row in session.scalars(query)]
+
+    def records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
+        """The present images among ``image_ids`` by id (one query; unknown or absent ids are left out)."""
+        found: dict[str, ImageRecord] = {}
+        with self._session() as session:
+            for start in range(0, len(image_ids), 10_000):  # within every database's bound-parameter limit
+                chunk = list(image_ids[start : start + 10_000])
+                # by primary key only: with ``present`` in the WHERE, SQLite may scan its index instead (3 ms at 10k)
+                query = select(ImageRow).where(ImageRow.image_id.in_(chunk))
+                found.update((row.image_id, _image_record(row)) for row in session.scalars(query) if row.present)
+        return found
+
+    def changed_since(self, revision: int) -> tuple[int, list[ImageState]]:
+        """The current revision and every image row changed after ``revision`` (-1: all of them).
+
+        Read in one transaction, revision first: a change committed in between is read
+        now and again next time, never missed.
+        """
+        with self._session() as session:
+            current = int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
+            rows = session.execute(
+                select(ImageRow.image_id, ImageRow.split, ImageRow.label, ImageRow.present, ImageRow.reviewed).where(
+                    ImageRow.revision > revision
+                )
+            )
+            return current, [ImageState(*row) for row in rows]
 
     def revision(self) -> int:
         """A number every change of labels or images raises: equal revisions, equal labels (one row read)."""
@@ -215,14 +256,8 @@ class LabelStore:
 
     def reviewed_image_ids(self) -> set[str]:
         """Images a person decided on: relabelled or confirmed as correct, by an event not undone since."""
-        query = (
-            select(ChangeRow.image_id)
-            .join(EventRow)
-            .where(EventRow.kind.in_(DECISIONS), EventRow.event_id.not_in(_reverted_events()))
-            .distinct()
-        )
         with self._session() as session:
-            return set(session.scalars(query))
+            return set(session.scalars(select(ImageRow.image_id).where(ImageRow.reviewed.is_(True))))
 
     def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
         """Events newest first, optionally only those touching one image."""
@@ -285,9 +320,10 @@ class LabelStore:
             unchanged = [i for i in ids if rows[i].label == label]
             for change in changes:
                 rows[change.image_id].label = label
+                rows[change.image_id].reviewed = True
             event_id = record_event(session, "relabel", changes, actor=actor, reason=reason) if changes else None
             if changes:
-                bump_revision(session)
+                bump_revision(session, [rows[c.image_id] for c in changes])
         if changes:
             self._after_write()
         return RelabelResult(event_id, changes, unchanged)
@@ -312,8 +348,10 @@ class LabelStore:
             if missing:
                 raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
             confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
+            for row in rows.values():
+                row.reviewed = True
             event_id = record_event(session, "confirm", confirmed, actor=actor, reason=reason)
-            bump_revision(session)  # the reviewed set changed: suspect and trace queues change with it
+            bump_revision(session, rows.values())  # the reviewed set changed: suspect and trace queues with it
         return ConfirmResult(event_id, confirmed)
 
     def undo(self, event_id: int, *, actor: str = "unknown", reason: str = "") -> RelabelResult:
@@ -368,7 +406,21 @@ class LabelStore:
                 reason=reason or f"undo event {event_id}",
                 reverts_event_id=event_id,
             )
-            bump_revision(session)
+            session.flush()
+            still_decided = set(
+                session.scalars(
+                    select(ChangeRow.image_id)
+                    .join(EventRow)
+                    .where(
+                        ChangeRow.image_id.in_(list(rows)),
+                        EventRow.kind.in_(DECISIONS),
+                        EventRow.event_id.not_in(_reverted_events()),
+                    )
+                )
+            )
+            for row in rows.values():
+                row.reviewed = row.image_id in still_decided
+            bump_revision(session, rows.values())
         self._after_write()
         return RelabelResult(new_id, inverse, [])
 
@@ -445,8 +497,18 @@ def _reverted_events() -> Select[tuple[int | None]]:
     return select(undo.reverts_event_id).where(undo.reverts_event_id.is_not(None))
 
 
-def bump_revision(session: Session) -> None:
+def bump_revision(session: Session, changed: Iterable[ImageRow] = ()) -> int:
+    """Raise the dataset's revision and stamp the ``changed`` image rows with it; the new revision.
+
+    Every writer that changes labels, review state or images calls it in its
+    transaction: the dataset row's lock orders concurrent writers, so a reader that
+    saw revision r has seen every row stamped r or lower.
+    """
     session.execute(update(DatasetRow).where(DatasetRow.id == 1).values(revision=DatasetRow.revision + 1))
+    revision = int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
+    for row in changed:
+        row.revision = revision
+    return revision
 
 
 def record_event(

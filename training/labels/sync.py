@@ -65,6 +65,7 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
                 vanished.setdefault((row.split, row.sha256), []).append(row)
         taken_ids = {row.image_id for row in rows.values()}
         moves: list[LabelChange] = []
+        touched: list[ImageRow] = []  # stamped with the new revision: what readers refresh
         for scanned in scan.files:
             row = rows.get(scanned.path)
             if row is None:
@@ -77,6 +78,7 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
                     row.path = scanned.path
                     row.folder_label = scanned.folder_label
                     report.moved += 1
+                    touched.append(row)
                 else:
                     image_id = _new_image_id(scanned.path, taken_ids)
                     taken_ids.add(image_id)
@@ -89,11 +91,15 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
                     )
                     session.add(row)
                     report.added += 1
+                    touched.append(row)
             elif not row.present:
                 report.restored += 1
+                touched.append(row)
             else:
                 report.unchanged += 1
-                report.rewritten += row.sha256 != scanned.sha256  # same path, new content
+                if row.sha256 != scanned.sha256:  # same path, new content
+                    report.rewritten += 1
+                    touched.append(row)
             row.sha256, row.size, row.mtime_ns = scanned.sha256, scanned.size, scanned.mtime_ns
             row.present = True
         for group in vanished.values():
@@ -101,6 +107,7 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
                 if row.present:
                     row.present = False
                     report.removed += 1
+                    touched.append(row)
         session.flush()
         if moves:
             record_event(session, "move", moves, actor=actor, reason="file moved to another class folder")
@@ -108,8 +115,8 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
         for name in scan.classes:
             if name not in known:
                 session.add(ClassRow(name=name))
-        if report.added or report.removed or report.moved or report.restored or report.rewritten:
-            bump_revision(session)  # nothing changed: caches keyed on the revision stay valid
+        if touched:  # nothing changed: caches keyed on the revision stay valid
+            bump_revision(session, touched)
     return report
 
 
