@@ -24,6 +24,7 @@ from training.labels.store import LabelStore
 from training.registry.serving import ModelResolutionError, fitting_tag, resolve_serving_tag
 from training.registry.store import RegisteredModel, load_registered
 from training.settings import Settings
+from training.vectors.open import set_search_threads
 
 log = logging.getLogger("bentoml.bouncer")
 
@@ -39,9 +40,11 @@ class LiveModel:
         # a promoted version this store does not hold: warned about once, not retried on every poll
         self._failed_tag = promoted.tag if promoted is not None and promoted.tag != tag else None
         self._threads = settings.ort_threads
+        self._settings = settings
+        set_search_threads(settings.ort_threads)
         self._signal = settings.runtime_dir / "serving.changed"
         self._signal_seen = self._signal_stamp()
-        self._model = load_registered(tag, threads=self._threads)
+        self._model = load_registered(tag, threads=self._threads, settings=settings)
         log.info("serving %s", self._model.tag)
         self._stop = threading.Event()
         self._poller = threading.Thread(
@@ -79,7 +82,7 @@ class LiveModel:
         """
         with self._lock:
             if tag != self._model.tag:
-                model = load_registered(fitting_tag(tag, self._store), threads=self._threads)
+                model = load_registered(fitting_tag(tag, self._store), threads=self._threads, settings=self._settings)
                 previous, self._model = self._model.tag, model
                 log.info("now serving %s (was %s)", model.tag, previous)
             return self._model

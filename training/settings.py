@@ -163,6 +163,20 @@ class Settings(BaseSettings):
     )
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")
+    vector_index: Literal["faiss", "pgvector"] = Field(
+        "faiss",
+        description="Nearest-neighbour backend: faiss (in each worker, stored with the model version) or "
+        "pgvector (in the PostgreSQL label database; needs the vector extension).",
+    )
+    index_exact_max: int = Field(
+        200_000, ge=1, description="Up to this many vectors the faiss index is exact (flat); IVF above."
+    )
+    index_brute_force_max: int = Field(
+        20_000, ge=0, description="A search filter leaving at most this many candidates is answered exactly over them."
+    )
+    index_embed_inline_max: int = Field(
+        256, ge=0, description="Images imported after training embedded during a search; more go to a background job."
+    )
     parity_tolerance: float = Field(
         1e-3, gt=0, description="Max |ONNX - Keras| allowed on probabilities before registering."
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from training.curation.audit import LabelAudit
 from training.curation.duplicates import duplicate_conflicts, near_duplicate_groups
-from training.curation.index import EmbeddingIndex, nearest_to_any
+from training.curation.neighbours import nearest_to_any
 from training.curation.ranking import DUPLICATE_FLOOR, find_suspects, in_sample_ranking, label_quality_ranking
-from training.curation.tracing import trace_to_training
-from training.labels.store import ImageRecord
+from training.curation.tracing import trace_votes
+from training.labels.store import ImageRecord, ImageState, open_store
+from training.labels.sync import import_folder
+from training.settings import Settings
+from training.vectors.base import Where
+from training.vectors.faiss_index import FaissIndex
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -142,20 +148,22 @@ def test_tracing_finds_the_training_images_that_pull_errors() -> None:
     train = [_record(i, "cat") for i in range(5)] + [_record(5 + i, "cat") for i in range(3)]
     train += [_record(8 + i, "dog") for i in range(4)]
     train_vectors = np.array([[0.0 + i * 0.1] for i in range(5)] + [[10.0], [10.1], [10.2]] + [[12.0]] * 4)
+    index = FaissIndex.build([r.image_id for r in train], train_vectors)
+    index.set_states([ImageState(r.image_id, "train", r.label, True, r.image_id == "id004") for r in train])
     # two test dogs near the impostors, predicted cat
-    traced = trace_to_training(
-        np.array([[10.05], [10.15]]), ["cat", "cat"], ["dog", "dog"], train_vectors, train, CLASSES, k=3
-    )
-    assert {t.image_id for t in traced} == {"id005", "id006", "id007"}
-    assert all(t.votes == 2 and t.suggested_label == "dog" for t in traced)
+    votes = trace_votes(index, np.array([[10.05], [10.15]]), ["cat", "cat"], ["dog", "dog"], k=3, split="train")
+    assert set(votes) == {"id005", "id006", "id007"}
+    assert all(v == {"dog": 2} for v in votes.values())
+    # a reviewed image is settled: it pulls no votes, the next nearest unreviewed cat does
+    far = trace_votes(index, np.array([[3.0]]), ["cat"], ["dog"], k=1, split="train")
+    assert set(far) == {"id003"}
 
 
-def test_nearest_to_any_measures_to_the_closest_query() -> None:
-    records = [_record(i, "cat") for i in range(4)]
-    index = EmbeddingIndex(
-        np.array([r.image_id for r in records]),
-        np.array(["train"] * 4),
-        np.array([[0.0], [1.0], [5.0], [9.0]], dtype=np.float32),
-    )
-    hits = nearest_to_any(index, np.array([[0.0], [10.0]], dtype=np.float32), records[1:], 2)
-    assert [(h.image_id, h.distance) for h in hits] == [("id001", 1.0), ("id003", 1.0)]
+def test_nearest_to_any_measures_to_the_closest_query(settings: Settings, shapes_dataset: Path) -> None:
+    with open_store(settings) as store:
+        import_folder(settings, store)
+        ids = [r.image_id for r in store.images(split="train")[:4]]
+        index = FaissIndex.build(ids, np.array([[0.0], [1.0], [5.0], [9.0]]))
+        index.refresh(store)
+        hits = nearest_to_any(index, store, np.array([[0.0], [10.0]]), 2, Where.of(exclude=[ids[0]]))
+    assert [(h.image_id, h.distance) for h in hits] == sorted([(ids[1], 1.0), (ids[3], 1.0)])  # ties by id

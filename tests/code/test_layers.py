@@ -14,6 +14,7 @@ LAYERS = [
     {"training.data"},
     {"training.labels"},
     {"training.model"},
+    {"training.vectors"},
     {"training.curation"},
     {"training.registry"},
     {"training.pipeline"},

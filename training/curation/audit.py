@@ -19,6 +19,23 @@ class LabelAudit:
     sha256s: np.ndarray  # (n,) hex
     folds: int
 
+    def extended(self, image_ids: list[str], probabilities: np.ndarray, sha256s: list[str]) -> LabelAudit:
+        """With images the version never trained on (imported later, scored by ``bouncer score``).
+
+        The model never saw them, so its probabilities are out-of-sample for them as
+        the fold models' are for the train images.
+        """
+        if not image_ids:
+            return self
+        return LabelAudit(
+            np.concatenate([self.image_ids, np.asarray(image_ids, dtype=self.image_ids.dtype)]),
+            np.concatenate([self.out_of_fold, probabilities.astype(self.out_of_fold.dtype)]),
+            np.concatenate([self.in_sample, probabilities.astype(self.in_sample.dtype)]),
+            np.concatenate([self.duplicate_groups, np.full(len(image_ids), -1, self.duplicate_groups.dtype)]),
+            np.concatenate([self.sha256s, np.asarray(sha256s, dtype=self.sha256s.dtype)]),
+            self.folds,
+        )
+
     def save(self, path: Path) -> None:
         np.savez_compressed(
             path,

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
-from training.curation.index import EmbeddingIndex, Neighbour, nearest_neighbours, nearest_to_any
+from training.curation.neighbours import Neighbour, nearest_neighbours, nearest_to_any
 from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
 from training.data.folders import MissingSplitError, load_records
@@ -30,6 +30,8 @@ from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelS
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
 from training.settings import Settings
+from training.vectors.base import VectorIndex, Where
+from training.vectors.updates import add_missing_vectors, scored_rows
 
 T = TypeVar("T")
 
@@ -52,7 +54,7 @@ class ModelVersion(Protocol):
     tag: str
     classifier: OnnxClassifier
     embedder: Pipeline
-    index: EmbeddingIndex
+    index: VectorIndex
     audit: LabelAudit | None
 
     @property
@@ -110,6 +112,15 @@ class _Memo:
 
 # Kept per process: evaluations and suspect rankings, keyed by (database, model version, label revision, what).
 _CACHE = _Memo(16)
+# Kept per process: each model version's probabilities per (image id, content hash), so a new label
+# revision costs evaluate only the inference of images it has not seen (issue 13: 1.5 s -> metrics only).
+_PREDICTIONS: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    revision: int  # the label revision it is right for
+    ranking: list[Suspect]
 
 
 @dataclass(frozen=True)
@@ -152,9 +163,7 @@ class Curator:
         if (cached := _CACHE.get(key)) is not None:
             return cached
         records = self.store.images(split=split)
-        probabilities = self.model.classifier.predict(
-            load_records(self.settings, records, self.model.image_size)
-        ).probabilities
+        probabilities = self._probabilities(records)
         report = evaluate_predictions(
             probabilities,
             [r.label for r in records],
@@ -169,15 +178,33 @@ class Curator:
         ]
         return _CACHE.put(key, _Evaluated(report, rows))
 
+    def index(self) -> VectorIndex:
+        """The version's index, following the current labels, with images imported since training added."""
+        add_missing_vectors(self.model.index, self.store, self.settings, self.model)
+        return self.model.index
+
+    def _probabilities(self, records: Sequence[ImageRecord]) -> np.ndarray:
+        """The model's probabilities for these images: inferred once per (model version, image content)."""
+        cache: dict[tuple[str, str], np.ndarray] = _PREDICTIONS.setdefault(self.model.tag, {})
+        keys = [(r.image_id, r.sha256) for r in records]
+        new = [r for r, key in zip(records, keys, strict=True) if key not in cache]
+        for start in range(0, len(new), 1024):  # bounded memory for a large split
+            chunk = new[start : start + 1024]
+            found = self.model.classifier.predict(load_records(self.settings, chunk, self.model.image_size))
+            cache.update(zip([(r.image_id, r.sha256) for r in chunk], found.probabilities, strict=True))
+        if not keys:
+            return np.zeros((0, len(self.model.class_names)), np.float32)
+        return np.stack([cache[key] for key in keys])
+
     def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
         """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
         records = [self.store.get(image_id) for image_id in image_ids]
-        vectors = [self.model.index.vector_of(r.image_id) for r in records]
-        missing = [r for r, v in zip(records, vectors, strict=True) if v is None]
+        stored = self.model.index.vectors_of([r.image_id for r in records])
+        missing = [r for r in records if r.image_id not in stored]
         if missing:
-            fresh = iter(self.model.reduce(load_records(self.settings, missing, self.model.image_size)))
-            vectors = [next(fresh) if v is None else v for v in vectors]
-        return np.stack(vectors).astype(np.float32)
+            fresh = self.model.reduce(load_records(self.settings, missing, self.model.image_size))
+            stored.update(zip([r.image_id for r in missing], fresh, strict=True))
+        return np.stack([stored[r.image_id] for r in records]).astype(np.float32)
 
     # --- search ---------------------------------------------------------------------
     def similar(self, image_id: str, *, k: int, split: str, label: str | None) -> Similar:
@@ -195,8 +222,8 @@ class Curator:
     ) -> list[Neighbour]:
         self.check_split(split)
         self.check_label(label)
-        candidates = self.store.images(split=split, label=label)
-        return nearest_neighbours(self.model.index, query, candidates, k, exclude=exclude)
+        where = Where.of(split=split, label=label, exclude=[exclude] if exclude else ())
+        return nearest_neighbours(self.index(), self.store, query, k, where)
 
     def expand(
         self,
@@ -216,9 +243,8 @@ class Curator:
         if not image_ids:
             raise InvalidRequest("expand needs at least one image_id to grow from")
         queries = self.vectors(image_ids)
-        skip = set(image_ids) | set(exclude) | self.store.reviewed_image_ids()
-        candidates = [r for r in self.store.images(split=split, label=label) if r.image_id not in skip]
-        return nearest_to_any(self.model.index, queries, candidates, k)
+        where = Where.of(split=split, label=label, unreviewed=True, exclude=set(image_ids) | set(exclude))
+        return nearest_to_any(self.index(), self.store, queries, k, where)
 
     # --- finding wrong labels -----------------------------------------------------------
     def trace(self, image_ids: Sequence[str] | None, *, k: int, limit: int, offset: int = 0) -> list[TracedImage]:
@@ -243,26 +269,23 @@ class Curator:
         errors = [e for e in errors if e[1] != e[2] and e[2] in model.class_names]  # a right answer pulls nothing
         if not errors:
             return []
-        reviewed = self.store.reviewed_image_ids()
-        train = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
-        rows = model.index.rows_of([r.image_id for r in train])
-        train = [r for r, row in zip(train, rows, strict=True) if row >= 0]  # newer than the model: no vector yet
         traced = trace_to_training(
+            self.index(),
+            self.store,
             self.vectors([e[0] for e in errors]),
             [e[1] for e in errors],
             [e[2] for e in errors],
-            model.index.vectors[rows[rows >= 0]],
-            train,
-            model.class_names,
             k=k,
+            split=self.settings.train_split,
         )
         return traced[offset : offset + limit]
 
     def suspects(self, k: int, *, offset: int = 0) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
-        cleanlab label quality on the out-of-fold probabilities stored with the version,
-        plus exact/near duplicates that disagree. Images a person already reviewed
+        cleanlab label quality on the out-of-fold probabilities stored with the version
+        (and, for train images imported after it, the version's own probabilities from
+        ``bouncer score`` shards), plus exact/near duplicates that disagree. Images a person already reviewed
         (relabelled or confirmed) are left out: they are settled.
         """
         if self.model.audit is None:
@@ -270,12 +293,26 @@ class Curator:
                 f"model version {self.model.version} has no out-of-fold probabilities "
                 "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
             )
-        key = (str(self.store.engine.url), self.model.tag, self.store.revision(), "suspects")
-        ranking = _CACHE.get(key)
-        if ranking is None:
-            reviewed = self.store.reviewed_image_ids()
-            records = [r for r in self.store.images(split=self.settings.train_split) if r.image_id not in reviewed]
-            ranking = _CACHE.put(key, find_suspects(self.model.audit, records, self.model.class_names))
+        key = (str(self.store.engine.url), self.model.tag, "suspects")
+        revision = self.store.revision()
+        cached: _Ranking | None = _CACHE.get(key)
+        if cached is not None and cached.revision != revision:
+            # decisions (relabel, confirm) only take their images out of the queue: no new ranking
+            _, changed = self.store.changed_since(cached.revision)
+            if all(state.reviewed for state in changed):
+                decided = {state.image_id for state in changed}
+                ranking = [s for s in cached.ranking if s.image_id not in decided]
+                cached = _CACHE.put(key, _Ranking(revision, ranking))
+            else:
+                cached = None
+        if cached is None:
+            train = self.store.images(split=self.settings.train_split, unreviewed=True)
+            audited = set(self.model.audit.image_ids.tolist())
+            scored = scored_rows(self.settings, self.model, [r for r in train if r.image_id not in audited])
+            by_id = {r.image_id: r for r in train}
+            audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
+            cached = _CACHE.put(key, _Ranking(revision, find_suspects(audit, train, self.model.class_names)))
+        ranking = cached.ranking
         return ranking[offset : offset + k]
 
     # --- labels ---------------------------------------------------------------------

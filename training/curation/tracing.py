@@ -13,31 +13,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.labels.store import ImageRecord
+from training.labels.store import LabelStore
+from training.vectors.base import VectorIndex, Where
 
 
-def trace_errors(
+def trace_votes(
+    index: VectorIndex,
     error_vectors: np.ndarray,
-    predicted: Sequence[int],
-    true_labels: Sequence[int],
-    train_vectors: np.ndarray,
-    train_labels: np.ndarray,
+    predicted: Sequence[str],
+    true_labels: Sequence[str],
     *,
     k: int,
-) -> dict[int, Counter[int]]:
-    """For each misclassified image, its k nearest training images labelled with the class it was mistaken for.
+    split: str,
+) -> dict[str, Counter[str]]:
+    """Per misclassified image, its k nearest unreviewed ``split`` images labelled as the class it was mistaken for.
 
-    Returns train index -> Counter of the true classes of the errors it pulled. A
-    poisoned cluster collects many votes, and the true classes say what it should be.
+    Returns image id -> Counter of the true classes of the errors it pulled. One
+    batched, filtered index search per mistaken-for class.
     """
-    pulled: dict[int, Counter[int]] = defaultdict(Counter)
-    for vector, wrong_class, true_class in zip(error_vectors, predicted, true_labels, strict=True):
-        candidates = np.flatnonzero(train_labels == wrong_class)
-        if len(candidates) == 0:
-            continue
-        distances = np.linalg.norm(train_vectors[candidates] - vector, axis=1)
-        for i in candidates[np.argsort(distances, kind="stable")[:k]]:
-            pulled[int(i)][int(true_class)] += 1
+    pulled: dict[str, Counter[str]] = defaultdict(Counter)
+    for wrong_class in sorted(set(predicted)):
+        rows = [i for i, p in enumerate(predicted) if p == wrong_class]
+        where = Where.of(split=split, label=wrong_class, unreviewed=True)
+        for row, hits in zip(rows, index.search(error_vectors[rows], k, where), strict=True):
+            for hit in hits:
+                pulled[hit.image_id][true_labels[row]] += 1
     return dict(pulled)
 
 
@@ -51,34 +51,27 @@ class TracedImage:
 
 
 def trace_to_training(
+    index: VectorIndex,
+    store: LabelStore,
     error_vectors: np.ndarray,
     predicted: Sequence[str],
     true_labels: Sequence[str],
-    train_vectors: np.ndarray,
-    train_records: Sequence[ImageRecord],
-    class_names: Sequence[str],
     *,
     k: int,
+    split: str,
 ) -> list[TracedImage]:
     """Training images that pull misclassified images to the wrong class, most votes first."""
-    index = {name: i for i, name in enumerate(class_names)}
-    train_labels = np.array([index.get(r.label, -1) for r in train_records])
-    pulled = trace_errors(
-        error_vectors,
-        [index[p] for p in predicted],
-        [index[t] for t in true_labels],
-        train_vectors,
-        train_labels,
-        k=k,
-    )
+    pulled = trace_votes(index, error_vectors, predicted, true_labels, k=k, split=split)
+    records = store.records(list(pulled))
     traced = [
         TracedImage(
-            train_records[i].image_id,
-            train_records[i].path,
-            train_records[i].label,
+            image_id,
+            records[image_id].path,
+            records[image_id].label,
             sum(votes.values()),
-            class_names[votes.most_common(1)[0][0]],
+            votes.most_common(1)[0][0],
         )
-        for i, votes in pulled.items()
+        for image_id, votes in pulled.items()
+        if image_id in records
     ]
     return sorted(traced, key=lambda t: (-t.votes, t.path))

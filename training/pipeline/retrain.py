@@ -80,7 +80,9 @@ def retrain(
     with open_store(settings) as store:
         if serving_tag is not None and GATE_METRIC in trained.metrics:  # without a test split: nothing to compare
             report_phase(progress, sink, "comparing", f"evaluating the serving model {serving_tag} on the test split")
-            report = Curator(settings, store, load_registered(serving_tag)).evaluate(settings.test_split)
+            report = Curator(settings, store, load_registered(serving_tag, settings=settings)).evaluate(
+                settings.test_split
+            )
             previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": float(report.n)}
         promoted, message = should_promote(
             trained.metrics.get(GATE_METRIC),

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.curation.audit import LabelAudit
-from training.curation.index import EmbeddingIndex
 from training.data.folders import load_records
 from training.labels.store import ImageRecord, open_store
 from training.labels.sync import import_folder
@@ -26,6 +25,8 @@ from training.model.inference import OnnxClassifier, Predictions
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.store import register_model
 from training.settings import Settings
+from training.vectors.faiss_index import FaissIndex
+from training.vectors.open import build_index
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -229,21 +230,14 @@ def _accuracy(predictions: Predictions, records: list[ImageRecord], classes: lis
     return float(np.mean(predictions.probabilities.argmax(axis=1) == targets))
 
 
-def _embed(
-    settings: Settings, data: _Dataset, train: Predictions, test: Predictions
-) -> tuple[Pipeline, EmbeddingIndex]:
+def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predictions) -> tuple[Pipeline, FaissIndex]:
     """The embedder is fitted on the train split only; every image's reduced vector goes into the index."""
     from training.model.embedder import fit_embedder
 
     embedder = fit_embedder(settings.embedder, train.embeddings, settings.embedding_dim, seed=settings.seed)
     records = data.train + data.test
-    index = EmbeddingIndex.build(
-        embedder,
-        [r.image_id for r in records],
-        [r.split for r in records],
-        np.concatenate([train.embeddings, test.embeddings]),
-    )
-    return embedder, index
+    vectors = embedder.transform(np.concatenate([train.embeddings, test.embeddings])).astype(np.float32)
+    return embedder, build_index(settings, [r.image_id for r in records], vectors)
 
 
 def _register(
@@ -253,7 +247,7 @@ def _register(
     epochs_run: int,
     exported: _Exported,
     embedder: Pipeline,
-    index: EmbeddingIndex,
+    index: FaissIndex,
     audit: LabelAudit | None,
     metrics: dict[str, float],
     run: Any,
@@ -269,7 +263,7 @@ def _register(
         "metrics": metrics,
         "parity": exported.parity,
         "embedder": settings.embedder,
-        "embedding_dim": int(index.vectors.shape[1]),
+        "embedding_dim": index.dim,
         "epochs_run": epochs_run,
         "mlflow_run_id": run.info.run_id,
         "onnx_opset": exported.onnx_model.opset_import[0].version,

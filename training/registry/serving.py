@@ -125,7 +125,7 @@ def open_curator(settings: Settings, *, model_tag: str | None = None) -> Iterato
     """
     with open_store(settings) as store:
         tag = fitting_tag(model_tag, store) if model_tag else resolve_serving_tag(settings, store)
-        yield Curator(settings, store, load_registered(tag))
+        yield Curator(settings, store, load_registered(tag, settings=settings))
 
 
 class UnknownVersion(LookupError):

@@ -1,8 +1,8 @@
 """The BentoML model store: one model name, one version per training run.
 
 A version holds the ONNX graph, the fitted embedder and the reduced vectors of
-every image (the embedding index), so a service needs nothing but the tag to
-answer every endpoint. Which version serves is :mod:`training.registry.serving`.
+every image (the vector index, :mod:`training.vectors`), so a service needs
+nothing but the tag to answer every endpoint. Which version serves is :mod:`training.registry.serving`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import onnx
 from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
-from training.curation.index import EmbeddingIndex
 from training.model.inference import OnnxClassifier
+from training.settings import Settings
+from training.vectors.base import VectorIndex
+from training.vectors.open import load_index
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 EMBEDDER_FILE = "embedder.joblib"
-INDEX_FILE = "index.npz"
 AUDIT_FILE = "label_audit.npz"  # out-of-fold probabilities etc. for finding label errors
 KERAS_FILE = "model.keras"  # the same weights in Keras, for fine-tuning and the naive-serving benchmark
 
@@ -38,7 +39,7 @@ class RegisteredModel:
     tag: str
     classifier: OnnxClassifier
     embedder: Pipeline
-    index: EmbeddingIndex
+    index: VectorIndex
     metadata: dict[str, Any]
     audit: LabelAudit | None = None  # None for versions trained without out-of-fold probabilities
 
@@ -63,7 +64,7 @@ def register_model(
     name: str,
     onnx_model: onnx.ModelProto,
     embedder: Pipeline,
-    index: EmbeddingIndex,
+    index: VectorIndex,
     *,
     metadata: dict[str, Any],
     labels: dict[str, str] | None = None,
@@ -77,7 +78,7 @@ def register_model(
     with bentoml.models.create(name, metadata=metadata, labels=labels or {}) as model:
         onnx.save(onnx_model, model.path_of(MODEL_FILE))
         joblib.dump(embedder, model.path_of(EMBEDDER_FILE))
-        index.save(Path(model.path_of(INDEX_FILE)))
+        index.save(Path(model.path))
         if keras_model is not None:
             keras_model.save(model.path_of(KERAS_FILE))
         if audit is not None:
@@ -85,15 +86,18 @@ def register_model(
     return str(model.tag)
 
 
-def load_registered(tag: str, *, threads: int = 0) -> RegisteredModel:
-    """Load ``name:version`` (or ``name:latest``) from the store; KeyError-like NotFound if absent."""
+def load_registered(tag: str, *, threads: int = 0, settings: Settings | None = None) -> RegisteredModel:
+    """Load ``name:version`` (or ``name:latest``) from the store; KeyError-like NotFound if absent.
+
+    ``settings`` choose the vector index backend and its options (default: the embedded faiss index).
+    """
     model = bentoml.models.get(tag)
     metadata = dict(model.info.metadata)
     classifier = OnnxClassifier(
         Path(model.path_of(MODEL_FILE)), list(metadata["class_names"]), int(metadata["image_size"]), threads=threads
     )
     embedder = joblib.load(model.path_of(EMBEDDER_FILE))
-    index = EmbeddingIndex.load(Path(model.path_of(INDEX_FILE)))
+    index = load_index(Path(model.path), str(model.tag), settings or Settings())
     audit_path = Path(model.path_of(AUDIT_FILE))
     audit = LabelAudit.load(audit_path) if audit_path.is_file() else None
     return RegisteredModel(str(model.tag), classifier, embedder, index, metadata, audit)
