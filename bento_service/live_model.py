@@ -24,7 +24,6 @@ from training.labels.store import LabelStore
 from training.registry.serving import ModelResolutionError, fitting_tag, resolve_serving_tag
 from training.registry.store import RegisteredModel, load_registered
 from training.settings import Settings
-from training.vectors.open import set_search_threads
 
 log = logging.getLogger("bentoml.bouncer")
 
@@ -41,7 +40,6 @@ class LiveModel:
         self._failed_tag = promoted.tag if promoted is not None and promoted.tag != tag else None
         self._threads = settings.ort_threads
         self._settings = settings
-        set_search_threads(settings.ort_threads)
         self._signal = settings.runtime_dir / "serving.changed"
         self._signal_seen = self._signal_stamp()
         self._model = load_registered(tag, threads=self._threads, settings=settings)

@@ -198,7 +198,8 @@ class Curator:
 
     def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
         """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
-        records = [self.store.get(image_id) for image_id in image_ids]
+        found = self.store.records(image_ids)
+        records = [found[image_id] if image_id in found else self.store.get(image_id) for image_id in image_ids]
         stored = self.model.index.vectors_of([r.image_id for r in records])
         missing = [r for r in records if r.image_id not in stored]
         if missing:

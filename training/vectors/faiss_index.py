@@ -25,6 +25,11 @@ import numpy as np
 from training.labels.store import ImageState, LabelStore
 from training.vectors.base import Hit, VectorIndex, Where, register_backend
 
+# One OpenMP thread: a search here is milliseconds of work, and faiss's spinning OpenMP
+# threads made a trace of 200 errors 40x slower (2.6 -> 102 ms) on 2 busy cores (issue 13).
+# OpenMP keeps the setting per thread, so every searching thread sets it (it is cheap).
+faiss.omp_set_num_threads(1)
+
 VECTORS_FILE = "vectors.npz"
 FAISS_FILE = "vectors.faiss"  # only for IVF, whose k-means training is worth keeping
 META_FILE = "vectors.json"
@@ -159,6 +164,7 @@ class FaissIndex(VectorIndex):
 
     def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> list[list[Hit]]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        faiss.omp_set_num_threads(1)
         with self._lock:
             n = len(self._ids)
             mask = self._mask(where or Where(), n)

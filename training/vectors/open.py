@@ -29,11 +29,3 @@ def load_index(folder: Path, tag: str, settings: Settings) -> VectorIndex:
     if settings.vector_index not in BACKENDS:
         from training.vectors import pgvector_index  # noqa: F401  (registers itself; needs psycopg)
     return BACKENDS[settings.vector_index].attach(settings, tag, stored)  # type: ignore[attr-defined]
-
-
-def set_search_threads(threads: int) -> None:
-    """faiss's OpenMP threads for this process (0 leaves its default: every core), like ORT's per worker."""
-    import faiss
-
-    if threads > 0:
-        faiss.omp_set_num_threads(threads)
