@@ -15,7 +15,7 @@ from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from training.curation.curator import InvalidRequest, NotAvailable
 from training.data.folders import MissingSplitError
 from training.data.images import ImageError
-from training.labels.errors import NotFoundError, UndoConflictError, UnknownLabelError
+from training.labels.errors import InvalidTextError, NotFoundError, UndoConflictError, UnknownLabelError
 from training.registry.serving import ModelResolutionError
 
 
@@ -46,7 +46,7 @@ def client_errors(field: str | None = None) -> Iterator[None]:
         yield
     except (NotFoundError, MissingSplitError) as exc:
         raise NotFound(str(exc)) from exc
-    except (UnknownLabelError, InvalidRequest, ModelResolutionError) as exc:
+    except (UnknownLabelError, InvalidTextError, InvalidRequest, ModelResolutionError) as exc:
         raise InvalidArgument(str(exc)) from exc
     except ImageError as exc:
         raise InvalidArgument(f"{field}: {exc}" if field else str(exc)) from exc

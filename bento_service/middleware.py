@@ -49,6 +49,7 @@ from bento_service.routes import (
     Scope,
     Send,
     api_routes,
+    json_nul_problem,
     read_form,
     unknown_fields_message,
 )
@@ -170,6 +171,9 @@ class RequestGuard:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
             await self._too_large(scope, receive, send)
+            return
+        if media_type in ("", "application/json") and (problem := json_nul_problem(body)):
+            await _answer(scope, receive, send, HTTPStatus.BAD_REQUEST, problem)
             return
         if route.submit and (problem := await submitted_body_problem(scope, body, media_type, route)):
             await _answer(scope, receive, send, HTTPStatus.BAD_REQUEST, problem)

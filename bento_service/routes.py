@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,22 @@ async def read_form(request: Request, fields: frozenset[str], files: frozenset[s
     for name in files:
         if any(not isinstance(value, UploadFile) for value in form.getlist(name)):
             return form, f"field {name!r} of {request.url.path} must be a file upload, not a text value"
+    for name, value in form.multi_items():
+        if isinstance(value, str) and "\x00" in value:
+            return form, NUL_MESSAGE.format(name=repr(name))
     return form, None
+
+
+NUL_MESSAGE = "field {name} contains a NUL character (\\u0000): no text field takes one"
+# a \u0000 escape in a JSON string: an unescaped backslash (odd run of them) before u0000
+JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def json_nul_problem(body: bytes) -> str | None:
+    """A 400 message if a JSON body carries a NUL character in any string (PostgreSQL cannot store one)."""
+    return (
+        "a JSON string contains a NUL character (\\u0000): no text field takes one" if JSON_NUL.search(body) else None
+    )
 
 
 def unknown_fields_message(unknown: Iterable[str], path: str, takes: Iterable[str]) -> str:

@@ -50,6 +50,7 @@ from training.curation.curator import Curator
 from training.data.folders import resolve_inside
 from training.data.images import load_model_input
 from training.jobs.runner import TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
+from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
 from training.registry.serving import UnknownVersion, describe_versions, promote_version
 from training.settings import get_settings
@@ -69,6 +70,7 @@ Neighbours = Annotated[int, Field(ge=1, le=1000, description="How many neighbour
 Split = Annotated[str, Field(description="train or test (BOUNCER_TRAIN_SPLIT / BOUNCER_TEST_SPLIT).")]
 LabelFilter = Annotated[str | None, Field(description="Only images currently labelled so.")]
 Offset = Annotated[int, Field(ge=0, le=DB_INT_MAX, description="Skip this many first (paging).")]
+Reason = Annotated[str, Field(max_length=REASON_MAX, description="Why, kept in the audit history.")]
 
 
 def served_at() -> str:
@@ -261,14 +263,14 @@ class Bouncer:
 
     @bentoml.api
     def relabel(
-        self, image_ids: Annotated[list[str], Field(min_length=1)], label: str, reason: str = ""
+        self, image_ids: Annotated[list[str], Field(min_length=1)], label: str, reason: Reason = ""
     ) -> RelabelResult:
         """Give every image ``label`` in one recorded, undoable transaction."""
         with client_errors():
             return RelabelResult.model_validate(self.curator().relabel(image_ids, label, reason=reason, actor=ACTOR))
 
     @bentoml.api
-    def confirm(self, image_ids: Annotated[list[str], Field(min_length=1)], reason: str = "") -> ConfirmResult:
+    def confirm(self, image_ids: Annotated[list[str], Field(min_length=1)], reason: Reason = "") -> ConfirmResult:
         """Record that these images' current labels are right: they count as reviewed (undoable like a relabel)."""
         with client_errors():
             return ConfirmResult.model_validate(self.curator().confirm(image_ids, reason=reason, actor=ACTOR))
@@ -296,7 +298,7 @@ class Bouncer:
         ]
 
     @bentoml.api
-    def promote(self, version: str, reason: str = "") -> PromoteResult:
+    def promote(self, version: str, reason: Reason = "") -> PromoteResult:
         """Serve ``version`` (e.g. roll back); every worker follows within BOUNCER_MODEL_POLL_SECONDS."""
         previous = self.live.get()
         try:

@@ -236,3 +236,18 @@ def test_the_revision_moves_with_every_change_and_only_then(store: LabelStore, s
     shutil.copy(next((settings.data_dir / "train" / "cross").glob("*.png")), new)
     import_folder(settings, store)
     assert store.revision() == start + 5
+
+
+def test_text_no_database_can_keep_is_refused_before_any_write(store: LabelStore) -> None:
+    from training.labels.errors import InvalidTextError
+
+    image_id = store.images(split="train")[0].image_id
+    revision = store.revision()
+    for reason, problem in [("x" * 2001, "reason is 2001 characters; at most 2000"), ("a\x00b", "NUL")]:
+        with pytest.raises(InvalidTextError, match=problem):
+            store.relabel([image_id], "ring", reason=reason, actor="t")
+        with pytest.raises(InvalidTextError, match=problem):
+            store.confirm([image_id], reason=reason, actor="t")
+    with pytest.raises(InvalidTextError, match="actor"):
+        store.promote("bouncer", "bouncer:x", actor="\x00")
+    assert store.revision() == revision and store.history() == [] and store.serving("bouncer") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Iterator
 
@@ -90,6 +91,29 @@ def test_integers_the_database_cannot_hold_are_a_400(server: str, endpoint: str,
     response = httpx.post(f"{server}/{endpoint}", json=payload, timeout=10)
     assert response.status_code == 400, response.text
     assert next(iter(payload)) in response.text
+
+
+def test_text_no_database_can_keep_is_a_400_and_writes_nothing(server: str) -> None:
+    """A NUL character (PostgreSQL refuses it) or a 100 kB reason: named in a 400 before anything is stored."""
+    image_id = httpx.post(f"{server}/images", json={"limit": 1}, timeout=10).json()[0]["image_id"]
+    before = httpx.post(f"{server}/history", json={"limit": 5}, timeout=10).json()
+    cases = [
+        ("relabel", {"image_ids": [image_id], "label": "cat", "reason": "x" * 100_000}, "reason"),
+        ("relabel", {"image_ids": [image_id], "label": "cat", "reason": "a\u0000b"}, "NUL"),
+        ("confirm", {"image_ids": [image_id], "reason": "y" * 2001}, "reason"),
+        ("similar", {"image_id": image_id + "\u0000"}, "NUL"),
+        ("relabel", {"image_ids": [image_id + "\u0000"], "label": "cat"}, "NUL"),
+    ]
+    for endpoint, payload, problem in cases:
+        body = json.dumps(payload).encode()  # NUL is sent as the JSON escape \u0000
+        response = httpx.post(
+            f"{server}/{endpoint}", content=body, headers={"content-type": "application/json"}, timeout=10
+        )
+        assert response.status_code == 400 and problem in response.json()["error"], (endpoint, response.text)
+    assert httpx.post(f"{server}/history", json={"limit": 5}, timeout=10).json() == before
+    # a backslash followed by "u0000" is ordinary text
+    literal = httpx.post(f"{server}/similar", json={"image_id": "\\u0000"}, timeout=10)
+    assert literal.status_code == 404
 
 
 def test_a_real_upload_still_works_after_all_that(server: str) -> None:

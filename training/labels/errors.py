@@ -28,3 +28,20 @@ class UnknownLabelError(LabelStoreError, ValueError):
 
 class UndoConflictError(LabelStoreError):
     """Undoing would overwrite a later change, or the event was already undone."""
+
+
+class InvalidTextError(LabelStoreError, ValueError):
+    """A free-text value the store will not keep: too long, or with NUL characters (PostgreSQL refuses them)."""
+
+
+REASON_MAX = 2000  # characters; the columns hold 2048
+ACTOR_MAX = 200
+
+
+def checked_text(value: str, name: str, limit: int) -> str:
+    """``value`` if every database can store it as given; InvalidTextError naming ``name`` otherwise."""
+    if "\x00" in value:
+        raise InvalidTextError(f"{name} must not contain NUL characters")
+    if len(value) > limit:
+        raise InvalidTextError(f"{name} is {len(value)} characters; at most {limit}")
+    return value

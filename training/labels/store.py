@@ -27,7 +27,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from training.data.folders import Fingerprint
-from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
+from training.labels.errors import (
+    ACTOR_MAX,
+    REASON_MAX,
+    UndoConflictError,
+    UnknownEventError,
+    UnknownImageError,
+    UnknownLabelError,
+    checked_text,
+)
 from training.labels.export import data_version_of, labels_csv_text, write_labels_csv
 from training.labels.migrate import upgrade_to_head
 from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
@@ -301,6 +309,7 @@ class LabelStore:
         self, image_ids: Sequence[str], label: str, *, reason: str = "", actor: str = "unknown"
     ) -> RelabelResult:
         """Give every image ``label`` in one transaction; all-or-nothing on bad input."""
+        _check_reason_and_actor(reason, actor)
         ids = list(dict.fromkeys(image_ids))  # de-duplicate, keep order
         if not ids:
             raise UnknownImageError("no image_ids given")
@@ -335,6 +344,7 @@ class LabelStore:
         A confirmed image counts as reviewed: it leaves the review queues, ``expand``
         skips it. Its event's changes keep the label (old = new).
         """
+        _check_reason_and_actor(reason, actor)
         ids = list(dict.fromkeys(image_ids))
         if not ids:
             raise UnknownImageError("no image_ids given")
@@ -361,6 +371,7 @@ class LabelStore:
         Later means a later relabel that changed one of the images, or a later confirm
         of one of them (it vouched for the label this undo would change); undo those first.
         """
+        _check_reason_and_actor(reason, actor)
         with self._writer.begin() as session:
             original = session.get(EventRow, event_id)
             if original is None:
@@ -454,6 +465,7 @@ class LabelStore:
 
     def promote(self, model_name: str, tag: str, *, actor: str = "unknown", reason: str = "") -> Promotion:
         """Record that ``tag`` serves from now on; every worker polls this and swaps to it."""
+        _check_reason_and_actor(reason, actor)
         row = PromotionRow(model_name=model_name, tag=tag, created_at=datetime.now(UTC), actor=actor, reason=reason)
         with self._writer.begin() as session:
             session.add(row)
@@ -551,3 +563,8 @@ _RECORD_COLUMNS = (
 def _image_record(row: ImageRow) -> ImageRecord:
     return ImageRecord(row.image_id, row.path, row.split, row.label, row.folder_label, row.sha256)
 
+
+def _check_reason_and_actor(reason: str, actor: str) -> None:
+    """Refused before any write: a 1 MB reason or a NUL character (PostgreSQL rejects it) is a 400, not a 500."""
+    checked_text(reason, "reason", REASON_MAX)
+    checked_text(actor, "actor", ACTOR_MAX)
