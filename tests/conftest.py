@@ -21,6 +21,8 @@ from PIL import Image
 # throw-away model store (never the user's ~/bentoml).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
 
+from tests.postgres import HOW as POSTGRES_HOW  # noqa: E402
+from tests.postgres import fresh_database, throwaway_server  # noqa: E402
 from training.settings import Settings  # noqa: E402
 from training.tf_logs import quiet_tensorflow  # noqa: E402
 
@@ -70,6 +72,26 @@ def _no_shared_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", mlflow_dir=tmp_path / "mlruns")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str | None]:
+    """The server BOUNCER_TEST_POSTGRES_URL names, else a throw-away one (None where none is installed)."""
+    if url := os.environ.get("BOUNCER_TEST_POSTGRES_URL"):
+        yield url
+        return
+    with throwaway_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str | None) -> Iterator[str]:
+    """An empty PostgreSQL database for this test, dropped after it."""
+    if not postgres_server:
+        pytest.skip(f"no PostgreSQL: {POSTGRES_HOW}")
+    pytest.importorskip("psycopg")
+    with fresh_database(postgres_server) as url:
+        yield url
 
 
 def shape_image(kind: str, variant: int, size: int = 24) -> np.ndarray:

@@ -21,7 +21,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from training.labels.errors import UndoConflictError
 from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision, migration_transaction
@@ -102,25 +102,11 @@ def stamped_revision(url: str) -> list[object]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a database nobody opened yet: an SQLite file, or an empty PostgreSQL database on the
-    server ``BOUNCER_TEST_POSTGRES_URL`` names (skipped without it: CI has no PostgreSQL server)."""
+    """The URL of a database nobody opened yet: an SQLite file, or an empty PostgreSQL database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'labels.db'}"
         return
-    server = os.environ.get("BOUNCER_TEST_POSTGRES_URL")
-    if not server:
-        pytest.skip("set BOUNCER_TEST_POSTGRES_URL=postgresql+psycopg://user@host/postgres to run on PostgreSQL")
-    pytest.importorskip("psycopg")
-    name = f"bouncer_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield request.getfixturevalue("postgres_database")
 
 
 @contextmanager

@@ -19,6 +19,15 @@ from training.labels.sync import import_folder
 from training.settings import Settings
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL (a fresh database each time)."""
+    base = Settings(data_dir=tmp_path / "data", mlflow_dir=tmp_path / "mlruns")
+    if request.param == "sqlite":
+        return base
+    return base.model_copy(update={"database_url": request.getfixturevalue("postgres_database")})
+
+
 @pytest.fixture
 def store(settings: Settings, shapes_dataset: Path) -> LabelStore:
     store = open_store(settings)
@@ -44,6 +53,8 @@ def test_import_reads_every_format_and_reports_broken_files(settings: Settings, 
 
 
 def test_sqlite_store_runs_in_wal_mode(store: LabelStore, settings: Settings) -> None:
+    if settings.database_url:
+        pytest.skip("SQLite only")
     with sqlite3.connect(settings.data_dir / "labels.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -153,7 +164,7 @@ def test_labels_csv_is_deterministic_and_a_relabel_is_a_one_line_diff(
 
 
 def test_relabels_from_several_processes_are_all_kept(store: LabelStore, settings: Settings) -> None:
-    """Two writer processes hammer the same SQLite file: no lost update, no 'database is locked'."""
+    """Two writer processes hammer the same database: no lost update, no 'database is locked'."""
     ids = [r.image_id for r in store.images(split="train")][:20]
     script = textwrap.dedent(
         f"""

@@ -1,19 +1,17 @@
 """The pgvector backend on a real PostgreSQL with the vector extension: the same answers as exact faiss search.
 
-Runs where ``BOUNCER_TEST_POSTGRES_URL`` points at a server whose ``vector`` extension can
-be created (Debian's apt has no pgvector package for this machine; see docs/postgres.md).
+Runs where the tests' PostgreSQL server (``tests/postgres.py``) can create the ``vector``
+extension: Debian's apt has no pgvector package, so it is built from source (docs/postgres.md).
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
 from training.labels.store import open_store
 from training.labels.sync import import_folder
@@ -21,33 +19,19 @@ from training.settings import Settings
 from training.vectors.base import Where
 from training.vectors.faiss_index import FaissIndex
 
-SERVER = os.environ.get("BOUNCER_TEST_POSTGRES_URL")
-
 
 @pytest.fixture
-def postgres_settings(settings: Settings) -> Settings:
-    """A fresh database on the server for this test, dropped afterwards."""
-    if not SERVER:
-        pytest.skip("set BOUNCER_TEST_POSTGRES_URL=postgresql+psycopg://user@host/postgres (with pgvector)")
-    admin = create_engine(SERVER, isolation_level="AUTOCOMMIT")
-    name = f"bouncer_pgvector_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    url = make_url(SERVER).set(database=name).render_as_string(hide_password=False)
+def postgres_settings(settings: Settings, postgres_database: str) -> Settings:
+    """A fresh PostgreSQL database for this test whose server has the vector extension (skipped otherwise)."""
+    check = create_engine(postgres_database)
     try:
-        check = create_engine(url)
-        try:
-            with check.begin() as connection:
-                connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-        except Exception as exc:  # noqa: BLE001
-            pytest.skip(f"the server has no pgvector extension: {str(exc).splitlines()[0]}")
-        finally:
-            check.dispose()
-        yield settings.model_copy(update={"database_url": url, "vector_index": "pgvector"})
+        with check.begin() as connection:
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    except Exception as exc:  # noqa: BLE001 - whatever the server says, this test cannot run there
+        pytest.skip(f"the PostgreSQL server has no pgvector extension (docs/postgres.md): {str(exc).splitlines()[0]}")
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+        check.dispose()
+    return settings.model_copy(update={"database_url": postgres_database, "vector_index": "pgvector"})
 
 
 def test_pgvector_answers_like_exact_faiss_and_follows_labels(
