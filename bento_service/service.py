@@ -95,6 +95,8 @@ class Bouncer:
     def __init__(self) -> None:
         self.settings = get_settings()
         self.store = open_store(self.settings)
+        if self.store.repair_labels_csv():  # a crash came between a label commit and its export
+            log.warning("labels.csv disagreed with the label database: rewritten from it")
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
         self.predictor = Predictor(self.live, self.settings)
         self.trainer = TrainRunner(self.settings)

@@ -262,3 +262,18 @@ def test_text_no_database_can_keep_is_refused_before_any_write(store: LabelStore
     with pytest.raises(InvalidTextError, match="actor"):
         store.promote("bouncer", "bouncer:x", actor="\x00")
     assert store.revision() == revision and store.history() == [] and store.serving("bouncer") is None
+
+
+def test_a_stale_labels_csv_is_repaired_from_the_database(store: LabelStore, settings: Settings) -> None:
+    """What a crash between a commit and the export leaves: the server's start makes them agree again."""
+    assert store.repair_labels_csv() is False  # already in step
+    image_id = store.images(split="train", label="square")[0].image_id
+    store.labels_csv_path = None  # the export that the crash skipped
+    store.relabel([image_id], "ring", reason="before the crash", actor="t")
+    store.labels_csv_path = settings.labels_csv
+    assert f"{image_id},train,square" in settings.labels_csv.read_text()
+    assert store.repair_labels_csv() is True
+    assert settings.labels_csv.read_text() == store.labels_csv()
+    assert f"{image_id},train,ring" in settings.labels_csv.read_text()
+    settings.labels_csv.unlink()
+    assert store.repair_labels_csv() is True and settings.labels_csv.read_text() == store.labels_csv()

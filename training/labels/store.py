@@ -490,6 +490,22 @@ class LabelStore:
         """Write labels.csv atomically (safe with several writers); return the data version."""
         return write_labels_csv(self.labels_csv(), path)
 
+    def repair_labels_csv(self) -> bool:
+        """Rewrite labels.csv if it disagrees with the database (a crash between a commit and its export).
+
+        Called when a server starts; True if the file had to be rewritten.
+        """
+        if self.labels_csv_path is None:
+            return False
+        text = self.labels_csv()
+        try:
+            if self.labels_csv_path.read_text(encoding="utf-8") == text:
+                return False
+        except (OSError, UnicodeDecodeError):
+            pass  # missing or unreadable: written below
+        write_labels_csv(text, self.labels_csv_path)
+        return True
+
 
 def open_store(settings: Settings) -> LabelStore:
     """The label store of ``settings``' dataset (labels.csv kept up to date unless switched off)."""
