@@ -94,7 +94,7 @@ class Bouncer:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.store = open_store(self.settings)
+        self.store = open_store(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
         if self.store.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
@@ -105,6 +105,11 @@ class Bouncer:
         # of every later collection, which then scans only what requests allocate.
         gc.collect()
         gc.freeze()
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        """A label change whose labels.csv rewrite is still pending is written before the worker goes."""
+        self.store.close()
 
     def curator(self) -> Curator:
         """The façade over the labels and the version serving now: a live swap cannot split a request."""

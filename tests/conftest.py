@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,3 +195,13 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedDe
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def eventually(check: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Whether ``check`` comes true within ``timeout`` seconds (for work a server does off the request)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         True, description="After a promoted training, run `bentoml build` (skipped where no bentofile.yaml exists)."
     )
     train_niceness: int = Field(10, ge=0, le=19, description="Niceness of the train task's child process.")
+    labels_csv_delay_ms: int = Field(
+        250,
+        ge=0,
+        le=60_000,
+        description="The service rewrites labels.csv this long after a label change, off the request "
+        "(changes in between share one rewrite); 0: at once.",
+    )
     export_labels_on_change: bool = Field(
         True, description="Rewrite DATA_DIR/labels.csv after every relabel/undo/import."
     )

@@ -277,3 +277,22 @@ def test_a_stale_labels_csv_is_repaired_from_the_database(store: LabelStore, set
     assert f"{image_id},train,ring" in settings.labels_csv.read_text()
     settings.labels_csv.unlink()
     assert store.repair_labels_csv() is True and settings.labels_csv.read_text() == store.labels_csv()
+
+
+def test_a_server_rewrites_labels_csv_after_the_request_once_for_many_changes(
+    settings: Settings, shapes_dataset: Path
+) -> None:
+    """With a delay, writes return before the rewrite; flush (or close) writes what is pending."""
+    with open_store(settings) as plain:
+        import_folder(settings, plain)
+        ids = [r.image_id for r in plain.images(split="train", label="square")[:3]]
+    before = settings.labels_csv.read_text()
+    store = open_store(settings, export_delay_s=60)
+    for image_id in ids:
+        store.relabel([image_id], "ring", reason="r", actor="t")
+    assert settings.labels_csv.read_text() == before  # not on the request's time
+    store.flush_labels_csv()
+    assert settings.labels_csv.read_text() == store.labels_csv() != before
+    store.undo(store.history(limit=1)[0].event_id, actor="t")
+    store.close()  # pending at shutdown: written
+    assert settings.labels_csv.read_text() == LabelStore(settings.label_db_url).labels_csv()

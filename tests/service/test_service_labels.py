@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import TrainedDemo
+from tests.conftest import TrainedDemo, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,13 @@ def test_relabel_history_undo_over_http(server: str, trained_demo: TrainedDemo) 
     assert response.status_code == 200, response.text
     result = response.json()
     assert [c["image_id"] for c in result["changed"]] == ids and result["unchanged"] == []
-    assert labels_csv.read_text() != before
+    assert eventually(lambda: labels_csv.read_text() != before)  # rewritten off the request
     events = _post(server, "history", {"image_id": ids[0]}).json()
     assert events[0]["event_id"] == result["event_id"] and events[0]["reason"] == "stripes"
 
     undone = _post(server, "undo", {"event_id": result["event_id"]})
     assert undone.status_code == 200
-    assert labels_csv.read_text() == before
+    assert eventually(lambda: labels_csv.read_text() == before)
     again = _post(server, "undo", {"event_id": result["event_id"]})
     assert again.status_code == 409 and "already undone" in again.text
 
