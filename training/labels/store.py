@@ -334,15 +334,7 @@ class LabelStore:
             if session.get(ClassRow, label) is None:
                 known = ", ".join(sorted(session.scalars(select(ClassRow.name))))
                 raise UnknownLabelError(f"unknown label {label!r}; known classes: {known}")
-            rows = {
-                row.image_id: row
-                for row in session.scalars(
-                    select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True))
-                )
-            }
-            missing = [i for i in ids if i not in rows]
-            if missing:
-                raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+            rows = _present_rows(session, ids)
             changes = [LabelChange(i, rows[i].label, label) for i in ids if rows[i].label != label]
             unchanged = [i for i in ids if rows[i].label == label]
             for change in changes:
@@ -366,15 +358,7 @@ class LabelStore:
         if not ids:
             raise UnknownImageError("no image_ids given")
         with self._writer.begin() as session:
-            rows = {
-                row.image_id: row
-                for row in session.scalars(
-                    select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True))
-                )
-            }
-            missing = [i for i in ids if i not in rows]
-            if missing:
-                raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+            rows = _present_rows(session, ids)
             confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
             for row in rows.values():
                 row.reviewed = True
@@ -633,6 +617,17 @@ _RECORD_COLUMNS = (
 
 def _image_record(row: ImageRow) -> ImageRecord:
     return ImageRecord(row.image_id, row.path, row.split, row.label, row.folder_label, row.sha256)
+
+
+def _present_rows(session: Session, ids: list[str]) -> dict[str, ImageRow]:
+    """The rows of ``ids`` to write to, all of them or UnknownImageError naming the missing (nothing written)."""
+    rows = {
+        row.image_id: row
+        for row in session.scalars(select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True)))
+    }
+    if missing := [i for i in ids if i not in rows]:
+        raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+    return rows
 
 
 def _check_reason_and_actor(reason: str, actor: str) -> None:
