@@ -371,6 +371,8 @@ class LabelStore:
 
         Later means a later relabel that changed one of the images, or a later confirm
         of one of them (it vouched for the label this undo would change); undo those first.
+
+        Long on purpose: the checks that keep undo from clobbering later decisions, and the inverse, in one transaction.
         """
         _check_reason_and_actor(reason, actor)
         with self._writer.begin() as session:

@@ -54,6 +54,8 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
     come back if it reappears). A new path whose content matches an absent or
     vanished file of the same split is that file moved: it keeps its image_id,
     and moving it into another class folder is recorded as a relabel.
+
+    Long on purpose: added, moved, restored, rewritten and removed files in one transaction.
     """
     report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
     with store.transaction() as session:

@@ -212,6 +212,8 @@ def train_classifier(
 
     ``label``: names a helper model (e.g. an out-of-fold one) in progress messages; its
     epochs do not count as the run's epochs.
+
+    Long on purpose: one recipe read top to bottom (data, augmentation, network, schedule, callbacks).
     """
     class_names = list(class_names)
     index = {name: i for i, name in enumerate(class_names)}

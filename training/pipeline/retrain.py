@@ -66,7 +66,10 @@ def retrain(
     actor: str = "train-task",
     sink: ProgressSink = ignore_progress,
 ) -> RetrainResult:
-    """Train, compare with ``serving_tag`` on today's test labels, promote, rebuild the bento."""
+    """Train, compare with ``serving_tag`` on today's test labels, promote, rebuild the bento.
+
+    Long on purpose: the train task's whole protocol in order (train, compare, promote, build, report).
+    """
     seen: list[TrainingProgress] = []
 
     def remember(progress: TrainingProgress) -> None:
