@@ -257,6 +257,69 @@ def evaluate(
     _print_json(payload)
 
 
+class ScoreEngine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+@_friendly
+def score(
+    engine: Annotated[
+        ScoreEngine,
+        typer.Option(help='local: the cores of this machine; ray: Ray Data actors (pip install -e ".[ray]").'),
+    ] = ScoreEngine.local,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the shards; default DATA_DIR/.bouncer/scores/<model version>.")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Score only this split (repeat for several); default every split.")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Images per ONNX run and per shard.")] = 1024,
+) -> None:
+    """Score every image of DATA_DIR: probabilities, embeddings and reduced vectors, in .npz shards.
+
+    The same decoding, ONNX graph and embedder as the service, for the whole folder at
+    once; unreadable files are counted and skipped. Prints where the shards are and how fast.
+    """
+    from training.model.scores import default_scores_dir
+    from training.registry.serving import fitting_tag, resolve_serving_tag
+    from training.scoring.ray_engine import EngineUnavailable, import_ray
+
+    settings = _settings()
+    try:
+        if engine is ScoreEngine.ray:
+            import_ray()  # a missing extra is said before any work
+        with _store(settings) as store:
+            tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
+        folder = (out or default_scores_dir(settings, tag.split(":", 1)[1])).resolve()
+        log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
+        if engine is ScoreEngine.ray:
+            from training.scoring.ray_engine import score_with_ray
+
+            manifest = score_with_ray(settings, tag, folder, splits=split, chunk_size=chunk_size)
+        else:
+            from training.scoring.local import score_local
+
+            manifest = score_local(settings, tag, folder, splits=split, chunk_size=chunk_size)
+    except EngineUnavailable as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from exc
+    _print_json(
+        {
+            "model": manifest.model_tag,
+            "engine": manifest.engine,
+            "images": manifest.images,
+            "skipped": manifest.skipped,
+            "seconds": manifest.seconds,
+            "images_per_second": manifest.images_per_second,
+            "shards": manifest.shards,
+            "folder": str(folder),
+        }
+    )
+
+
 @app.command()
 @_friendly
 def suspects(

@@ -17,6 +17,7 @@ LAYERS = [
     {"training.vectors"},
     {"training.curation"},
     {"training.registry"},
+    {"training.scoring"},
     {"training.pipeline"},
     {"training.jobs"},
     {"training.cli"},

@@ -8,10 +8,11 @@ Each shard has, row for row:
 - ``sha256``: hex digest of the file's bytes, so a reader can tell a changed file;
 - ``probabilities`` (n, K), ``embeddings`` (n, D), ``vectors`` (n, d): float32.
 
-Rows are in no particular order across shards (engines finish chunks in any order);
-:func:`read_scores` sorts them by path. The manifest is written last: a folder
-without one is an unfinished run, and its shard count tells a partial copy. Shards
-are plain ``.npz`` without pickles, readable by numpy alone.
+Rows are in no particular order across shards (engines finish chunks in any order):
+:func:`read_scores` sorts them by path, and :func:`iter_shards` hands them over a shard
+at a time for readers that must not hold millions of rows at once. The manifest is
+written last: a folder without one is an unfinished run, and its shard count tells a
+partial copy. Shards are plain ``.npz`` without pickles, readable by numpy alone.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,11 @@ def read_manifest(folder: Path) -> ScoreManifest:
     if not path.is_file():
         raise FileNotFoundError(f"no scores in {folder}: {MANIFEST_FILE} is missing (run `bouncer score`)")
     data: dict[str, Any] = json.loads(path.read_text())
-    return ScoreManifest(**data)
+    known = {f.name for f in fields(ScoreManifest)}
+    missing = sorted(known - data.keys())
+    if missing:
+        raise ScoresMismatch(f"{path} lacks {', '.join(missing)}: written by another version of Bouncer?")
+    return ScoreManifest(**{key: value for key, value in data.items() if key in known})  # newer keys ignored
 
 
 def check_manifest(folder: Path, model_tag: str) -> ScoreManifest:
@@ -153,21 +158,26 @@ def check_manifest(folder: Path, model_tag: str) -> ScoreManifest:
     return manifest
 
 
+def iter_shards(folder: Path, *, model_tag: str | None = None) -> Iterator[Scores]:
+    """Each shard of ``folder`` in turn (rows as written), for readers that must not hold every row at once.
+
+    Checked as :func:`read_scores` checks (manifest, model, shard count) before the first shard.
+    """
+    manifest = check_manifest(folder, model_tag) if model_tag else read_manifest(folder)
+    shards = sorted(folder.glob(SHARD_GLOB))
+    if len(shards) != manifest.shards:
+        raise ScoresMismatch(f"{folder} has {len(shards)} shards, its manifest says {manifest.shards}")
+    return (_read_shard(shard, manifest) for shard in shards)
+
+
 def read_scores(folder: Path, *, model_tag: str | None = None) -> Scores:
     """Every shard of ``folder`` as one set of arrays sorted by path, with the manifest.
 
     ``model_tag``: refuse scores made by another version. A shard count or row count
     that differs from the manifest's is a ScoresMismatch (a partial copy, a mixed folder).
     """
-    manifest = check_manifest(folder, model_tag) if model_tag else read_manifest(folder)
-    shards = sorted(folder.glob(SHARD_GLOB))
-    if len(shards) != manifest.shards:
-        raise ScoresMismatch(f"{folder} has {len(shards)} shards, its manifest says {manifest.shards}")
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
-    for shard in shards:
-        with np.load(shard, allow_pickle=False) as loaded:
-            for name in ARRAYS:
-                parts[name].append(loaded[name])
+    shards = list(iter_shards(folder, model_tag=model_tag))
+    manifest = shards[0].manifest if shards else read_manifest(folder)
     if not shards:
         return Scores(
             np.zeros(0, dtype=str),
@@ -177,11 +187,16 @@ def read_scores(folder: Path, *, model_tag: str | None = None) -> Scores:
             np.zeros((0, 0), np.float32),
             manifest,
         )
-    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    arrays = {name: np.concatenate([getattr(shard, name) for shard in shards]) for name in ARRAYS}
     if len(arrays["paths"]) != manifest.images:
         raise ScoresMismatch(f"{folder} holds {len(arrays['paths'])} rows, its manifest says {manifest.images}")
     order = np.argsort(arrays["paths"], kind="stable")
     return Scores(**{name: array[order] for name, array in arrays.items()}, manifest=manifest)
+
+
+def _read_shard(path: Path, manifest: ScoreManifest) -> Scores:
+    with np.load(path, allow_pickle=False) as loaded:
+        return Scores(**{name: loaded[name] for name in ARRAYS}, manifest=manifest)
 
 
 def new_manifest(
@@ -208,5 +223,5 @@ def new_manifest(
         splits=list(splits),
         seconds=round(float(seconds), 3),
         images_per_second=round(images / seconds, 1) if seconds > 0 else 0.0,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(),  # to the microsecond: readers may key caches on it
     )
