@@ -335,9 +335,8 @@ class WriteGate:
             await _answer(scope, receive, send, HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
         elif path in self.write_paths.cancels:
             await self._cancel(scope, receive, send)
-        elif path in self.write_paths.starts and self.runner.is_running():
-            message = "a training is already running; watch it with train_progress"
-            await _answer(scope, receive, send, HTTPStatus.CONFLICT, message)
+        elif path in self.write_paths.starts and (busy := await asyncio.to_thread(self.runner.busy)):
+            await _answer(scope, receive, send, HTTPStatus.CONFLICT, busy)
         else:
             await self.app(scope, receive, send)
 

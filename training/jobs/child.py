@@ -17,7 +17,7 @@ import signal
 import sys
 import traceback
 
-from training.jobs.protocol import JobFiles, TrainingCanceled
+from training.jobs.protocol import REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingCanceled
 from training.progress import JsonFileProgress, LogProgress, fan_out, write_json_atomic
 from training.settings import get_settings
 from training.tf_logs import import_tensorflow_quietly
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         raise TrainingCanceled(canceled[0])
 
     signal.signal(signal.SIGTERM, cancel)
+    replicas = ReplicaTrainingLock(settings.label_db_url)
+    if not replicas.acquire():  # another replica's child won the race since the service checked
+        write_json_atomic(files.result, {"run_id": args.run_id, "state": "failed", "error": REPLICA_BUSY})
+        return 1
     try:
         import_tensorflow_quietly()  # its start-up noise would bury a failure's message in train.log
         result = retrain(
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             files.result, {"run_id": args.run_id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         )
         return 1
+    finally:
+        replicas.release()
     write_json_atomic(files.result, {"run_id": args.run_id, "state": "succeeded", "result": result.as_dict()})
     return 0
 

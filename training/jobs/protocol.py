@@ -2,6 +2,9 @@
 
 - ``train.lock``: an ``flock`` held for the whole run; the kernel drops it when the
   holder dies, so "is a training running?" never goes stale.
+- On PostgreSQL, also a session advisory lock in the label database, held by the child
+  for its whole run (:class:`ReplicaTrainingLock`): replicas on other machines share
+  that database but not this folder, and still run one training at a time.
 - ``train_progress.json``: the latest :class:`~training.progress.TrainingProgress`, plus ``run_id``.
 - ``train_result.json``: ``{run_id, state: succeeded|failed|canceled, result|error}``.
 - ``train_job.json``: ``{run_id, task_id, pid}`` of the running child, so any worker can cancel it.
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from training.settings import Settings
+
+LOCAL_BUSY = "a training is already running; watch it with train_progress"
+REPLICA_BUSY = "a training is already running on another replica of this label database"
 
 
 class TrainingCanceled(BaseException):
@@ -70,6 +76,51 @@ class TrainingLock:
     def is_held_elsewhere(self) -> bool:
         if self.fd is not None:
             return True
+        if not self.acquire():
+            return True
+        self.release()
+        return False
+
+
+class ReplicaTrainingLock:
+    """One training across every replica of a PostgreSQL label database (a no-op on SQLite: one machine).
+
+    A session-level ``pg_try_advisory_lock`` on a connection of its own: the server drops
+    it when that connection ends, so a killed holder never leaves it stale.
+    """
+
+    KEY = 0x426F756E636572  # "Bouncer": the training lock's key in this database
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        self.engine = create_engine(database_url, poolclass=NullPool)
+        self.connection: Any = None
+
+    @property
+    def shared(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def acquire(self) -> bool:
+        if not self.shared:
+            return True
+        from sqlalchemy import text
+
+        connection = self.engine.connect()
+        if connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.KEY}):
+            connection.commit()  # the lock is the session's; nothing else stays open in a transaction
+            self.connection = connection
+            return True
+        connection.close()
+        return False
+
+    def release(self) -> None:
+        if self.connection is not None:
+            self.connection.close()  # ends the session, and with it the lock
+            self.connection = None
+
+    def held_elsewhere(self) -> bool:
         if not self.acquire():
             return True
         self.release()

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 
 from training.jobs.processes import stop_tree
-from training.jobs.protocol import JobFiles, TrainingLock, read_json
+from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingLock, read_json
 from training.progress import TrainingProgress, write_json_atomic
 from training.settings import SOURCE_ROOT, Settings
 
@@ -43,9 +43,18 @@ class NotRunning(LookupError):
 class TrainRunner:
     def __init__(self, settings: Settings) -> None:
         self.files = JobFiles.of(settings)
+        self.database_url = settings.label_db_url
 
     def is_running(self) -> bool:
         return TrainingLock(self.files.lock).is_held_elsewhere()
+
+    def busy(self) -> str | None:
+        """Why a new training cannot start now (here, or on another replica of the label database), or None."""
+        if self.is_running():
+            return LOCAL_BUSY
+        if ReplicaTrainingLock(self.database_url).held_elsewhere():
+            return REPLICA_BUSY
+        return None
 
     async def run(
         self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str, task_id: str | None = None
@@ -58,7 +67,10 @@ class TrainRunner:
                 break
             await asyncio.sleep(0.02)
         else:
-            raise TrainingBusy("a training is already running; watch it with train_progress")
+            raise TrainingBusy(LOCAL_BUSY)
+        if await asyncio.to_thread(ReplicaTrainingLock(self.database_url).held_elsewhere):
+            lock.release()
+            raise TrainingBusy(REPLICA_BUSY)
         run_id = uuid.uuid4().hex[:12]
         command = [sys.executable, "-m", "training.jobs.child", "--run-id", run_id, "--actor", actor]
         command += ["--epochs", str(epochs)] if epochs else []
