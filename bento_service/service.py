@@ -85,6 +85,7 @@ _QUIET = [] if _STARTUP.log_predict else ["/predict", "/predict_batch"]
 @bentoml.service(
     traffic={"timeout": 300},
     workers=_STARTUP.worker_count,
+    threads=_STARTUP.threads,
     metrics={"enabled": _STARTUP.metrics},
     logging={"access": {"enabled": _STARTUP.access_log, "skip_paths": _QUIET}},
     tracing={"excluded_urls": _QUIET},

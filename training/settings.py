@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     workers: int | Literal["auto"] = Field(
         "auto", description="Service worker processes (they share the label store); auto: one per CPU core."
     )
+    threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Threads per worker for the endpoints other than predict (label store, search, evaluate): "
+        "with BentoML's default of 1, one slow evaluate queued every images/history call behind it.",
+    )
     ort_threads: int = Field(
         1, ge=0, le=64, description="ONNX Runtime threads per serving worker (0: all cores); 1 is fastest."
     )
