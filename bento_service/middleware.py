@@ -20,7 +20,8 @@ What BentoML does by itself, and what we do about it:
   and really cancels a training.
 - Its OpenAPI page carries BentoML's boilerplate (default README with badges, "BentoML
   Team" as contact, no version outside a bento) and no option to change it:
-  :class:`bento_service.openapi.OpenAPIInfo` answers ``/docs.json`` with Bouncer's ``info``.
+  :class:`bento_service.openapi.OpenAPIInfo` answers ``/docs.json`` with Bouncer's ``info``,
+  and documents every answer these guards add (401, 409, 413, 415, the error body).
 """
 
 from __future__ import annotations
@@ -67,14 +68,15 @@ def install(service: Any, *, settings: Settings, write_endpoints: Iterable[str])
     token and the training lock); innermost: OpenAPIInfo (a read-only page).
     """
     routes = api_routes(service)
+    writes = write_paths(service, write_endpoints)
     forbid_unknown_fields(service)
     GuardedMultipartSerde.register()
     service.add_asgi_middleware(RequestGuard, routes=routes, max_body_bytes=settings.max_request_bytes)
     if settings.fast_predict:
         service.add_asgi_middleware(PredictRoute, routes=routes)
     service.add_asgi_middleware(ErrorBodyFix, routes=routes)
-    service.add_asgi_middleware(WriteGate, settings=settings, write_paths=write_paths(service, write_endpoints))
-    service.add_asgi_middleware(OpenAPIInfo, service=service)
+    service.add_asgi_middleware(WriteGate, settings=settings, write_paths=writes)
+    service.add_asgi_middleware(OpenAPIInfo, service=service, write_paths=writes)
 
 
 def authorized(token: str | None, authorization: str) -> bool:
