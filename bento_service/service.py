@@ -101,6 +101,7 @@ class Bouncer:
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
         self.predictor = Predictor(self.live, self.settings)
         self.trainer = TrainRunner(self.settings)
+        self.trainer.status()  # a training killed with the last server now reads failed, its MLflow run ended
         log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
         # What start-up built (models, sessions, imports) lives as long as the worker: keep it out
         # of every later collection, which then scans only what requests allocate.

@@ -7,6 +7,7 @@ worker started after a crash, gives the same answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTr
 from training.progress import TrainingProgress, write_json_atomic
 from training.settings import SOURCE_ROOT, Settings
 
+log = logging.getLogger(__name__)
 ACQUIRE_ATTEMPTS = 5
 CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
@@ -43,6 +45,7 @@ class NotRunning(LookupError):
 class TrainRunner:
     def __init__(self, settings: Settings) -> None:
         self.files = JobFiles.of(settings)
+        self.settings = settings
         self.database_url = settings.label_db_url
 
     def is_running(self) -> bool:
@@ -132,12 +135,30 @@ class TrainRunner:
         elif outcome.get("run_id") == progress.get("run_id"):
             status.update(state=outcome["state"], result=outcome.get("result"), error=outcome.get("error"))
         else:
-            status.update(state="failed", error="the training process died without a result (see train.log)")
+            status.update(state="failed", error=self._record_death(progress))
         until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))
         status["elapsed_s"] = round(until - float(progress.get("started_at", until)), 1)
         job = read_json(self.files.job) or {}
         status["task_id"] = job.get("task_id") if job.get("run_id") == progress.get("run_id") else None
         return status
+
+    def _record_death(self, progress: dict[str, Any]) -> str:
+        """A child that died without a result (killed, out of memory): say so once, and end its MLflow run.
+
+        Several workers may find the death at once; ending runs that are still RUNNING is
+        idempotent, so each says the same.
+        """
+        error = "the training process died without a result (see train.log)"
+        try:
+            from training.pipeline.tracking import fail_orphaned_runs
+
+            fail_orphaned_runs(self.settings, started_after=float(progress.get("started_at", 0)) - 5)
+        except Exception:  # noqa: BLE001 - MLflow unreachable: the state is still right here
+            log.exception("could not mark the killed training's MLflow run FAILED")
+        else:
+            error += "; its MLflow run is marked FAILED"
+        write_json_atomic(self.files.result, {"run_id": progress.get("run_id"), "state": "failed", "error": error})
+        return error
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

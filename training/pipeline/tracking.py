@@ -62,6 +62,27 @@ def mlflow_run(settings: Settings, *, run_name: str | None = None) -> Iterator[m
         yield run
 
 
+def fail_orphaned_runs(settings: Settings, *, started_after: float) -> list[str]:
+    """Mark FAILED the runs still RUNNING that started after ``started_after`` (epoch seconds).
+
+    For a training whose process was killed (SIGKILL, OOM, a power cut): nothing ended
+    its MLflow run, which would read RUNNING forever. Only called when no training runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(settings))
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    since = int(started_after * 1000)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"attributes.status = 'RUNNING' and attributes.start_time >= {since}"
+    )
+    for run in runs:
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in runs]
+
+
 class MlflowEpochMetrics(keras.callbacks.Callback):
     """Logs ``loss``, ``accuracy``, ``val_*`` and the learning rate after every epoch."""
 
