@@ -55,6 +55,8 @@ def score_local(
     ``threads``: chunks scored at once, default one per core. A previous run's shards
     in ``out`` are removed first; shard numbers are chunk numbers (a chunk without one
     readable image writes none).
+
+    Long on purpose: the engine end to end (list, chunk, score in parallel, write, report) in order.
     """
     started = time.perf_counter()
     splits = list(splits or settings.splits)

@@ -142,6 +142,8 @@ def score_with_ray(
     ``actors``: how many score in parallel, default one per CPU Ray has (its start-up is
     part of the measured seconds when this call starts Ray). Rows are written in the
     order actors finish; :func:`training.model.scores.read_scores` sorts them.
+
+    Long on purpose: Ray's set-up, the pipeline and its shutdown belong in one place.
     """
     started = time.perf_counter()
     import_ray()  # before any work: a missing extra is the first thing to say
