@@ -210,3 +210,11 @@ def test_new_images_take_their_vectors_from_score_shards(settings: Settings, sha
         np.testing.assert_array_equal(scored.probabilities, probabilities[1:2])
         moved = type(new[1])(new[1].image_id, new[1].path, new[1].split, new[1].label, new[1].folder_label, "other")
         assert scored_rows(settings, _ScoredOnly(), [moved]).ids == []  # content changed: not the scored file
+
+
+def test_a_saved_index_keeps_the_layout_older_releases_read(tmp_path: Path) -> None:
+    """index.npz with image_ids, splits and vectors: an older Bouncer can still load a version this one made."""
+    FaissIndex.build(["a", "b"], np.array([[0.0, 1.0], [2.0, 3.0]])).save(tmp_path)
+    with np.load(tmp_path / "index.npz", allow_pickle=False) as saved:
+        assert set(saved.files) == {"image_ids", "splits", "vectors"}
+        assert saved["image_ids"].tolist() == ["a", "b"] and saved["vectors"].shape == (2, 2)

@@ -30,10 +30,12 @@ from training.vectors.base import Hit, VectorIndex, Where, register_backend
 # OpenMP keeps the setting per thread, so every searching thread sets it (it is cheap).
 faiss.omp_set_num_threads(1)
 
-VECTORS_FILE = "vectors.npz"
+# The vectors in the layout every Bouncer release reads (ids, splits, vectors): an older
+# Bouncer can still load a version this one registered. ``splits`` is kept empty: the
+# label store has the current split of every image.
+VECTORS_FILE = "index.npz"
 FAISS_FILE = "vectors.faiss"  # only for IVF, whose k-means training is worth keeping
 META_FILE = "vectors.json"
-LEGACY_FILE = "index.npz"  # versions registered before the vector index: ids, splits, vectors
 
 
 @register_backend("faiss")
@@ -245,7 +247,8 @@ class FaissIndex(VectorIndex):
         with self._lock:
             alive = [p for p in range(len(self._ids)) if self._alive[p]]
             ids = np.asarray([self._ids[p] for p in alive], dtype=str)
-            np.savez(folder / VECTORS_FILE, image_ids=ids, vectors=self._vectors[alive])
+            splits = np.full(len(ids), "", dtype=str)
+            np.savez(folder / VECTORS_FILE, image_ids=ids, splits=splits, vectors=self._vectors[alive])
             meta = {"backend": self.backend, "dim": self.dim, "nprobe": self.nprobe, "exact_max": self.exact_max}
             (folder / META_FILE).write_text(json.dumps(meta))
             if self.nprobe and len(alive) == len(self._ids):
@@ -253,10 +256,7 @@ class FaissIndex(VectorIndex):
 
     @classmethod
     def load(cls, folder: Path, **options: int | float) -> FaissIndex:
-        """The index saved in a model version's folder (or built from a version's older ``index.npz``)."""
-        if not (folder / VECTORS_FILE).is_file():
-            with np.load(folder / LEGACY_FILE, allow_pickle=False) as legacy:
-                return cls.build(legacy["image_ids"].tolist(), legacy["vectors"], **options)
+        """The index saved in a model version's folder (versions from before the index have no metadata: built)."""
         with np.load(folder / VECTORS_FILE, allow_pickle=False) as data:
             image_ids, vectors = data["image_ids"].tolist(), data["vectors"]
         meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
