@@ -1,8 +1,8 @@
 """SIGKILL of the whole server tree: during a burst of relabels, and during a training. Nothing acknowledged is lost.
 
-Each test runs its own `bentoml serve` (2 workers) on a copy of the demo, kills every
-process of it at once (as the OOM killer or a power cut would), starts it again on the
-same data and checks what the first one left.
+Each test runs its own `bentoml serve` (2 workers) on a copy of the demo, with the label
+store on SQLite and on PostgreSQL, kills every process of it at once (as the OOM killer or
+a power cut would), starts it again on the same data and checks what the first one left.
 """
 
 from __future__ import annotations
@@ -16,19 +16,39 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import TrainedDemo, eventually
 from tests.service.conftest import PROJECT, SERVICE, copy_demo_data
 from training.jobs import processes
 from training.jobs.processes import free_port
-from training.labels.store import LabelStore
+from training.labels.store import LabelStore, open_store
+from training.labels.sync import import_folder
 
 TOKEN = "crash-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """Where the label store lives: the data folder's SQLite file, or a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_database")
+
+
+def prepared(trained_demo: TrainedDemo, root: Path, database: str | None) -> Path:
+    """A copy of the demo; on PostgreSQL its labels imported into the database first."""
+    data = copy_demo_data(trained_demo, root / "data")
+    if database is not None:
+        settings = trained_demo.settings.model_copy(update={"data_dir": data, "database_url": database})
+        with open_store(settings) as store:
+            import_folder(settings, store)
+    return data
+
+
 @contextmanager
-def serving(trained_demo: TrainedDemo, data: Path, log: Path) -> Iterator[tuple[str, psutil.Process]]:
+def serving(
+    trained_demo: TrainedDemo, data: Path, log: Path, database: str | None
+) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = {
         **os.environ,
@@ -38,6 +58,7 @@ def serving(trained_demo: TrainedDemo, data: Path, log: Path) -> Iterator[tuple[
         "BOUNCER_MLFLOW_DIR": str(data.parent / "mlruns"),
         "BOUNCER_API_TOKEN": TOKEN,
         "BOUNCER_WORKERS": "2",
+        **({"BOUNCER_DATABASE_URL": database} if database else {}),
     }
     url = f"http://127.0.0.1:{port}"
     command = processes.bentoml_serve_command(SERVICE, port)
@@ -56,12 +77,12 @@ def kill_tree(root: psutil.Process) -> None:
 
 
 def test_sigkill_during_a_burst_of_relabels_loses_nothing_acknowledged(
-    trained_demo: TrainedDemo, tmp_path: Path
+    trained_demo: TrainedDemo, tmp_path: Path, database: str | None
 ) -> None:
-    data = copy_demo_data(trained_demo, tmp_path / "data")
+    data = prepared(trained_demo, tmp_path, database)
     acknowledged: dict[int, tuple[list[str], str]] = {}  # event_id -> (image_ids, label) the answer confirmed
     lock = threading.Lock()
-    with serving(trained_demo, data, tmp_path / "first.log") as (url, root):
+    with serving(trained_demo, data, tmp_path / "first.log", database) as (url, root):
         listed = httpx.post(f"{url}/images", json={"split": "train", "limit": 400}, timeout=30).json()
         ids = [row["image_id"] for row in listed]
         labels = sorted({row["label"] for row in listed})
@@ -91,7 +112,7 @@ def test_sigkill_during_a_burst_of_relabels_loses_nothing_acknowledged(
         for thread in threads:
             thread.join(timeout=60)
 
-    with serving(trained_demo, data, tmp_path / "second.log") as (url, _):
+    with serving(trained_demo, data, tmp_path / "second.log", database) as (url, _):
         history = httpx.post(f"{url}/history", json={"limit": 10_000}, timeout=30).json()
         by_id = {event["event_id"]: event for event in history}
         assert len(by_id) == len(history)  # every event once
@@ -100,7 +121,7 @@ def test_sigkill_during_a_burst_of_relabels_loses_nothing_acknowledged(
             assert event["kind"] == "relabel"
             changes = {change["image_id"]: change["new_label"] for change in event["changes"]}
             assert set(changes) <= set(chosen) and set(changes.values()) <= {label}  # exactly what was asked
-        store = LabelStore(f"sqlite:///{data / 'labels.db'}")
+        store = LabelStore(database or f"sqlite:///{data / 'labels.db'}")
         try:
             assert eventually(lambda: (data / "labels.csv").read_text() == store.labels_csv(), timeout=10)
         finally:
@@ -109,11 +130,11 @@ def test_sigkill_during_a_burst_of_relabels_loses_nothing_acknowledged(
 
 
 def test_sigkill_during_a_training_leaves_the_old_model_serving_and_a_failed_run(
-    trained_demo: TrainedDemo, tmp_path: Path
+    trained_demo: TrainedDemo, tmp_path: Path, database: str | None
 ) -> None:
-    data = copy_demo_data(trained_demo, tmp_path / "data")
+    data = prepared(trained_demo, tmp_path, database)
     image = sorted((data / "test" / "dog").glob("*.png"))[0]
-    with serving(trained_demo, data, tmp_path / "first.log") as (url, root):
+    with serving(trained_demo, data, tmp_path / "first.log", database) as (url, root):
         versions_before = {m["version"] for m in httpx.post(f"{url}/models", json={}, timeout=30).json()}
         submit = httpx.post(f"{url}/train/submit", json={"epochs": 200, "force": True}, headers=AUTH, timeout=30)
         assert submit.status_code == 200, submit.text
@@ -125,7 +146,7 @@ def test_sigkill_during_a_training_leaves_the_old_model_serving_and_a_failed_run
         assert eventually(training, timeout=180, interval=0.5)
         kill_tree(root)
 
-    with serving(trained_demo, data, tmp_path / "second.log") as (url, _):
+    with serving(trained_demo, data, tmp_path / "second.log", database) as (url, _):
         progress = httpx.post(f"{url}/train_progress", json={}, timeout=30).json()
         assert progress["state"] == "failed" and "died" in progress["error"], progress
         assert "marked FAILED" in progress["error"]
@@ -146,7 +167,7 @@ def test_sigkill_during_a_training_leaves_the_old_model_serving_and_a_failed_run
         assert statuses and "RUNNING" not in statuses and "FAILED" in statuses
 
         again = httpx.post(f"{url}/train/submit", json={"epochs": 1}, headers=AUTH, timeout=30)
-        assert again.status_code == 200, again.text  # nothing stale holds the lock
+        assert again.status_code == 200, again.text  # nothing stale holds the lock (the file's nor the database's)
         task_id = again.json()["task_id"]
         time.sleep(1)
         httpx.put(f"{url}/train/cancel", params={"task_id": task_id}, headers=AUTH, timeout=60)
