@@ -22,7 +22,9 @@ from training.progress import TrainingProgress, write_json_atomic
 from training.settings import SOURCE_ROOT, Settings
 
 log = logging.getLogger(__name__)
-ACQUIRE_ATTEMPTS = 5
+# Probes (is_running) hold the lock for a moment; on a loaded machine a probe can be descheduled
+# while holding it, so a start retries for up to 2 s before calling the lock busy.
+ACQUIRE_ATTEMPTS = 100
 CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
 
@@ -64,7 +66,7 @@ class TrainRunner:
     ) -> dict[str, Any]:
         """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed / TrainingCanceled."""
         lock = TrainingLock(self.files.lock)
-        # is_running() probes by taking the lock for a moment: retry briefly so a probe is not a "busy"
+        # is_running() probes by taking the lock for a moment: retry so a probe is not a "busy"
         for _ in range(ACQUIRE_ATTEMPTS):
             if lock.acquire():
                 break

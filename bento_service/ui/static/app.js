@@ -705,7 +705,7 @@ async function submitTraining() {
     const epochs = Number($("#epochs").value) || null;
     const task = await write("train/submit", { epochs, force: $("#force").checked });
     say(`Training started (task ${task.task_id}).`, { kind: "success" });
-    watchTraining();
+    watchTraining(task.task_id);
   } catch (error) {
     fail(error);
     button.disabled = false;
@@ -723,8 +723,11 @@ async function cancelTraining() {
   }
 }
 
-function watchTraining() {
+// taskId: a training just submitted. Until its process has started, train_progress still
+// describes the previous run (or none): keep polling rather than stop at that answer.
+function watchTraining(taskId = null) {
   clearInterval(polling);
+  const since = Date.now();
   const tick = async () => {
     if (!$("#progress")) return clearInterval(polling);
     let status;
@@ -734,6 +737,8 @@ function watchTraining() {
       $("#progress").innerHTML = `<span class="warning">${esc(error.message)}</span>`;
       return;
     }
+    const waiting = taskId && status.task_id !== taskId && Date.now() - since < 120_000;
+    if (waiting) return; // not started yet: the page keeps what it shows
     showProgress(status);
     if (status.state !== "running") {
       clearInterval(polling);
