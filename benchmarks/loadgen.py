@@ -10,6 +10,7 @@ benchmark run is driven by the same client, so their ratios stay fair.
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import statistics
 import time
 import uuid
@@ -55,12 +56,16 @@ class LoadResult:
 
 
 def multipart_request(host: str, port: int, path: str, parts: Sequence[tuple[str, str, bytes]]) -> bytes:
-    """A complete POST with a multipart body of (field, filename, bytes) file parts."""
+    """A complete POST with a multipart body of (field, filename, bytes) file parts.
+
+    Each part declares the type a browser would (image/png for a .png), so servers that go by the
+    declared type (older Bouncers did) are measured, not refused.
+    """
     boundary = uuid.uuid4().hex
     body = (
         b"".join(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            f"Content-Type: {mimetypes.guess_type(filename)[0] or 'application/octet-stream'}\r\n\r\n".encode()
             + data
             + b"\r\n"
             for name, filename, data in parts

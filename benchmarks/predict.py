@@ -214,7 +214,9 @@ def report(
         print(result.line())
     print("\nbouncer's ratios (latency: lower is better):")
     for name, other in results.items():
-        if name != "bouncer":
+        if name != "bouncer" and not other.ok:
+            print(f"  vs {name:<42} no 2xx answer to compare with (see its first non-2xx body above)")
+        elif name != "bouncer":
             print(
                 f"  vs {name:<42} throughput x{bouncer.throughput / other.throughput:.2f}   "
                 f"p50 x{bouncer.percentile(50) / other.percentile(50):.2f}   "
