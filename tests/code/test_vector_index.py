@@ -218,3 +218,31 @@ def test_a_saved_index_keeps_the_layout_older_releases_read(tmp_path: Path) -> N
     with np.load(tmp_path / "index.npz", allow_pickle=False) as saved:
         assert set(saved.files) == {"image_ids", "splits", "vectors"}
         assert saved["image_ids"].tolist() == ["a", "b"] and saved["vectors"].shape == (2, 2)
+
+
+class _Zeros:
+    """A model version whose embedding is all zeros: enough to see which images get a vector."""
+
+    tag = "bouncer:zeros"
+    version = "zeros"
+    image_size = 8
+
+    def reduce(self, images: np.ndarray) -> np.ndarray:
+        return np.zeros((len(images), 2), np.float32)
+
+
+def test_a_new_image_whose_file_is_gone_does_not_break_search(settings: Settings, shapes_dataset: Path) -> None:
+    from training.vectors.updates import add_missing_vectors
+
+    with open_store(settings) as store:
+        import_folder(settings, store)
+        records = store.images()
+        index = FaissIndex.build([r.image_id for r in records[3:]], np.ones((len(records) - 3, 2)))
+        (settings.data_dir / records[1].path).unlink()  # deleted after its import, before any rescan
+        add_missing_vectors(index, store, settings, _Zeros())
+        assert set(index.vectors_of([r.image_id for r in records[:3]])) == {records[0].image_id, records[2].image_id}
+        assert index.missing(store) == [records[1].image_id]
+        add_missing_vectors(index, store, settings, _Zeros())  # remembered: not decoded again on every search
+        hits = index.search(np.zeros((1, 2)), 2)[0]  # the two new images, at distance 0
+        assert {h.image_id for h in hits} == {records[0].image_id, records[2].image_id}
+        assert [h.distance for h in hits] == [0.0, 0.0]

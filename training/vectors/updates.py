@@ -23,6 +23,7 @@ from training.vectors.base import VectorIndex
 log = logging.getLogger(__name__)
 CHUNK = 512
 _jobs: dict[int, threading.Thread] = {}  # id(index) -> its running background embedding
+_unembeddable: dict[int, set[str]] = {}  # id(index) -> images whose files could not be read
 _jobs_lock = threading.Lock()
 
 
@@ -41,8 +42,18 @@ class Embeds(Protocol):
 
 
 def add_missing_vectors(index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds) -> None:
-    """Bring ``index`` up to date with the store: labels now, vectors of new images now or in the background."""
-    missing = index.missing(store)
+    """Bring ``index`` up to date with the store: labels now, vectors of new images now or in the background.
+
+    On every search's path, so it stays cheap: while a background job embeds, only the labels
+    are followed; images whose files cannot be read are remembered, not retried per search.
+    """
+    with _jobs_lock:
+        running = _jobs.get(id(index))
+        if running is not None and running.is_alive():
+            index.refresh(store)
+            return
+        failed = _unembeddable.setdefault(id(index), set())
+    missing = [image_id for image_id in index.missing(store) if image_id not in failed]
     if not missing:
         return
     scored = scored_rows(settings, model, list(store.records(missing).values()))
@@ -52,35 +63,49 @@ def add_missing_vectors(index: VectorIndex, store: LabelStore, settings: Setting
         if not missing:
             return
     if len(missing) <= settings.index_embed_inline_max:
-        _embed(index, store, settings, model, missing)
+        _embed(index, store, settings, model, missing, failed)
         return
     with _jobs_lock:
-        running = _jobs.get(id(index))
-        if running is not None and running.is_alive():
-            return
         job = threading.Thread(
-            target=_embed_in_background, args=(index, store, settings, model, missing), daemon=True, name="embed-new"
+            target=_embed_in_background,
+            args=(index, store, settings, model, missing, failed),
+            daemon=True,
+            name="embed-new",
         )
         _jobs[id(index)] = job
         job.start()
 
 
-def _embed(index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds, image_ids: list[str]) -> int:
+def _embed(
+    index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds, image_ids: list[str], failed: set[str]
+) -> int:
+    """Embed and add these images; one whose file vanished or broke is skipped and remembered in ``failed``."""
     records = list(store.records(image_ids).values())
-    if records:
-        index.add([r.image_id for r in records], model.reduce(load_records(settings, records, model.image_size)))
-    return len(records)
+    try:
+        if records:
+            index.add([r.image_id for r in records], model.reduce(load_records(settings, records, model.image_size)))
+        return len(records)
+    except Exception:  # noqa: BLE001 - find the culprit(s) one by one; the rest still get their vectors
+        done = 0
+        for record in records:
+            try:
+                index.add([record.image_id], model.reduce(load_records(settings, [record], model.image_size)))
+                done += 1
+            except Exception as exc:  # noqa: BLE001 - a file gone or unreadable since its import
+                failed.add(record.image_id)
+                log.warning("no vector for %s (%s): %s", record.image_id, record.path, exc)
+        return done
 
 
 def _embed_in_background(
-    index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds, image_ids: list[str]
+    index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds, image_ids: list[str], failed: set[str]
 ) -> None:
     log.info("embedding %d images imported after training, %d at a time", len(image_ids), CHUNK)
     done = 0
     try:
         for start in range(0, len(image_ids), CHUNK):
-            done += _embed(index, store, settings, model, image_ids[start : start + CHUNK])
-    except Exception:  # a file that vanished or broke: the next search retries what is left
+            done += _embed(index, store, settings, model, image_ids[start : start + CHUNK], failed)
+    except Exception:  # the database went away...: the next search starts again with what is left
         log.exception("embedding new images stopped after %d of %d", done, len(image_ids))
     else:
         log.info("embedded %d new images", done)
