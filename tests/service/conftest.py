@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import TrainedDemo
@@ -95,3 +96,23 @@ class Deployment:
 
     def image(self, split: str = "test", label: str = "dog") -> Path:
         return sorted((self.data_dir / split / label).glob("*.png"))[0]
+
+
+def post(server: str, endpoint: str, payload: dict) -> httpx.Response:
+    return httpx.post(f"{server}/{endpoint}", json=payload, timeout=60)
+
+
+def ok(server: str, endpoint: str, payload: dict) -> list | dict:
+    """The JSON answer of a call that must succeed."""
+    response = post(server, endpoint, payload)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def undo_after(server: str) -> Iterator[list[int]]:
+    """Events the test records; undone afterwards so the shared server's labels stay as they were."""
+    events: list[int] = []
+    yield events
+    for event_id in reversed(events):
+        assert post(server, "undo", {"event_id": event_id}).status_code == 200

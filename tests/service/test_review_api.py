@@ -3,71 +3,52 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.conftest import TrainedDemo
+from tests.service.conftest import ok, post
 
 pytestmark = pytest.mark.slow
 
 
-def _post(server: str, endpoint: str, payload: dict) -> httpx.Response:
-    return httpx.post(f"{server}/{endpoint}", json=payload, timeout=60)
-
-
-def _ok(server: str, endpoint: str, payload: dict) -> list | dict:
-    response = _post(server, endpoint, payload)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-@pytest.fixture
-def undo_after(server: str) -> Iterator[list[int]]:
-    """Events the test records; undone afterwards so the shared server's labels stay as they were."""
-    events: list[int] = []
-    yield events
-    for event_id in reversed(events):
-        assert _post(server, "undo", {"event_id": event_id}).status_code == 200
-
-
 def test_confirmed_images_are_reviewed_until_the_confirmation_is_undone(server: str) -> None:
-    suspects = _ok(server, "suspects", {"k": 4})
+    suspects = ok(server, "suspects", {"k": 4})
     ids = [s["image_id"] for s in suspects[:2]]
-    confirmed = _ok(server, "confirm", {"image_ids": ids, "reason": "looked right"})
+    confirmed = ok(server, "confirm", {"image_ids": ids, "reason": "looked right"})
     assert [c["image_id"] for c in confirmed["confirmed"]] == ids
     assert all(c["old_label"] == c["new_label"] for c in confirmed["confirmed"])
-    assert not set(ids) & {s["image_id"] for s in _ok(server, "suspects", {"k": 100_000})}
+    assert not set(ids) & {s["image_id"] for s in ok(server, "suspects", {"k": 100_000})}
     assert not set(ids) & {
-        n["image_id"] for n in _ok(server, "expand", {"image_ids": [suspects[3]["image_id"]], "k": 200})
+        n["image_id"] for n in ok(server, "expand", {"image_ids": [suspects[3]["image_id"]], "k": 200})
     }
-    [event] = _ok(server, "history", {"image_id": ids[0], "limit": 1})
+    [event] = ok(server, "history", {"image_id": ids[0], "limit": 1})
     assert event["kind"] == "confirm" and event["event_id"] == confirmed["event_id"]
 
-    _ok(server, "undo", {"event_id": confirmed["event_id"]})
-    assert set(ids) <= {s["image_id"] for s in _ok(server, "suspects", {"k": 100_000})}
-    assert _post(server, "confirm", {"image_ids": ["nope"]}).status_code == 404
-    assert _post(server, "confirm", {"image_ids": []}).status_code == 400
+    ok(server, "undo", {"event_id": confirmed["event_id"]})
+    assert set(ids) <= {s["image_id"] for s in ok(server, "suspects", {"k": 100_000})}
+    assert post(server, "confirm", {"image_ids": ["nope"]}).status_code == 404
+    assert post(server, "confirm", {"image_ids": []}).status_code == 400
 
 
 def test_suspects_and_trace_page_with_offset(server: str) -> None:
-    everything = _ok(server, "suspects", {"k": 40})
-    assert _ok(server, "suspects", {"k": 10, "offset": 10}) == everything[10:20]
-    traced = _ok(server, "trace", {"k": 3, "limit": 30})
-    assert _ok(server, "trace", {"k": 3, "limit": 5, "offset": 5}) == traced[5:10]
+    everything = ok(server, "suspects", {"k": 40})
+    assert ok(server, "suspects", {"k": 10, "offset": 10}) == everything[10:20]
+    traced = ok(server, "trace", {"k": 3, "limit": 30})
+    assert ok(server, "trace", {"k": 3, "limit": 5, "offset": 5}) == traced[5:10]
 
 
 def test_a_confusion_cell_lists_its_test_images(server: str) -> None:
-    evaluation = _ok(server, "evaluate", {"split": "test"})
+    evaluation = ok(server, "evaluate", {"split": "test"})
     labels, matrix = evaluation["confusion_matrix"]["labels"], evaluation["confusion_matrix"]["matrix"]
     for i, j in [(0, 0), next((i, j) for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j and n)]:
-        cell = _ok(server, "confusion", {"label": labels[i], "predicted": labels[j], "limit": 10_000})
+        cell = ok(server, "confusion", {"label": labels[i], "predicted": labels[j], "limit": 10_000})
         assert len(cell) == matrix[i][j]
         assert all(m["label"] == labels[i] and m["predicted"] == labels[j] for m in cell)
         assert [m["confidence"] for m in cell] == sorted((m["confidence"] for m in cell), reverse=True)
-    unknown = _post(server, "confusion", {"label": "unicorn", "predicted": labels[0], "split": "holdout"})
+    unknown = post(server, "confusion", {"label": "unicorn", "predicted": labels[0], "split": "holdout"})
     assert unknown.status_code == 400 and "holdout" in unknown.json()["error"]
 
 
@@ -78,7 +59,7 @@ def test_the_page_and_its_reads(server: str, trained_demo: TrainedDemo) -> None:
     info = httpx.get(f"{server}/ui/info", timeout=30).json()
     assert info["classes"] == sorted(info["classes"]) and "dog" in info["classes"] and info["token_required"] is False
 
-    record = _ok(server, "images", {"split": "train", "limit": 1})[0]
+    record = ok(server, "images", {"split": "train", "limit": 1})[0]
     assert httpx.get(f"{server}/ui/record/{record['image_id']}", timeout=30).json()["path"] == record["path"]
     original = httpx.get(f"{server}/ui/image/{record['image_id']}", timeout=30)
     assert original.content == (trained_demo.settings.data_dir / record["path"]).read_bytes()
