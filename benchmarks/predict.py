@@ -44,7 +44,7 @@ BASELINE_PACKAGES = ("fastapi", "uvicorn")  # the `bench` extra in pyproject.tom
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loadgen import LoadResult, drive, multipart_request, run  # noqa: E402
-from benchmarks.workspace import isolated_env, workspace  # noqa: E402
+from benchmarks.workspace import isolated_env, train_throwaway, workspace  # noqa: E402
 from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
 
 BATCH = 32  # images per predict_batch request
@@ -55,24 +55,6 @@ def excerpt_errors(log: Path, lines: int = 40) -> str:
     text = log.read_text(errors="replace").splitlines()
     start = next((i for i, line in enumerate(text) if "Traceback" in line or "[ERROR]" in line), None)
     return "" if start is None else "\n".join(text[start : start + lines])
-
-
-def prepare_workspace(root: Path, env: dict[str, str], epochs: int) -> str:
-    """Demo data and one short training in ``root``; returns the model tag."""
-    code = (
-        "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
-        "from training.pipeline.training_run import run_training\n"
-        "from training.settings import get_settings\n"
-        "s = get_settings()\n"
-        "write_demo_dataset(s.data_dir, DemoSpec(per_class_limit=200, impostor_count=20))\n"
-        f"print(run_training(s, epochs={epochs}).tag)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
-    return done.stdout.strip().splitlines()[-1]
 
 
 def in_process_images_per_s(tag: str, images: list[bytes], seconds: float, env: dict[str, str]) -> float:
@@ -172,7 +154,7 @@ def main() -> None:
         if args.tag is None:
             env.update(isolated_env(root))
             print("preparing a throw-away workspace (demo data + short training) ...", flush=True)
-            tag = prepare_workspace(root, env, args.epochs)
+            tag = train_throwaway(env, args.epochs)
         else:
             tag = args.tag
         data_dir = Path(env.get("BOUNCER_DATA_DIR", "data"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,30 +26,13 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.workspace import isolated_env, workspace  # noqa: E402
+from benchmarks.workspace import isolated_env, train_throwaway, workspace  # noqa: E402
 
+# The full demo and one quick training: scoring needs neither the step floor nor out-of-fold models.
+QUICK_TRAINING = {"BOUNCER_MIN_TRAIN_STEPS": "0", "BOUNCER_OUT_OF_FOLD_FOLDS": "0"}
 # The engines may differ only by float32 rounding (other batch sizes, thread counts): (absolute, relative).
 # Vectors reach ~1800 on the demo, where one float32 step is 1e-4: they need a relative part too.
 TOLERANCES = {"probabilities": (1e-5, 0.0), "embeddings": (1e-4, 1e-5), "vectors": (1e-4, 1e-5)}
-
-
-def prepare_workspace(env: dict[str, str], epochs: int) -> str:
-    """The full silhouette demo and one quick training in a child process (TensorFlow stays out of this one)."""
-    code = (
-        "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
-        "from training.pipeline.training_run import run_training\n"
-        "from training.settings import get_settings\n"
-        "s = get_settings()\n"
-        "write_demo_dataset(s.data_dir, DemoSpec())\n"
-        f"print(run_training(s, epochs={epochs}).tag)\n"
-    )
-    child_env = {**os.environ, **env, "BOUNCER_MIN_TRAIN_STEPS": "0", "BOUNCER_OUT_OF_FOLD_FOLDS": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT, env=child_env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
-    return done.stdout.strip().splitlines()[-1]
 
 
 def serving_tag() -> str:
@@ -97,7 +79,12 @@ def main() -> int:
         if args.data_dir is None:
             env = isolated_env(root)
             print(f"workspace {root}: writing the demo data and training a {args.epochs}-epoch model ...")
-            tag = prepare_workspace(env, args.epochs)
+            tag = train_throwaway(  # the full demo; scoring needs no out-of-fold models
+                env,
+                args.epochs,
+                demo="DemoSpec()",
+                extra_env={"BOUNCER_MIN_TRAIN_STEPS": "0", "BOUNCER_OUT_OF_FOLD_FOLDS": "0"},
+            )
             os.environ.update(env)  # before bentoml is imported: it reads BENTOML_HOME once
         else:
             os.environ["BOUNCER_DATA_DIR"] = str(args.data_dir.resolve())

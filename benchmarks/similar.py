@@ -41,8 +41,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loadgen import drive, json_request, run  # noqa: E402
-from benchmarks.predict import prepare_workspace  # noqa: E402
-from benchmarks.workspace import isolated_env, workspace  # noqa: E402
+from benchmarks.workspace import model_to_measure, workspace  # noqa: E402
 from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
 
 DIM = 32
@@ -325,12 +324,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
     args = parser.parse_args()
     with workspace(args.workdir, prefix="bouncer-similar-") as root:
-        env = {**os.environ, **isolated_env(root)} if args.tag is None else dict(os.environ)
-        if args.tag is None:
-            print("training a throw-away model for its ONNX graph and embedder ...", flush=True)
-            tag = prepare_workspace(root, env, epochs=1)
-        else:
-            tag = args.tag
+        env, tag = model_to_measure(root, args.tag)
         os.environ.update(env)
         global LABELS
         import bentoml

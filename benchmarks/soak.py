@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import statistics
 import sys
@@ -30,8 +29,7 @@ import psutil
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.predict import prepare_workspace  # noqa: E402
-from benchmarks.workspace import isolated_env, workspace  # noqa: E402
+from benchmarks.workspace import model_to_measure, workspace  # noqa: E402
 from training.jobs.processes import bentoml_serve_command, descendants, free_port, running  # noqa: E402
 
 TOKEN = "soak"
@@ -143,12 +141,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the workspace and the server log here")
     args = parser.parse_args()
     with workspace(args.workdir, prefix="bouncer-soak-") as root:
-        env = {**os.environ, **isolated_env(root)} if args.tag is None else dict(os.environ)
-        if args.tag is None:
-            print("writing the demo data and training a throw-away model ...", flush=True)
-            tag = prepare_workspace(root, env, epochs=1)
-        else:
-            tag = args.tag
+        env, tag = model_to_measure(root, args.tag)
         data_dir = Path(env.get("BOUNCER_DATA_DIR", "data"))
         images = [path.read_bytes() for path in sorted(data_dir.glob("test/*/*.png"))[:200]]
         port = free_port()

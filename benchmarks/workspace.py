@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+SMALL_DEMO = "DemoSpec(per_class_limit=200, impostor_count=20)"
 
 
 @contextmanager
@@ -24,3 +30,34 @@ def isolated_env(root: Path) -> dict[str, str]:
         "BOUNCER_DATA_DIR": str(root / "data"),
         "BOUNCER_MLFLOW_DIR": str(root / "mlruns"),
     }
+
+
+def train_throwaway(
+    env: Mapping[str, str], epochs: int, *, demo: str = SMALL_DEMO, extra_env: Mapping[str, str] | None = None
+) -> str:
+    """Write the silhouette demo (``demo``: a DemoSpec expression) and train once, in a child process
+    (TensorFlow stays out of the benchmark's own process); returns the model tag."""
+    code = (
+        "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
+        "from training.pipeline.training_run import run_training\n"
+        "from training.settings import get_settings\n"
+        "s = get_settings()\n"
+        f"write_demo_dataset(s.data_dir, {demo})\n"
+        f"print(run_training(s, epochs={epochs}).tag)\n"
+    )
+    child_env = {**os.environ, **env, **(extra_env or {})}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, env=child_env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return done.stdout.strip().splitlines()[-1]
+
+
+def model_to_measure(root: Path, tag: str | None, *, epochs: int = 1) -> tuple[dict[str, str], str]:
+    """The environment and model a benchmark uses: ``tag`` in the user's stores, else a throw-away one in ``root``."""
+    if tag is not None:
+        return dict(os.environ), tag
+    env = {**os.environ, **isolated_env(root)}
+    print("writing the demo data and training a throw-away model ...", flush=True)
+    return env, train_throwaway(env, epochs)
