@@ -190,7 +190,8 @@ class TrainProgress(Out):
     epoch: int | None = None
     epochs: int | None = None
     metrics: dict[str, float] | None = Field(None, description="The last epoch's loss/accuracy/val_*.")
-    history: list[dict[str, float]] | None = Field(None, description="Every epoch of the model so far.")
+    # Never null: BentoML's own client (SyncHTTPClient) iterates an array field without a null check.
+    history: list[dict[str, float]] = Field(default_factory=list, description="Every epoch of the model so far.")
     message: str | None = None
     run_id: str | None = None
     task_id: str | None = Field(None, description="The train task of this run (what PUT /train/cancel takes).")

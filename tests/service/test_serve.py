@@ -138,6 +138,17 @@ def test_health_and_openapi(server: str) -> None:
     assert {"/predict", "/evaluate"} <= set(spec["paths"])
 
 
+def test_bentomls_own_client_reads_the_answers(server: str) -> None:
+    """The notebook uses ``bentoml.SyncHTTPClient``; it decodes by /schema.json, where a null array crashes it."""
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server, timeout=60) as client:
+        progress = client.train_progress()  # idle: no training has run on this server
+        assert progress["state"] == "idle" and progress["history"] == []
+        assert any(version["serving"] for version in client.models())
+        assert client.history(limit=5) is not None
+
+
 def test_the_openapi_page_is_bouncers_not_bentomls_boilerplate(server: str) -> None:
     import training
 
