@@ -33,16 +33,25 @@ def isolated_env(root: Path) -> dict[str, str]:
 
 
 def train_throwaway(
-    env: Mapping[str, str], epochs: int, *, demo: str = SMALL_DEMO, extra_env: Mapping[str, str] | None = None
+    env: Mapping[str, str],
+    epochs: int | None,
+    *,
+    demo: str = SMALL_DEMO,
+    extra_env: Mapping[str, str] | None = None,
+    without_class: str | None = None,
 ) -> str:
-    """Write the silhouette demo (``demo``: a DemoSpec expression) and train once, in a child process
-    (TensorFlow stays out of the benchmark's own process); returns the model tag."""
+    """Write the silhouette demo (``demo``: a DemoSpec expression; ``without_class``: minus that class's
+    folders) and train once, in a child process (TensorFlow stays out of the benchmark's own process);
+    ``epochs`` None is the settings' recipe. Returns the model tag."""
     code = (
+        "import shutil\n"
         "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
         "from training.pipeline.training_run import run_training\n"
         "from training.settings import get_settings\n"
         "s = get_settings()\n"
         f"write_demo_dataset(s.data_dir, {demo})\n"
+        f"for split in s.splits if {without_class!r} else ():\n"
+        f"    shutil.rmtree(s.data_dir / split / {without_class!r})\n"
         f"print(run_training(s, epochs={epochs}).tag)\n"
     )
     child_env = {**os.environ, **env, **(extra_env or {})}

@@ -25,6 +25,8 @@ from PIL import Image
 
 from bento_service.live_model import LiveModel
 from training.data.images import ImageError, load_model_input
+from training.monitoring.prediction_log import PredictionLog
+from training.registry.store import RegisteredModel
 from training.settings import Settings
 
 # A single upload this small is decoded on the event loop: a thread hop costs more than
@@ -52,12 +54,16 @@ class _ModelChanged(Exception):
 class _Job:
     pixels: np.ndarray  # (n, s, s, 3)
     future: asyncio.Future[list[dict[str, Any]]]
+    uploads: Sequence[bytes] | None = None  # the files the pixels came from, for the prediction log
     queued_at: float = field(default_factory=time.monotonic)
 
 
 class Predictor:
-    def __init__(self, live: LiveModel, settings: Settings) -> None:
+    def __init__(self, live: LiveModel, settings: Settings, log: PredictionLog | None = None) -> None:
+        """``log``: where every answer is recorded (an append; its own thread writes)."""
         self.live = live
+        self.log = log
+        self.score_ood = settings.ood_scoring
         self.max_batch = settings.batch_max_size
         self.max_wait_s = settings.batch_max_latency_ms / 1000
         self.max_upload_bytes = settings.max_upload_bytes
@@ -82,7 +88,7 @@ class Predictor:
             else:
                 pixels = await asyncio.to_thread(self._decode, uploads, size)
             try:
-                return await self.predict(pixels)
+                return await self.predict(pixels, uploads=[data for _, data in uploads])
             except _ModelChanged:
                 continue
 
@@ -95,10 +101,11 @@ class Predictor:
                 raise BadUpload(f"{name}: {exc}") from None
         return np.stack(rows)
 
-    async def predict(self, pixels: np.ndarray) -> list[dict[str, Any]]:
-        """The prediction for each of ``pixels`` (n, s, s, 3): label, confidence, probabilities, model_version."""
+    async def predict(self, pixels: np.ndarray, *, uploads: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
+        """The prediction for each of ``pixels`` (n, s, s, 3): label, confidence, probabilities,
+        model_version, ood_score, ood."""
         loop = asyncio.get_running_loop()
-        job = _Job(pixels, loop.create_future())
+        job = _Job(pixels, loop.create_future(), uploads)
         self._pending.append(job)
         if not self._draining:
             self._draining = True
@@ -152,13 +159,16 @@ class Predictor:
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         self.runs += 1
         try:
-            probabilities = await asyncio.to_thread(model.classifier.probabilities, pixels)
+            outputs = await asyncio.to_thread(infer, model, pixels, self.log is not None, self.score_ood)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, the batcher goes on
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        answers = answer_rows(probabilities, model.class_names, model.version)
+        answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood)
+        if self.log is not None and outputs.embeddings is not None:
+            uploads = None if any(job.uploads is None for job in jobs) else [u for job in jobs for u in job.uploads]
+            self.log.record(model, answers, outputs.embeddings, uploads)
         start = 0
         for job in jobs:
             end = start + len(job.pixels)
@@ -177,16 +187,43 @@ def pixel_count(data: bytes) -> int:
     return width * height
 
 
-def answer_rows(probabilities: np.ndarray, class_names: list[str], version: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Outputs:
+    probabilities: np.ndarray  # (n, K)
+    embeddings: np.ndarray | None  # (n, D), when the OOD score or the log needs them
+    ood: tuple[list[float], list[bool]] | None  # (ood_score, ood) per row; None for a version without a scorer
+
+
+def infer(model: RegisteredModel, pixels: np.ndarray, want_embeddings: bool, score: bool = True) -> Outputs:
+    """One ONNX run and the OOD score over its embedding (in the run's thread, off the event loop)."""
+    scorer = model.ood if score else None
+    if scorer is None and not want_embeddings:
+        return Outputs(model.classifier.probabilities(pixels), None, None)
+    outputs = model.classifier.outputs(pixels)
+    if scorer is None:
+        return Outputs(outputs.probabilities, outputs.embeddings, None)
+    scores, flags = scorer.score(outputs.embeddings)
+    return Outputs(outputs.probabilities, outputs.embeddings, (scores.tolist(), flags.tolist()))
+
+
+def answer_rows(
+    probabilities: np.ndarray,
+    class_names: list[str],
+    version: str,
+    ood: tuple[list[float], list[bool]] | None = None,
+) -> list[dict[str, Any]]:
     """The documented Prediction for each row of class probabilities."""
     best = probabilities.argmax(axis=1)
     rows = probabilities.tolist()  # Python floats in one call, not one float() per cell
+    scores, flags = ood if ood is not None else ([None] * len(rows), [None] * len(rows))
     return [
         {
             "label": class_names[b],
             "confidence": row[b],
             "probabilities": dict(zip(class_names, row, strict=True)),
             "model_version": version,
+            "ood_score": score,
+            "ood": flag,
         }
-        for b, row in zip(best.tolist(), rows, strict=True)
+        for b, row, score, flag in zip(best.tolist(), rows, scores, flags, strict=True)
     ]

@@ -24,6 +24,12 @@ class Prediction(Out):
     confidence: float
     probabilities: dict[str, float]
     model_version: str
+    ood_score: float | None = Field(
+        None,
+        description="0..1, higher = less like the training data: the share of held-out training-like images "
+        "that look more usual (null for a version trained before OOD scores).",
+    )
+    ood: bool | None = Field(None, description="ood_score above the version's threshold (BOUNCER_OOD_QUANTILE).")
 
 
 class ImageInfo(Out):
@@ -200,3 +206,34 @@ class TrainProgress(Out):
     elapsed_s: float | None = None
     result: dict[str, Any] | None = Field(None, description="The train task's result once succeeded.")
     error: str | None = None
+
+
+class DriftWindow(Out):
+    start: str
+    end: str
+    n: int = Field(description="Predictions logged in the window.")
+    verdict: str = Field(description="drift, no drift, or too few predictions.")
+    reasons: list[str] = Field(default_factory=list)
+    ood: dict[str, Any] = Field(description="share, expected, count, p_value, drift.")
+    labels: dict[str, Any] = Field(description="shares, reference_shares, js_distance, p_value, drift.")
+    embedding: dict[str, Any] = Field(description="n_compared, ks_max, dimension, p_value, dimensions_shifted, drift.")
+
+
+class DriftReport(Out):
+    model_version: str
+    reference: dict[str, Any] = Field(description="The baseline: source split, n, expected OOD share.")
+    window: str
+    alpha: float
+    methods: dict[str, str] = Field(description="The test behind each question, by name.")
+    verdict: str = Field(description="The newest window's verdict.")
+    reasons: list[str] = Field(default_factory=list)
+    windows: list[DriftWindow] = Field(default_factory=list, description="Newest first.")
+    log: dict[str, int] = Field(default_factory=dict, description="This worker's log: written, queued, dropped.")
+
+
+class ImportedPrediction(Out):
+    image_id: str
+    path: str
+    label: str
+    ood_score: float | None = None
+    logged_at: float

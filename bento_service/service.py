@@ -31,9 +31,11 @@ from bento_service.predictor import BadUpload, Overloaded, Predictor
 from bento_service.schemas import (
     DB_INT_MAX,
     ConfirmResult,
+    DriftReport,
     Evaluation,
     HistoryEvent,
     ImageInfo,
+    ImportedPrediction,
     MisclassifiedOut,
     ModelVersion,
     Neighbour,
@@ -52,6 +54,7 @@ from training.data.images import load_model_input
 from training.jobs.runner import TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
+from training.monitoring.prediction_log import PredictionLog
 from training.registry.serving import UnknownVersion, describe_versions, promote_version
 from training.settings import get_settings
 from training.tf_logs import quiet_tensorflow
@@ -63,7 +66,7 @@ bentoml_fixes.apply()
 install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 # The endpoints that change something: they need the API token (see middleware.WriteGate).
-WRITE_ENDPOINTS = ("relabel", "confirm", "undo", "promote", "train")
+WRITE_ENDPOINTS = ("relabel", "confirm", "undo", "promote", "train", "import_predictions")
 ACTOR = "api"
 # Parameters several endpoints take, with their bounds.
 Neighbours = Annotated[int, Field(ge=1, le=1000, description="How many neighbours.")]
@@ -99,7 +102,12 @@ class Bouncer:
         if self.store.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")
         self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
-        self.predictor = Predictor(self.live, self.settings)
+        # Every served prediction is logged (drift, import-predictions) by a thread of its own.
+        self.prediction_log = PredictionLog(self.settings)
+        if self.settings.prediction_log:
+            self.prediction_log.start()
+        logging_to = self.prediction_log if self.settings.prediction_log else None
+        self.predictor = Predictor(self.live, self.settings, logging_to)
         self.trainer = TrainRunner(self.settings)
         self.trainer.status()  # a training killed with the last server now reads failed, its MLflow run ended
         log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
@@ -110,7 +118,8 @@ class Bouncer:
 
     @bentoml.on_shutdown
     def _close(self) -> None:
-        """A label change whose labels.csv rewrite is still pending is written before the worker goes."""
+        """A label change whose labels.csv rewrite is still pending, and queued predictions, are written first."""
+        self.prediction_log.close()
         self.store.close()
 
     def curator(self) -> Curator:
@@ -345,6 +354,35 @@ class Bouncer:
             self.live.swap_to(result["tag"])
             self.live.announce()
         return TrainResult(**result)
+
+    @bentoml.api
+    def drift(
+        self,
+        window: Annotated[str, Field(max_length=16, description="Each window's length: 30m, 1h, 24h, 7d, 2w.")] = "24h",
+        windows: Annotated[int, Field(ge=1, le=366, description="How many windows back, newest first.")] = 7,
+    ) -> DriftReport:
+        """Served predictions against the training data, per window: OOD share, label mix, embedding; a verdict."""
+        self.prediction_log.flush()  # this worker's newest predictions count too
+        with client_errors():
+            report = self.curator().drift(self.prediction_log, window=window, windows=windows)
+        return DriftReport.model_validate({**report, "log": self.prediction_log.stats()})
+
+    @bentoml.api
+    def import_predictions(
+        self,
+        since: Annotated[str, Field(max_length=16, description="How far back: 30m, 1h, 24h, 7d, 2w.")] = "7d",
+        limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
+        split: Split | None = None,
+        label: Annotated[str | None, Field(description="File them under this class; default the predicted.")] = None,
+        ood_only: Annotated[bool, Field(description="Only predictions flagged ood (false: any logged image).")] = True,
+    ) -> list[ImportedPrediction]:
+        """Logged OOD images (kept with BOUNCER_LOG_IMAGES) into the dataset, unreviewed, most unusual first."""
+        self.prediction_log.flush()
+        with client_errors():
+            imported = self.curator().import_predictions(
+                self.prediction_log, since=since, limit=limit, split=split, label=label, ood_only=ood_only
+            )
+        return [ImportedPrediction.model_validate(i) for i in imported]
 
     @bentoml.api
     def train_progress(self) -> TrainProgress:

@@ -384,6 +384,75 @@ def expand(
 
 @app.command()
 @_friendly
+def drift(
+    window: Annotated[str, typer.Option(help="Each window's length: 30m, 1h, 24h, 7d, 2w.")] = "24h",
+    windows: Annotated[int, typer.Option(min=1, max=366, help="How many windows back.")] = 7,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The whole report as JSON (the `drift` endpoint's).")] = False,
+) -> None:
+    """Have served predictions moved away from the training data? OOD share, label mix and embedding, per window."""
+    from training.monitoring.prediction_log import PredictionLog
+
+    settings = _settings()
+    log = PredictionLog(settings)
+    with _curator(model) as curator:
+        report = curator.drift(log, window=window, windows=windows)
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(
+        f"model {report['model_version']}; reference: {report['reference']['source']} "
+        f"({report['reference']['n']} images); alpha {report['alpha']}"
+    )
+    for name, method in report["methods"].items():
+        typer.echo(f"  {name}: {method}")
+    typer.echo(f"\n{'window start (UTC)':<22}{'n':>8}{'OOD share':>11}{'label JS':>10}{'KS max':>8}  verdict")
+    for w in report["windows"]:
+        share = "-" if w["ood"]["share"] is None else f"{w['ood']['share']:.1%}"
+        js = "-" if w["labels"].get("js_distance") is None else f"{w['labels']['js_distance']:.2f}"
+        ks = "-" if w["embedding"].get("ks_max") is None else f"{w['embedding']['ks_max']:.2f}"
+        typer.echo(f"{w['start']:<22}{w['n']:>8}{share:>11}{js:>10}{ks:>8}  {w['verdict']}")
+    typer.echo(f"\nverdict (newest window): {report['verdict']}")
+    for reason in report["reasons"]:
+        typer.echo(f"  - {reason}")
+
+
+@app.command("import-predictions")
+@_friendly
+def import_predictions(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 1h, 24h, 7d, 2w.")] = "7d",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many pictures, most unusual first.")] = 100,
+    split: Annotated[str | None, typer.Option(help="Into this split; default the train split.")] = None,
+    label: Annotated[str | None, typer.Option(help="File them under this class; default the predicted one.")] = None,
+    ood_only: Annotated[
+        bool, typer.Option("--ood-only/--all-logged", help="Only predictions flagged ood, or any kept image.")
+    ] = True,
+    model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
+) -> None:
+    """Logged images (kept with BOUNCER_LOG_IMAGES=ood|all) into the dataset, unreviewed, for labelling.
+
+    Each is copied to DATA_DIR/<split>/<label>/logged-<hash>.<ext> and imported like any new
+    file; the review page's queue then shows it. A picture is imported once.
+    """
+    from training.monitoring.prediction_log import PredictionLog
+
+    settings = _settings()
+    log = PredictionLog(settings)
+    with _curator(model) as curator:
+        imported = curator.import_predictions(
+            log, since=since, limit=limit, split=split, label=label, ood_only=ood_only
+        )
+    _print_json([asdict(i) for i in imported])
+    if not imported:
+        typer.echo(
+            f"nothing to import: no logged image{' flagged ood' if ood_only else ''} in the last {since} "
+            "(images are kept only with BOUNCER_LOG_IMAGES=ood or all)",
+            err=True,
+        )
+
+
+@app.command()
+@_friendly
 def models() -> None:
     """This dataset's model versions, newest first, with metrics and which one serves (as `models`)."""
     from training.registry.serving import describe_versions, resolve_serving_tag

@@ -25,6 +25,7 @@ PHASES = (
     "exporting",
     "evaluating",
     "embedding",
+    "ood",
     "out-of-fold",
     "registering",
     "registered",

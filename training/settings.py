@@ -191,6 +191,37 @@ class Settings(BaseSettings):
     index_embed_inline_max: int = Field(
         256, ge=0, description="Images imported after training embedded during a search; more go to a background job."
     )
+    # --- out-of-distribution score, prediction log, drift ----------------------------
+    ood_method: Literal["mahalanobis", "knn"] = Field(
+        "mahalanobis",
+        description="How ood_score is computed from the embedding (benchmarks/ood.py compares them).",
+    )
+    ood_scoring: bool = Field(True, description="Score every prediction (false: ood_score and ood are null).")
+    ood_quantile: float = Field(
+        0.99, gt=0.5, lt=1.0, description="`ood` is true above this quantile of held-out in-distribution scores."
+    )
+    ood_k: int = Field(1, ge=1, le=100, description="knn: the neighbour whose distance is the score.")
+    ood_reference_max: int = Field(
+        2048, ge=10, description="knn: training embeddings kept as the reference (a random sample)."
+    )
+    prediction_log: bool = Field(True, description="Log every served prediction (never the image unless log_images).")
+    prediction_log_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the prediction log; default the label database when it is PostgreSQL, "
+        "else sqlite:///STATE_DIR/predictions.db (its own file: logging never waits on label writes).",
+    )
+    log_images: Literal["none", "ood", "all"] = Field(
+        "none", description="Also keep the uploaded image of OOD predictions or of all, for import-predictions."
+    )
+    prediction_log_retention_days: float = Field(30.0, gt=0, description="Older logged predictions are deleted.")
+    prediction_log_flush_ms: int = Field(
+        500, ge=10, description="Predictions are written in batches, off the request path, this often."
+    )
+    prediction_log_buffer_max: int = Field(
+        100_000, ge=100, description="Predictions waiting for a write before new ones are dropped (and counted)."
+    )
+    drift_alpha: float = Field(0.01, gt=0, lt=0.5, description="Significance level of the drift report's tests.")
+    drift_min_predictions: int = Field(30, ge=1, description="A drift window with fewer predictions gets no verdict.")
     parity_tolerance: float = Field(
         1e-3, gt=0, description="Max |ONNX - Keras| allowed on probabilities before registering."
     )
@@ -225,6 +256,18 @@ class Settings(BaseSettings):
     @property
     def label_db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'labels.db'}"
+
+    @property
+    def prediction_log_db_url(self) -> str:
+        if self.prediction_log_url:
+            return self.prediction_log_url
+        if not self.label_db_url.startswith("sqlite"):
+            return self.label_db_url
+        return f"sqlite:///{self.runtime_dir / 'predictions.db'}"
+
+    @property
+    def logged_images_dir(self) -> Path:
+        return self.runtime_dir / "logged-images"
 
     @property
     def labels_csv(self) -> Path:

@@ -15,6 +15,7 @@ LAYERS = [
     {"training.labels"},
     {"training.model"},
     {"training.vectors"},
+    {"training.monitoring"},
     {"training.curation"},
     {"training.registry"},
     {"training.scoring"},

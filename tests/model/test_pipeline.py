@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,8 +80,28 @@ def test_mlflow_run_has_params_metrics_artifacts_and_data_version(trained_demo: 
     assert run.data.metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "loss")) == result.epochs_run
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion_matrix.png", "model", "data", "evaluation.json"} <= artifacts
+    assert {"confusion_matrix.png", "model", "data", "evaluation.json", "drift_reference.json"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.onnx"]
+    assert run.data.params["ood_method"] == "mahalanobis" and run.data.params["ood_quantile"] == "0.99"
+    reference = json.loads(Path(client.download_artifacts(run.info.run_id, "drift_reference.json")).read_text())
+    assert reference["source"] == "test split" and sum(reference["label_shares"].values()) == pytest.approx(1.0)
+    stored = load_registered(result.tag).reference
+    assert stored is not None and len(reference["vector_mean"]) == stored.vectors.shape[1]
+
+
+def test_the_version_holds_an_ood_score_calibrated_on_the_test_split(trained_demo: TrainedDemo) -> None:
+    model = load_registered(trained_demo.result.tag)
+    assert model.ood is not None and model.reference is not None
+    with open_store(trained_demo.settings) as store:
+        test = store.images(split="test")
+    outputs = model.classifier.predict(load_records(trained_demo.settings, test, model.image_size))
+    scores, flags = model.ood.score(outputs.embeddings)
+    assert len(model.ood.calibration) == len(test)
+    assert flags.mean() <= 0.02  # its own calibration set: 1% above the 99th percentile
+    assert model.metadata["ood_threshold"] == pytest.approx(model.ood.threshold)
+    noise = np.random.default_rng(0).integers(0, 256, size=(20, model.image_size, model.image_size, 3))
+    noise_scores, _ = model.ood.score(model.classifier.predict(noise.astype(np.uint8)).embeddings)
+    assert np.median(noise_scores) > np.median(scores)
 
 
 def test_evaluating_the_registered_model_reproduces_the_training_report(trained_demo: TrainedDemo) -> None:

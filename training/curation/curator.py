@@ -29,6 +29,10 @@ from training.data.folders import MissingSplitError, load_records
 from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
+from training.model.reference import DriftReference
+from training.monitoring.drift import DriftInputError, drift_report, parse_window
+from training.monitoring.importer import ImportedImage, ImportInputError, import_predictions
+from training.monitoring.prediction_log import PredictionLog
 from training.settings import Settings
 from training.vectors.base import VectorIndex, Where
 from training.vectors.updates import add_missing_vectors, scored_rows
@@ -56,6 +60,7 @@ class ModelVersion(Protocol):
     embedder: Pipeline
     index: VectorIndex
     audit: LabelAudit | None
+    reference: DriftReference | None
 
     @property
     def version(self) -> str: ...
@@ -331,3 +336,46 @@ class Curator:
 
     def history(self, *, image_id: str | None, limit: int) -> list[LabelEvent]:
         return self.store.history(image_id=image_id, limit=limit)
+
+    # --- what is served -------------------------------------------------------------------
+    def drift(self, log: PredictionLog, *, window: str, windows: int) -> dict[str, Any]:
+        """Recent predictions against this version's drift reference (:mod:`training.monitoring.drift`)."""
+        if self.model.reference is None:
+            raise NotAvailable(f"{self.model.tag} was trained before drift references existed: train a new version")
+        try:
+            return drift_report(
+                log,
+                self.model.reference,
+                self.model.version,
+                window=window,
+                windows=windows,
+                alpha=self.settings.drift_alpha,
+                min_predictions=self.settings.drift_min_predictions,
+            )
+        except DriftInputError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def import_predictions(
+        self,
+        log: PredictionLog,
+        *,
+        since: str,
+        limit: int,
+        split: str | None,
+        label: str | None,
+        ood_only: bool = True,
+    ) -> list[ImportedImage]:
+        """Logged OOD pictures into the dataset, unreviewed, for labelling (:mod:`training.monitoring.importer`)."""
+        try:
+            return import_predictions(
+                self.settings,
+                self.store,
+                log,
+                since_s=parse_window(since),
+                limit=limit,
+                split=split,
+                label=label,
+                ood_only=ood_only,
+            )
+        except (DriftInputError, ImportInputError) as exc:
+            raise InvalidRequest(str(exc)) from None

@@ -22,6 +22,8 @@ from training.labels.store import ImageRecord, open_store
 from training.labels.sync import import_folder
 from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
+from training.model.ood import OodScorer, fit_ood
+from training.model.reference import DriftReference, fit_reference
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.store import register_model
 from training.settings import Settings
@@ -104,6 +106,8 @@ def run_training(
         evaluation = _evaluate(data, test_predictions)
         report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
         embedder, index = _embed(settings, data, train_predictions, test_predictions)
+        report_phase(progress, sink, "ood", f"fitting the {settings.ood_method} OOD score and the drift reference")
+        ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder)
         audit = None
         if settings.out_of_fold_folds >= 2:
             folds = settings.out_of_fold_folds
@@ -115,8 +119,10 @@ def run_training(
         metrics = training_metrics(
             evaluation, _accuracy(train_predictions, data.train, data.classes), trained.validation_accuracy
         )
-        tag = _register(settings, data, recipe, trained.epochs_run, exported, embedder, index, audit, metrics, run)
-        _track(settings, tag, metrics, exported, evaluation)
+        tag = _register(
+            settings, data, recipe, trained.epochs_run, exported, embedder, index, audit, metrics, run, ood, reference
+        )
+        _track(settings, tag, metrics, exported, evaluation, ood, reference)
 
     result = TrainingResult(
         tag=tag,
@@ -240,6 +246,34 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
     return embedder, build_index(settings, [r.image_id for r in records], vectors)
 
 
+def _baseline(
+    settings: Settings, data: _Dataset, train: Predictions, test: Predictions, embedder: Pipeline
+) -> tuple[OodScorer, DriftReference]:
+    """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline."""
+    targets = np.array([data.classes.index(r.label) for r in data.train])
+    ood = fit_ood(
+        settings.ood_method,
+        train.embeddings,
+        targets,
+        test.embeddings,
+        k=settings.ood_k,
+        reference_max=settings.ood_reference_max,
+        quantile=settings.ood_quantile,
+        seed=settings.seed,
+    )
+    held_out, source = (test, settings.test_split) if len(data.test) else (train, settings.train_split)
+    vectors = embedder.transform(held_out.embeddings).astype(np.float32)
+    reference = fit_reference(
+        data.classes,
+        held_out.probabilities,
+        vectors,
+        ood_share=1.0 - settings.ood_quantile,
+        source=f"{source} split",
+        seed=settings.seed,
+    )
+    return ood, reference
+
+
 def _register(
     settings: Settings,
     data: _Dataset,
@@ -251,6 +285,8 @@ def _register(
     audit: LabelAudit | None,
     metrics: dict[str, float],
     run: Any,
+    ood: OodScorer,
+    reference: DriftReference,
 ) -> str:
     """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
     metadata = {
@@ -268,6 +304,7 @@ def _register(
         "mlflow_run_id": run.info.run_id,
         "onnx_opset": exported.onnx_model.opset_import[0].version,
         "out_of_fold_folds": 0 if audit is None else audit.folds,
+        **ood.describe(),
     }
     return register_model(
         settings.model_name,
@@ -278,11 +315,19 @@ def _register(
         labels={"data_version": data.version},
         keras_model=exported.keras_inference,
         audit=audit,
+        ood=ood,
+        reference=reference,
     )
 
 
 def _track(
-    settings: Settings, tag: str, metrics: dict[str, float], exported: _Exported, evaluation: EvaluationReport
+    settings: Settings,
+    tag: str,
+    metrics: dict[str, float],
+    exported: _Exported,
+    evaluation: EvaluationReport,
+    ood: OodScorer,
+    reference: DriftReference,
 ) -> None:
     import mlflow
     import onnx
@@ -299,6 +344,9 @@ def _track(
     if settings.labels_csv.exists():
         log_file(settings.labels_csv, "data")
     mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
+    mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
+    mlflow.log_metrics({"ood_threshold_raw": ood.threshold_raw, "ood_calibration_size": len(ood.calibration)})
+    mlflow.log_dict(reference.statistics(), "drift_reference.json")  # what `bouncer drift` compares with
 
 
 def training_metrics(

@@ -20,6 +20,8 @@ from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
 from training.model.inference import OnnxClassifier
+from training.model.ood import OodScorer
+from training.model.reference import DriftReference
 from training.settings import Settings
 from training.vectors.base import VectorIndex
 from training.vectors.open import load_index
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 EMBEDDER_FILE = "embedder.joblib"
 AUDIT_FILE = "label_audit.npz"  # out-of-fold probabilities etc. for finding label errors
+OOD_FILE = "ood.npz"  # the fitted out-of-distribution scorer (training.model.ood)
+REFERENCE_FILE = "drift_reference.npz"  # what predictions looked like on held-out data (training.model.reference)
 KERAS_FILE = "model.keras"  # the same weights in Keras, for fine-tuning and the naive-serving benchmark
 
 
@@ -42,6 +46,8 @@ class RegisteredModel:
     index: VectorIndex
     metadata: dict[str, Any]
     audit: LabelAudit | None = None  # None for versions trained without out-of-fold probabilities
+    ood: OodScorer | None = None  # None for versions trained before the OOD score existed
+    reference: DriftReference | None = None  # likewise
 
     @property
     def version(self) -> str:
@@ -70,6 +76,8 @@ def register_model(
     labels: dict[str, str] | None = None,
     keras_model: Any | None = None,
     audit: LabelAudit | None = None,
+    ood: OodScorer | None = None,
+    reference: DriftReference | None = None,
 ) -> str:
     """Save a new version under ``name``; returns its tag ``name:version``."""
     for key in ("class_names", "image_size"):
@@ -83,6 +91,10 @@ def register_model(
             keras_model.save(model.path_of(KERAS_FILE))
         if audit is not None:
             audit.save(Path(model.path_of(AUDIT_FILE)))
+        if ood is not None:
+            ood.save(Path(model.path_of(OOD_FILE)))
+        if reference is not None:
+            reference.save(Path(model.path_of(REFERENCE_FILE)))
     return str(model.tag)
 
 
@@ -100,7 +112,10 @@ def load_registered(tag: str, *, threads: int = 0, settings: Settings | None = N
     index = load_index(Path(model.path), str(model.tag), settings or Settings())
     audit_path = Path(model.path_of(AUDIT_FILE))
     audit = LabelAudit.load(audit_path) if audit_path.is_file() else None
-    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata, audit)
+    ood_path, reference_path = Path(model.path_of(OOD_FILE)), Path(model.path_of(REFERENCE_FILE))
+    ood = OodScorer.load(ood_path) if ood_path.is_file() else None
+    reference = DriftReference.load(reference_path) if reference_path.is_file() else None
+    return RegisteredModel(str(model.tag), classifier, embedder, index, metadata, audit, ood, reference)
 
 
 def keras_model_path(tag: str) -> Path:
