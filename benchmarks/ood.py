@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -105,7 +106,7 @@ def auroc_table(main: Outputs, main_data: Path, held_out: Outputs, held_out_data
         cases.append((name, outputs.split(data, "train"), outputs.split(data, "test"), outputs.of(images)))
 
     served = Settings().ood_method
-    methods = [("mahalanobis", 1), ("knn", 1), ("knn", 10), ("max-softmax", 0)]
+    methods = [("mahalanobis", 1), ("mahalanobis raw", 1), ("knn", 1), ("knn", 10), ("max-softmax", 0)]
     print(f"\n{'method':<18}" + "".join(f"{name + ' AUROC / flagged':>32}" for name in GOALS))
     for method, k in methods:
         cells = []
@@ -113,7 +114,8 @@ def auroc_table(main: Outputs, main_data: Path, held_out: Outputs, held_out_data
             if method == "max-softmax":
                 inside, outside, flagged = 1 - test[0].max(axis=1), 1 - ood[0].max(axis=1), None
             else:
-                scorer = fit_ood(method, train[1], train[2], test[1], k=k)  # type: ignore[arg-type]
+                kind, _, raw = method.partition(" ")
+                scorer = fit_ood(kind, train[1], train[2], test[1], k=k, normalise=not raw)  # type: ignore[arg-type]
                 inside, _ = scorer.score(test[1])
                 outside, flags = scorer.score(ood[1])
                 flagged = float(flags.mean())
@@ -170,33 +172,41 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the workspaces here (default: a temp dir); run again to reuse its models"
+    )
+    parser.add_argument("--skip-auroc", action="store_true")
     args = parser.parse_args()
 
     with workspace(args.workdir, prefix="bouncer-ood-") as root:
         base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BOUNCER_OUT_OF_FOLD_FOLDS": "0"}
         env_main = {**base, **isolated_env(root / "main")}
-        print(f"training on the {args.demo} demo ...", flush=True)
-        tag = train_throwaway(env_main, args.epochs, demo=DEMOS[args.demo])  # type: ignore[arg-type]
         main_data = Path(env_main["BOUNCER_DATA_DIR"])
-        held_out_class = args.held_out_class or sorted(p.name for p in (main_data / "train").iterdir() if p.is_dir())[0]
         held_out_root = root / "held-out"  # its own data and MLflow store; the model store is shared
         env_held_out = {
             **env_main,
             "BOUNCER_DATA_DIR": str(held_out_root / "data"),
             "BOUNCER_MLFLOW_DIR": str(held_out_root / "mlruns"),
         }
-        print(f"training the same recipe without '{held_out_class}' ...", flush=True)
-        held_out_tag = train_throwaway(
-            env_held_out,
-            args.epochs,
-            demo=DEMOS[args.demo],
-            without_class=held_out_class,  # type: ignore[arg-type]
-        )
+        kept = root / "models.json"
+        if kept.is_file():
+            tag, held_out_tag, held_out_class = json.loads(kept.read_text())
+            print(f"reusing the models of {kept}")
+        else:
+            print(f"training on the {args.demo} demo ...", flush=True)
+            tag = train_throwaway(env_main, args.epochs, demo=DEMOS[args.demo])
+            classes = sorted(p.name for p in (main_data / "train").iterdir() if p.is_dir())
+            held_out_class = args.held_out_class or classes[0]
+            print(f"training the same recipe without '{held_out_class}' ...", flush=True)
+            held_out_tag = train_throwaway(
+                env_held_out, args.epochs, demo=DEMOS[args.demo], without_class=held_out_class
+            )
+            kept.write_text(json.dumps([tag, held_out_tag, held_out_class]))
         os.environ["BENTOML_HOME"] = env_main["BENTOML_HOME"]  # before this process first imports bentoml
-        main_outputs, held_out_outputs = Outputs(tag), Outputs(held_out_tag)
         print(f"\nmodels: {tag} (all classes), {held_out_tag} (without '{held_out_class}')")
-        auroc_table(main_outputs, main_data, held_out_outputs, Path(env_held_out["BOUNCER_DATA_DIR"]), held_out_class)
+        if not args.skip_auroc:
+            held_out_data = Path(env_held_out["BOUNCER_DATA_DIR"])
+            auroc_table(Outputs(tag), main_data, Outputs(held_out_tag), held_out_data, held_out_class)
         if not args.skip_throughput:
             print("\nserving the model three ways, interleaved ...", flush=True)
             throughput(tag, env_main, main_data, args)

@@ -30,11 +30,13 @@ def data() -> dict[str, np.ndarray]:
     return {"train": train, "labels": labels, "held_out": held_out, "fresh": fresh, "far": far}
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+@pytest.mark.parametrize("method", ["mahalanobis", "mahalanobis raw", "knn"])
 def test_unseen_clusters_score_high_and_about_1_percent_of_new_in_distribution_points_are_flagged(
     method: str, data: dict[str, np.ndarray]
 ) -> None:
-    scorer = fit_ood(method, data["train"], data["labels"], data["held_out"], k=1, quantile=0.99)
+    kind, _, raw = method.partition(" ")
+    scorer = fit_ood(kind, data["train"], data["labels"], data["held_out"], k=1, quantile=0.99, normalise=not raw)  # type: ignore[arg-type]
+    assert scorer.normalise is not bool(raw)
     fresh_scores, fresh_flags = scorer.score(data["fresh"])
     far_scores, far_flags = scorer.score(data["far"])
     auroc = roc_auc_score(np.r_[np.zeros(len(fresh_scores)), np.ones(len(far_scores))], np.r_[fresh_scores, far_scores])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TrainedDemo
+from tests.conftest import TrainedDemo, eventually
 from tests.service.conftest import Deployment
 
 pytestmark = pytest.mark.slow
@@ -54,11 +54,15 @@ def test_every_prediction_has_an_ood_score_and_is_logged_for_the_drift_report(de
         assert 0.0 <= answer["ood_score"] <= 1.0 and isinstance(answer["ood"], bool)
     assert np.mean([a["ood_score"] for a in strange]) > np.mean([a["ood_score"] for a in familiar])
 
-    report = httpx.post(f"{url}/drift", json={"window": "1h", "windows": 3}, timeout=60)
-    assert report.status_code == 200, report.text
-    body = report.json()
+    def report() -> dict:
+        answer = httpx.post(f"{url}/drift", json={"window": "1h", "windows": 3}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # every prediction, from whichever worker answered it (each writes its log every 500 ms)
+    assert eventually(lambda: report()["windows"][0]["n"] == 41, timeout=10)
+    body = report()
     newest = body["windows"][0]
-    assert newest["n"] == 41  # every prediction, from whichever worker answered it
     assert body["verdict"] == newest["verdict"] in {"drift", "no drift"}
     assert body["windows"][1]["verdict"] == "too few predictions" and body["windows"][1]["n"] == 0
     assert set(body["methods"]) == {"ood_share", "label_shift", "embedding_shift"}

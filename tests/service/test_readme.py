@@ -41,6 +41,7 @@ COVERED_ELSEWHERE = {
         "a benchmark (load for minutes), not a test; tests/code/test_packaging.py checks that the bench"
         " extra declares what benchmarks/ imports"
     ),
+    "benchmarks/ood.py": "a benchmark (two trainings and load for minutes), not a test",
     "export BOUNCER_DATA_DIR=/path/to/my/images": (
         "a user's own folder: import is tests/code/test_cli.py, training tests/model/test_pipeline.py,"
         " `serve --no-demo` tests/code/test_cli.py (test_no_demo_never_writes)"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TrainedDemo
+from tests.conftest import TrainedDemo, eventually
 from tests.service.conftest import Deployment
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def site(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("page-server"), token=TOKEN)
+    deployment = Deployment(trained_demo, tmp_path_factory.mktemp("page-server"), token=TOKEN, BOUNCER_LOG_IMAGES="all")
     deployment.start()
     try:
         yield deployment
@@ -182,3 +182,35 @@ def test_models_page_trains_with_the_token_and_shows_progress(page: object, site
     assert status["state"] == "succeeded" and status["result"]["promoted"]  # type: ignore[index]
     serving = [v for v in post(site, "models", {}) if v["serving"]]  # type: ignore[union-attr]
     assert serving[0]["version"] == status["result"]["model_version"]  # type: ignore[index]
+
+
+def test_drift_page_shows_the_trend_and_pulls_logged_images_into_the_queue(page: object, site: Deployment) -> None:
+    pictures = sorted((site.data_dir / "test").glob("*/*.png"))[:12]
+    for picture in pictures:
+        answer = httpx.post(f"{site.url}/predict", files={"image": (picture.name, picture.read_bytes())}, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    def logged() -> int:  # each worker writes its log every BOUNCER_PREDICTION_LOG_FLUSH_MS
+        return post(site, "drift", {"window": "24h", "windows": 1})["windows"][0]["n"]  # type: ignore[index]
+
+    assert eventually(lambda: logged() >= len(pictures), timeout=10)
+    page.goto(f"{site.url}/ui/#/drift")  # type: ignore[attr-defined]
+    page.locator("#drift-verdict").wait_for()  # type: ignore[attr-defined]
+    assert page.locator("#drift-chart polyline").count() >= 2  # type: ignore[attr-defined]  # the trend
+    assert page.locator("#drift-windows tbody tr").count() == 14  # type: ignore[attr-defined]  # 24h windows
+    newest = int(page.locator("#drift-windows tbody tr").first.locator("td").nth(1).inner_text())  # type: ignore[attr-defined]
+    assert newest >= len(pictures)  # every prediction of this test is in the newest window
+    assert "Kolmogorov-Smirnov" in page.inner_text("#view")  # type: ignore[attr-defined]  # methods named
+    shoot(page, "drift")
+
+    page.click("#token-button")  # type: ignore[attr-defined]
+    give_token(page)
+    page.check("#import-all")  # type: ignore[attr-defined]
+    page.click("#import-ood")  # type: ignore[attr-defined]
+    page.wait_for_url("**/ui/#/review/imported")  # type: ignore[attr-defined]
+    page.locator(".card").nth(len(pictures) - 1).wait_for()  # type: ignore[attr-defined]
+    shown = [c.get_attribute("title") for c in page.locator(".card").all()]  # type: ignore[attr-defined]
+    assert len(shown) >= len(pictures) and all("/logged-" in str(path) for path in shown)
+    shoot(page, "review-imported")
+    train = {i["path"] for i in post(site, "images", {"split": "train", "limit": 10_000})}  # type: ignore[union-attr]
+    assert set(shown) <= train  # in the dataset now, to relabel or confirm

@@ -9,7 +9,9 @@ network's penultimate embedding is not. Two well-studied scores over that embedd
   nearest neighbors"), over a fixed-size sample of the train split, so its cost per
   prediction does not grow with the dataset.
 - ``mahalanobis``: the smallest Mahalanobis distance to a class mean under one shared,
-  shrunk covariance (Lee et al., NeurIPS 2018), d*d + classes*d operations per image.
+  shrunk covariance (Lee et al., NeurIPS 2018), d*d + classes*d operations per image, over
+  the L2-normalised embedding by default (``normalise``): on the demo that lifted the AUROC
+  of a held-out class from 0.84 to 0.96 and of photographs from 0.94 to 0.95, noise staying 1.0.
 
 A raw score means nothing to a user, so it is mapped to 0..1 by its rank among held-out
 in-distribution images (the test split, which the network never trained on): an
@@ -41,6 +43,7 @@ class OodScorer:
     whitening: np.ndarray  # mahalanobis: (d, d); knn: (0, 0)
     calibration: np.ndarray  # raw scores of held-out in-distribution images, sorted
     quantile: float
+    normalise: bool = True  # mahalanobis: on the L2-normalised embedding (knn always is)
     threshold_raw: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +63,7 @@ class OodScorer:
             kth = min(self.k, similarity.shape[1]) - 1
             nearest = -np.partition(-similarity, kth, axis=1)[:, kth]
             return np.maximum(1.0 - nearest, 0.0).astype(np.float64)
-        white = x @ self.whitening  # (n, d)
+        white = (_normalise(x) if self.normalise else x) @ self.whitening  # (n, d)
         squared = (
             (white * white).sum(axis=1, keepdims=True)
             - 2.0 * white @ self.reference.T
@@ -93,6 +96,7 @@ class OodScorer:
             whitening=self.whitening,
             calibration=self.calibration,
             quantile=np.array(self.quantile),
+            normalise=np.array(self.normalise),
         )
 
     @classmethod
@@ -105,12 +109,14 @@ class OodScorer:
                 whitening=f["whitening"],
                 calibration=f["calibration"],
                 quantile=float(f["quantile"]),
+                normalise=bool(f["normalise"]) if "normalise" in f.files else False,
             )
 
     def describe(self) -> dict[str, float | int | str]:
         """What MLflow and the model's metadata record about it."""
         return {
             "ood_method": self.method,
+            "ood_normalise": int(self.normalise),
             "ood_k": self.k,
             "ood_reference_size": int(len(self.reference)),
             "ood_calibration_size": int(len(self.calibration)),
@@ -130,6 +136,7 @@ def fit_ood(
     reference_max: int = 2048,
     quantile: float = 0.99,
     seed: int = 0,
+    normalise: bool = True,
 ) -> OodScorer:
     """Fit on the train split's embeddings (and integer labels), calibrate on held-out in-distribution ones.
 
@@ -150,10 +157,10 @@ def fit_ood(
         sample = rng.choice(len(train), size=min(reference_max, len(train)), replace=False)
         reference, whitening = _normalise(train[np.sort(sample)]), np.zeros((0, 0), np.float32)
     elif method == "mahalanobis":
-        reference, whitening = _class_gaussians(train, labels)
+        reference, whitening = _class_gaussians(_normalise(train) if normalise else train, labels)
     else:
         raise ValueError(f"unknown OOD method {method!r}; use 'knn' or 'mahalanobis'")
-    uncalibrated = OodScorer(method, k, reference, whitening, np.zeros(1), quantile)
+    uncalibrated = OodScorer(method, k, reference, whitening, np.zeros(1), quantile, normalise)
     return replace(uncalibrated, calibration=np.sort(uncalibrated.raw(held_out)))
 
 

@@ -4,6 +4,7 @@
 const API = new URL("../", location.href); // the page lives at <service>/ui/
 const TOKEN_KEY = "bouncer-token";
 const COUNTER_KEY = "bouncer-counter";
+const IMPORTED_KEY = "bouncer-imported"; // what the Drift page last imported: the "imported" queue
 const PAGE = 120; // queue items fetched per request
 const THUMB = 156; // thumbnail size in CSS pixels (the server resizes)
 const ROW = 222; // card height + gap, see style.css
@@ -135,6 +136,11 @@ const SOURCES = {
         ? []
         : (await api("similar", { image_id: params.image_id, k: params.k, split: params.split, label: params.label || null })).results,
     caption: (n) => `<span class="label">${esc(n.label)}</span><br>distance ${fmt(n.distance, 2)}`,
+  },
+  imported: {
+    title: "Imported: logged out-of-distribution predictions, now in the dataset, to label (see Drift)",
+    fetch: async (offset) => (offset > 0 ? [] : JSON.parse(sessionStorage.getItem(IMPORTED_KEY) || "[]")),
+    caption: (i) => `<span class="label">${esc(i.label)}</span> <span class="muted">predicted</span><br>ood ${fmt(i.ood_score, 3)}`,
   },
   images: {
     title: "All images, by path",
@@ -635,6 +641,99 @@ async function renderEvaluation(view, split = "test") {
   );
 }
 
+// ---------------------------------------------------------------- drift
+const WINDOWS = { "1h": 24, "24h": 14, "7d": 8 }; // window -> how many to show
+
+async function renderDrift(view, window = "24h") {
+  view.innerHTML = `<p class="muted">Comparing recent predictions with the training data…</p>`;
+  let report;
+  try {
+    report = await api("drift", { window, windows: WINDOWS[window] });
+  } catch (error) {
+    view.innerHTML = `<p class="warning">${esc(error.message)}</p>`;
+    return;
+  }
+  const newest = report.windows[0];
+  const verdictClass = report.verdict === "drift" ? "warning" : report.verdict === "no drift" ? "ok" : "muted";
+  const rows = report.windows
+    .map(
+      (w) => `<tr class="${w.verdict === "drift" ? "drifted" : ""}"><td>${esc(new Date(w.start).toLocaleString())}</td><td>${w.n}</td>
+        <td>${w.ood.share === null ? "–" : `${(100 * w.ood.share).toFixed(1)}%`}</td><td>${fmt(w.labels.js_distance, 2)}</td>
+        <td>${fmt(w.embedding.ks_max, 2)}</td><td>${esc(w.verdict)}</td><td class="muted">${esc(w.reasons.join("; "))}</td></tr>`,
+    )
+    .join("");
+  view.innerHTML = "";
+  view.append(
+    el(`<div>
+      <section class="panel">
+        <div class="toolbar"><label>window <select id="drift-window">${Object.keys(WINDOWS).map((w) => `<option ${w === window ? "selected" : ""}>${w}</option>`).join("")}</select></label>
+          <span class="muted">model ${esc(report.model_version)} · reference: ${esc(report.reference.source)} (${report.reference.n} images) · α ${report.alpha}</span></div>
+        <div class="figures">
+          <div class="figure"><span class="${verdictClass}" id="drift-verdict">${esc(report.verdict)}</span><small>newest window (${newest.n} predictions)</small></div>
+          <div class="figure">${newest.ood.share === null ? "–" : `${(100 * newest.ood.share).toFixed(1)}%`}<small>out of distribution (expected ${(100 * newest.ood.expected).toFixed(1)}%)</small></div>
+        </div>
+        ${report.reasons.map((r) => `<p class="warning">${esc(r)}</p>`).join("")}
+        ${driftChart(report.windows)}
+      </section>
+      <section class="panel"><h3>Pull recent out-of-distribution images into the review queue</h3>
+        <p class="muted">They may belong in the training set. Each logged image (kept with <code>BOUNCER_LOG_IMAGES=ood</code> or <code>all</code>)
+          is copied into the train split under its predicted label, unreviewed, to relabel or confirm.</p>
+        <div class="toolbar"><button id="import-ood" type="button" class="primary">Import the OOD images of the last ${esc(window)}</button>
+          <label><input id="import-all" type="checkbox"> also those not flagged OOD</label></div>
+      </section>
+      <section class="panel"><h3>Windows, newest first</h3>
+        <table id="drift-windows"><thead><tr><th>from</th><th>predictions</th><th>OOD share</th><th>label JS</th><th>embedding KS</th><th>verdict</th><th>why</th></tr></thead><tbody>${rows}</tbody></table>
+        <p class="muted">${Object.entries(report.methods).map(([k, m]) => `${esc(k)}: ${esc(m)}`).join("<br>")}</p></section>
+    </div>`),
+  );
+  $("#drift-window").addEventListener("change", () => renderDrift(view, $("#drift-window").value));
+  $("#import-ood").addEventListener("click", async () => {
+    const button = $("#import-ood");
+    if (button.disabled) return;
+    button.disabled = true;
+    try {
+      const imported = await write("import_predictions", { since: window, limit: 500, ood_only: !$("#import-all").checked });
+      if (!imported.length) {
+        say("No out-of-distribution image was kept in that time (images are kept only with BOUNCER_LOG_IMAGES=ood or all).");
+        return;
+      }
+      sessionStorage.setItem(IMPORTED_KEY, JSON.stringify(imported));
+      say(`Imported ${imported.length} image${imported.length === 1 ? "" : "s"} into the train split: review them now.`, { kind: "success" });
+      queue.source = "imported";
+      location.hash = "#/review/imported";
+    } catch (error) {
+      fail(error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+// The trend, oldest window on the left: OOD share against its expected share, label and embedding shift.
+function driftChart(windows) {
+  const points = [...windows].reverse();
+  if (points.length < 2) return "";
+  const width = 560, height = 150, pad = 26;
+  const top = Math.max(0.05, ...points.map((w) => Math.max(w.ood.share ?? 0, w.ood.expected ?? 0)));
+  const x = (i) => pad + (i * (width - 2 * pad)) / (points.length - 1);
+  const y = (v, scale = 1) => height - pad - (Math.min(v / scale, 1) * (height - 2 * pad));
+  const line = (values, color, scale, dash = "") =>
+    `<polyline fill="none" stroke="${color}" stroke-width="2" ${dash} points="${values
+      .map((v, i) => (v === null || v === undefined ? null : `${x(i)},${y(v, scale)}`))
+      .filter(Boolean)
+      .join(" ")}"/>`;
+  const marks = points
+    .map((w, i) => (w.verdict === "drift" ? `<circle cx="${x(i)}" cy="${pad / 2}" r="4" fill="#c2372f"><title>drift</title></circle>` : ""))
+    .join("");
+  return `<svg class="chart" id="drift-chart" width="${width}" height="${height}" role="img" aria-label="drift by window">
+      ${line(points.map((w) => w.ood.expected), "#9aa3b5", top, 'stroke-dasharray="4 4"')}
+      ${line(points.map((w) => w.ood.share), "#c2372f", top)}
+      ${line(points.map((w) => w.labels.js_distance ?? null), "#2f6fde", 1)}
+      ${line(points.map((w) => w.embedding.ks_max ?? null), "#1f8a4c", 1)}${marks}</svg>
+    <div class="legend"><span style="color:#c2372f">■ OOD share (0–${(100 * top).toFixed(0)}%)</span><span style="color:#9aa3b5">■ expected</span>
+      <span style="color:#2f6fde">■ label JS distance</span><span style="color:#1f8a4c">■ embedding KS</span><span class="muted">● drift</span></div>`;
+}
+
 // ---------------------------------------------------------------- models and training
 let polling = null;
 
@@ -796,6 +895,7 @@ async function route() {
   if (name === "image" && arg) return renderImage(view, decodeURIComponent(arg));
   if (name === "evaluation") return renderEvaluation(view);
   if (name === "models") return renderModels(view);
+  if (name === "drift") return renderDrift(view);
   if (arg && arg in SOURCES) queue.source = arg; // #/review/trace opens that queue
   return renderReview(view);
 }
