@@ -92,7 +92,7 @@ def auroc_table(main: Outputs, main_data: Path, held_out: Outputs, held_out_data
     photos_dir = main_data.parent / "photos"
     from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset
 
-    write_photo_dataset(photos_dir, PhotoDemoSpec())
+    write_photo_dataset(photos_dir, PhotoDemoSpec(), force=True)  # same seed, same photos on a rerun
     photos = [p.read_bytes() for p in files(photos_dir)]
     unseen = [p.read_bytes() for split in ("train", "test") for p in files(main_data / split / held_out_class)]
     print(f"OOD sets: {len(noise)} noise images, {len(photos)} photos, {len(unseen)} images of '{held_out_class}'")
@@ -107,7 +107,7 @@ def auroc_table(main: Outputs, main_data: Path, held_out: Outputs, held_out_data
 
     served = Settings().ood_method
     methods = [("mahalanobis", 1), ("mahalanobis raw", 1), ("knn", 1), ("knn", 10), ("max-softmax", 0)]
-    print(f"\n{'method':<18}" + "".join(f"{name + ' AUROC / flagged':>32}" for name in GOALS))
+    print(f"\n{'method':<24}" + "".join(f"{name + ' AUROC / flagged':>32}" for name in GOALS))
     for method, k in methods:
         cells = []
         for _, train, test, ood in cases:
@@ -123,7 +123,7 @@ def auroc_table(main: Outputs, main_data: Path, held_out: Outputs, held_out_data
             auroc = roc_auc_score(truth, np.r_[inside, outside])
             cells.append(f"{auroc:.3f} / {'-' if flagged is None else f'{flagged:.0%}'}")
         label = f"{method}{f' k={k}' if method == 'knn' else ''}{' (served)' if method == served else ''}"
-        print(f"{label:<18}" + "".join(f"{cell:>32}" for cell in cells))
+        print(f"{label:<24}" + "".join(f"{cell:>32}" for cell in cells))
     print("goals (AUROC): " + ", ".join(f"{name} >= {goal}" for name, goal in GOALS.items()))
     print("flagged: share of the OOD set above the threshold (the test split's 99th percentile: 1% of it)")
 

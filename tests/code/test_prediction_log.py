@@ -162,3 +162,27 @@ def test_windows_are_durations() -> None:
     for bad in ("", "week", "0s", "-1h", "400d", "1h; drop table"):
         with pytest.raises(DriftInputError, match="window"):
             parse_window(bad)
+
+
+def test_workers_starting_at_once_all_open_the_log(tmp_path: Path) -> None:
+    """Every worker of a starting server creates the table if missing, at the same moment."""
+    import threading
+
+    settings = Settings(data_dir=tmp_path)
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def open_log() -> None:
+        start.wait()
+        try:
+            PredictionLog(settings).engine.dispose()
+        except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_log) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert PredictionLog(settings).count() == 0

@@ -11,7 +11,7 @@ network's penultimate embedding is not. Two well-studied scores over that embedd
 - ``mahalanobis``: the smallest Mahalanobis distance to a class mean under one shared,
   shrunk covariance (Lee et al., NeurIPS 2018), d*d + classes*d operations per image, over
   the L2-normalised embedding by default (``normalise``): on the demo that lifted the AUROC
-  of a held-out class from 0.84 to 0.96 and of photographs from 0.94 to 0.95, noise staying 1.0.
+  of a held-out class from 0.84 to 0.96 and of photographs from 0.94 to 0.96, noise staying 1.0.
 
 A raw score means nothing to a user, so it is mapped to 0..1 by its rank among held-out
 in-distribution images (the test split, which the network never trained on): an
@@ -31,6 +31,7 @@ import numpy as np
 
 OodMethod = Literal["knn", "mahalanobis"]
 MIN_CALIBRATION = 10  # held-out images needed for a meaningful rank
+EIGEN_CUTOFF = 1e-8  # covariance eigenvalues below this share of the largest are no direction at all
 
 
 @dataclass
@@ -40,7 +41,7 @@ class OodScorer:
     method: OodMethod
     k: int
     reference: np.ndarray  # knn: (m, d) L2-normalised training embeddings; mahalanobis: (classes, d) whitened means
-    whitening: np.ndarray  # mahalanobis: (d, d); knn: (0, 0)
+    whitening: np.ndarray  # mahalanobis: (d, r), r <= d directions with variance; knn: (0, 0)
     calibration: np.ndarray  # raw scores of held-out in-distribution images, sorted
     quantile: float
     normalise: bool = True  # mahalanobis: on the L2-normalised embedding (knn always is)
@@ -169,13 +170,16 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _class_gaussians(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Whitened class means and the whitening of the shared covariance (Ledoit-Wolf shrinkage: never singular)."""
-    from sklearn.covariance import LedoitWolf
+    """Whitened class means and the whitening of the shared empirical covariance, pseudo-inverted.
 
+    Directions without variance in the train split (dead ReLU units) are dropped, as a
+    pseudo-inverse does. Shrunk estimates (Ledoit-Wolf, OAS) separated photographs less
+    well on the demo (AUROC 0.948, 0.951 against 0.956).
+    """
     classes = np.unique(labels)
-    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    means = np.stack([x[labels == c].mean(axis=0) for c in classes]).astype(np.float64)
     centred = x - means[np.searchsorted(classes, labels)]
-    covariance = LedoitWolf().fit(centred).covariance_
-    values, vectors = np.linalg.eigh(covariance)
-    whitening = (vectors / np.sqrt(np.maximum(values, 1e-9))).astype(np.float32)
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
+    keep = values > values.max() * EIGEN_CUTOFF
+    whitening = (vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32)
     return (means @ whitening).astype(np.float32), whitening

@@ -137,15 +137,27 @@ def log_engine(url: str) -> Engine:
     return engine
 
 
+def create_table(engine: Engine) -> None:
+    """Create the log's table if missing; every worker of a starting server may try at once."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except Exception:  # another process created it between our check and our CREATE
+        from sqlalchemy import inspect
+
+        if not inspect(engine).has_table(predictions.name):
+            raise
+
+
 class PredictionLog:
     """Reads and writes of the prediction log; :meth:`start` runs the background writer (a serving worker)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = log_engine(settings.prediction_log_db_url)
-        metadata.create_all(self.engine, checkfirst=True)
+        create_table(self.engine)
         self.images_dir = settings.logged_images_dir
         self._queue: deque[_Pending] = deque()
+        self._count_lock = threading.Lock()  # the event loop adds, the writer subtracts
         self._queued_rows = 0
         self.dropped = 0
         self.written = 0
@@ -164,11 +176,12 @@ class PredictionLog:
         uploads: Sequence[bytes] | None = None,
     ) -> None:
         """Queue one run's predictions: an append, nothing else (called on the event loop)."""
-        if self._queued_rows + len(answers) > self.settings.prediction_log_buffer_max:
-            self.dropped += len(answers)
-            return
+        with self._count_lock:
+            if self._queued_rows + len(answers) > self.settings.prediction_log_buffer_max:
+                self.dropped += len(answers)
+                return
+            self._queued_rows += len(answers)
         self._queue.append(_Pending(time.time(), model, answers, embeddings, uploads))
-        self._queued_rows += len(answers)
 
     # --- the writer --------------------------------------------------------------------
     def start(self) -> None:
@@ -199,7 +212,8 @@ class PredictionLog:
             batch: list[_Pending] = []
             while self._queue:
                 batch.append(self._queue.popleft())
-            self._queued_rows -= sum(len(p.answers) for p in batch)
+            with self._count_lock:
+                self._queued_rows -= sum(len(p.answers) for p in batch)
             rows = self._rows(batch)
             if rows:
                 try:
