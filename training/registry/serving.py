@@ -7,6 +7,7 @@ this dataset's version for serving, evaluating and finding suspects alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -151,27 +152,35 @@ class VersionInfo:
 
 
 def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -> list[VersionInfo]:
-    """This dataset's versions, newest first, with their metrics and whether each beat the majority label."""
-    described = []
-    for model in versions_for_dataset(settings.model_name, store):
-        metadata = model.info.metadata
-        metrics = {k: float(v) for k, v in dict(metadata.get("metrics", {})).items()}
-        baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
-        known = baseline is not None and accuracy is not None
-        described.append(
-            VersionInfo(
-                version=model.tag.version,
-                tag=str(model.tag),
-                created_at=model.info.creation_time.isoformat(),
-                metrics=metrics,
-                data_version=metadata.get("data_version"),
-                serving=str(model.tag) == serving_tag,
-                beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
-                warning=weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
-                recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
-            )
-        )
-    return described
+    """This dataset's versions, newest first, with their metrics and whether each beat the majority label.
+
+    The serving version is always listed, even when it was trained on another dataset
+    (pinned with BOUNCER_MODEL_TAG, e.g. after the labels moved to a new PostgreSQL database).
+    """
+    models = versions_for_dataset(settings.model_name, store)
+    if serving_tag not in {str(m.tag) for m in models}:
+        with contextlib.suppress(bentoml.exceptions.NotFound):
+            models = [*models, bentoml.models.get(serving_tag)]
+            models.sort(key=lambda m: m.info.creation_time, reverse=True)
+    return [_describe(model, serving_tag) for model in models]
+
+
+def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
+    metadata = model.info.metadata
+    metrics = {k: float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+    baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
+    known = baseline is not None and accuracy is not None
+    return VersionInfo(
+        version=model.tag.version,
+        tag=str(model.tag),
+        created_at=model.info.creation_time.isoformat(),
+        metrics=metrics,
+        data_version=metadata.get("data_version"),
+        serving=str(model.tag) == serving_tag,
+        beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
+        warning=weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+        recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+    )
 
 
 def promote_version(settings: Settings, store: LabelStore, version: str, *, actor: str, reason: str) -> str:
