@@ -133,3 +133,24 @@ def test_a_child_that_dies_is_reported_failed(
     status = runner.status()
     assert status["state"] == "failed" and "code 3" in status["error"]
     assert status["run_id"] == during["run_id"]
+
+
+def test_stopping_a_child_an_event_loop_awaits_lets_its_wait_return() -> None:
+    """The service's loop is uvloop: when the canceling thread reaped the child (psutil's wait, as
+    ``reap=True`` still does), ``wait()`` never returned and the train task hung."""
+    import threading
+
+    import uvloop
+
+    from training.jobs.processes import stop_tree
+
+    async def start_stop_and_wait() -> int:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+        await asyncio.sleep(0.2)
+        stopper = threading.Thread(target=stop_tree, args=(child.pid,), kwargs={"grace": 2, "reap": False})
+        stopper.start()  # as the cancel endpoint does, from a request thread of the same process
+        code = await asyncio.wait_for(child.wait(), timeout=10)
+        stopper.join()
+        return code
+
+    assert uvloop.run(start_stop_and_wait()) < 0  # ended by a signal, and seen to end

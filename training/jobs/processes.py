@@ -83,16 +83,43 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def stop_tree(pid: int, *, grace: float = STOP_GRACE_S, also: Sequence[psutil.Process] = ()) -> None:
-    """SIGTERM ``pid``, its descendants and ``also``; SIGKILL whatever is left after ``grace`` seconds."""
+def stop_tree(pid: int, *, grace: float = STOP_GRACE_S, also: Sequence[psutil.Process] = (), reap: bool = True) -> None:
+    """SIGTERM ``pid``, its descendants and ``also``; SIGKILL whatever is left after ``grace`` seconds.
+
+    ``reap=False``: wait without collecting our own children's exit status, for a child
+    an event loop awaits (``asyncio.create_subprocess_exec``). psutil's wait reaps a child
+    of this process, and uvloop's ``child.wait()`` then never returns: a train task whose
+    cancel reached the worker that started it hung for good.
+    """
     processes = list({p.pid: p for p in [*also, *descendants(pid)]}.values())
     with contextlib.suppress(psutil.NoSuchProcess):
         processes.insert(0, psutil.Process(pid))
+    wait = psutil.wait_procs if reap else _wait_without_reaping
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
+    _, alive = wait(processes, timeout=grace)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    wait(alive, timeout=grace)
+
+
+def _wait_without_reaping(
+    processes: Sequence[psutil.Process], *, timeout: float
+) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """(gone, alive) after at most ``timeout`` s; a zombie counts as gone and is left to its parent to reap."""
+    deadline = time.monotonic() + timeout
+    alive = list(processes)
+    while True:
+        alive = [p for p in alive if not _gone(p)]
+        if not alive or time.monotonic() >= deadline:
+            return [p for p in processes if p not in alive], alive
+        time.sleep(0.05)
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -122,7 +122,7 @@ class TrainRunner:
                 raise psutil.NoSuchProcess(child.pid)
         except psutil.NoSuchProcess:
             raise NotRunning(f"the training of task {task_id!r} has already ended") from None
-        stop_tree(child.pid, grace=CANCEL_GRACE_S)
+        stop_tree(child.pid, grace=CANCEL_GRACE_S, reap=False)  # the task's own wait() collects it
         return {"task_id": task_id, "run_id": job.get("run_id"), "status": "canceled"}
 
     def status(self) -> dict[str, Any]:
