@@ -296,3 +296,29 @@ def test_a_server_rewrites_labels_csv_after_the_request_once_for_many_changes(
     store.undo(store.history(limit=1)[0].event_id, actor="t")
     store.close()  # pending at shutdown: written
     assert settings.labels_csv.read_text() == LabelStore(settings.label_db_url).labels_csv()
+
+
+def test_a_writer_killed_during_its_turn_does_not_block_the_next(store: LabelStore, settings: Settings) -> None:
+    """SQLite writers take turns by an flock beside the database: the kernel drops a dead holder's."""
+    if settings.database_url:
+        pytest.skip("SQLite only: PostgreSQL orders writers by its row locks")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from training.labels.store import LabelStore
+        store = LabelStore({settings.label_db_url!r})
+        with store._writer_turn():
+            print("holding", flush=True)
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        assert (settings.data_dir / "labels.db-writer").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    image_id = store.images(split="train", label="square")[0].image_id
+    assert store.relabel([image_id], "ring").changed[0].new_label == "ring"

@@ -14,7 +14,9 @@ a model store shared by several datasets never serves one dataset's model for an
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 import uuid
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Select, create_engine, event, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
@@ -133,6 +135,52 @@ def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
     return engine
 
 
+class WriterTurn:
+    """One writer at a time across threads and processes, for a SQLite file: waiters wake at once.
+
+    SQLite alone makes a second writer poll (its busy handler sleeps in growing steps of up
+    to 100 ms, so a waiter wakes late): with 16 clients relabelling over 2 workers, relabel's
+    p99 was 0.5-1 s (benchmarks/soak.py, issue 14). An flock on a file beside the database is
+    handed on by the kernel the moment it is released, and dropped if its holder dies.
+    Re-entrant within a thread. ``path`` None (an in-memory database): the thread lock alone.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._thread_turn = threading.RLock()
+        self._depth = 0  # how deep the holding thread is nested
+        self._fd: int | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._thread_turn:
+            if self._depth == 0 and self.path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._thread_turn:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _writer_turn_file(url: str) -> Path | None:
+    """``labels.db-writer`` beside a SQLite file (like its ``-wal`` and ``-shm``); None for an in-memory one."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-writer")
+
+
 class LabelStore:
     """All label reads and writes; every write is one transaction."""
 
@@ -150,9 +198,11 @@ class LabelStore:
         self._export_state = threading.Lock()  # guards _export_pending and _exporter
         self._export_running = threading.Lock()  # one export at a time in this process
         self._exporter: threading.Thread | None = None
+        self._writer_turn: WriterTurn | None = None  # PostgreSQL: its row locks order writers, no polling
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url, for_writes=True)
             read_engine = _sqlite_engine(url, for_writes=False)
+            self._writer_turn = WriterTurn(_writer_turn_file(url))
         else:
             self.engine = read_engine = create_engine(url, pool_pre_ping=True)
         try:  # every opener upgrades (one query when at head): `bouncer` and each worker start on the newest schema
@@ -179,7 +229,7 @@ class LabelStore:
     def _create_dataset_id(self) -> str:
         """Made once, by whichever process opens the database first (a database from before gets one now)."""
         try:
-            with self._writer.begin() as session:
+            with self._write() as session:
                 if session.get(DatasetRow, 1) is None:  # under the write lock: no other process made it meanwhile
                     session.add(DatasetRow(id=1, dataset_id=str(uuid.uuid4()), created_at=datetime.now(UTC)))
         except IntegrityError:  # a server database without a write lock: another process inserted it first
@@ -193,6 +243,8 @@ class LabelStore:
         self.flush_labels_csv()
         self.engine.dispose()
         self._read_engine.dispose()
+        if self._writer_turn is not None:
+            self._writer_turn.close()
 
     def __enter__(self) -> LabelStore:
         return self
@@ -331,7 +383,7 @@ class LabelStore:
         ids = list(dict.fromkeys(image_ids))  # de-duplicate, keep order
         if not ids:
             raise UnknownImageError("no image_ids given")
-        with self._writer.begin() as session:
+        with self._write() as session:
             if session.get(ClassRow, label) is None:
                 known = ", ".join(sorted(session.scalars(select(ClassRow.name))))
                 raise UnknownLabelError(f"unknown label {label!r}; known classes: {known}")
@@ -358,7 +410,7 @@ class LabelStore:
         ids = list(dict.fromkeys(image_ids))
         if not ids:
             raise UnknownImageError("no image_ids given")
-        with self._writer.begin() as session:
+        with self._write() as session:
             rows = _present_rows(session, ids)
             confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
             for row in rows.values():
@@ -376,7 +428,7 @@ class LabelStore:
         Long on purpose: the checks that keep undo from clobbering later decisions, and the inverse, in one transaction.
         """
         _check_reason_and_actor(reason, actor)
-        with self._writer.begin() as session:
+        with self._write() as session:
             original = session.get(EventRow, event_id)
             if original is None:
                 raise UnknownEventError(f"unknown event_id {event_id}")
@@ -480,12 +532,22 @@ class LabelStore:
             self._export_now()
 
     @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; on SQLite, after this writer's turn (:class:`WriterTurn`)."""
+        if self._writer_turn is None:
+            with self._writer.begin() as session:
+                yield session
+            return
+        with self._writer_turn(), self._writer.begin() as session:
+            yield session
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One write transaction (SQLite's write lock taken up front); labels.csv follows after the commit.
 
         A writer that changes labels or images calls :func:`bump_revision` in it.
         """
-        with self._writer.begin() as session:
+        with self._write() as session:
             yield session
         self._after_write()
 
@@ -504,7 +566,7 @@ class LabelStore:
         """Record that ``tag`` serves from now on; every worker polls this and swaps to it."""
         _check_reason_and_actor(reason, actor)
         row = PromotionRow(model_name=model_name, tag=tag, created_at=datetime.now(UTC), actor=actor, reason=reason)
-        with self._writer.begin() as session:
+        with self._write() as session:
             session.add(row)
         return Promotion(row.tag, row.created_at, row.actor, row.reason)
 
