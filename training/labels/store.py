@@ -41,7 +41,7 @@ from training.labels.errors import (
     UnknownLabelError,
     checked_text,
 )
-from training.labels.export import data_version_of, labels_csv_text, write_labels_csv
+from training.labels.export import CSV_HEADER, data_version_of, labels_csv_line, write_labels_csv
 from training.labels.migrate import upgrade_to_head
 from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
 from training.settings import Settings
@@ -100,6 +100,18 @@ class ImageState:
     label: str
     present: bool
     reviewed: bool
+
+
+@dataclass
+class _CsvLines:
+    """labels.csv as one line per present image, kept across revisions (see :meth:`LabelStore.labels_csv`)."""
+
+    revision: int
+    order: list[str]  # present image ids, in the database's path order
+    paths: dict[str, str]  # image id -> path
+    lines: dict[str, str]  # image id -> its CSV line
+    text: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -215,7 +227,8 @@ class LabelStore:
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
         self._dataset_id = self._existing_dataset_id() or self._create_dataset_id()
-        self._data_version: tuple[int, str] = (-1, "")  # (revision, hash) of the last data_version() asked
+        self._csv: _CsvLines | None = None  # labels.csv as of some revision, for labels_csv() and data_version()
+        self._csv_lock = threading.Lock()
 
     @property
     def dataset_id(self) -> str:
@@ -312,6 +325,17 @@ class LabelStore:
                 )
             )
             return current, [ImageState(*row) for row in rows]
+
+    def records_since(self, revision: int) -> tuple[int, list[tuple[ImageRecord, bool]]]:
+        """The current revision and every image row changed after ``revision`` (-1: all), with whether it is present.
+
+        Like :meth:`changed_since` (revision read first, so nothing is missed), with whole records:
+        for caches that keep paths and content hashes.
+        """
+        with self._session() as session:
+            current = int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
+            rows = session.execute(select(*_RECORD_COLUMNS, ImageRow.present).where(ImageRow.revision > revision))
+            return current, [(ImageRecord(*row[:-1]), bool(row[-1])) for row in rows]
 
     def revision(self) -> int:
         """A number every change of labels or images raises: equal revisions, equal labels (one row read)."""
@@ -573,17 +597,39 @@ class LabelStore:
     # --- export -----------------------------------------------------------------
     def labels_csv(self) -> str:
         """The curated labels as deterministic CSV text (see :mod:`training.labels.export`)."""
-        return labels_csv_text(self.images())
+        return self._labels_csv()[0]
 
     def data_version(self) -> str:
-        """Hash of every present image's content and curated label: what a model was trained on.
+        """Hash of every present image's content and curated label: what a model was trained on."""
+        return self._labels_csv()[1]
 
-        Computed once per revision (hashing 100k labels takes a while, reading the revision does not).
+    def _labels_csv(self) -> tuple[str, str]:
+        """The text and its hash, kept per process and brought up to date by the rows changed since.
+
+        Built in full on first use, and when images came, went or moved (the database orders the
+        paths: its collation, not Python's). A relabel, undo or confirm only replaces its images'
+        lines: the service asks this for every ``evaluate`` and every labels.csv rewrite, and rebuilding
+        it from every row per revision was a third of a worker's CPU in the soak (issue 14).
+        Returns the text and its hash.
         """
-        revision = self.revision()
-        if self._data_version[0] != revision:
-            self._data_version = (revision, data_version_of(self.labels_csv()))
-        return self._data_version[1]
+        with self._csv_lock:
+            cached = self._csv
+            if cached is not None:
+                revision, changed = self.records_since(cached.revision)
+                if revision == cached.revision and not changed:
+                    return cached.text, cached.version
+                if all(present and cached.paths.get(r.image_id) == r.path for r, present in changed):
+                    cached.lines.update((r.image_id, labels_csv_line(r)) for r, _ in changed)
+                    text = CSV_HEADER + "".join(cached.lines[image_id] for image_id in cached.order)
+                    cached.revision, cached.text, cached.version = revision, text, data_version_of(text)
+                    return text, cached.version
+            revision = self.revision()  # first: a change committed after it is read again next time
+            records = self.images()
+            lines = {r.image_id: labels_csv_line(r) for r in records}
+            text = CSV_HEADER + "".join(lines[r.image_id] for r in records)
+            order, paths = [r.image_id for r in records], {r.image_id: r.path for r in records}
+            self._csv = _CsvLines(revision, order, paths, lines, text, data_version_of(text))
+            return text, self._csv.version
 
     def export_csv(self, path: Path) -> str:
         """Write labels.csv atomically (safe with several writers); return the data version."""
