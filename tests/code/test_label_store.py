@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import SHAPES, write_mixed_formats
 from training.labels.errors import UndoConflictError, UnknownEventError, UnknownImageError, UnknownLabelError
+from training.labels.export import data_version_of, labels_csv_text
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import import_folder
 from training.settings import Settings
@@ -296,3 +297,58 @@ def test_a_server_rewrites_labels_csv_after_the_request_once_for_many_changes(
     store.undo(store.history(limit=1)[0].event_id, actor="t")
     store.close()  # pending at shutdown: written
     assert settings.labels_csv.read_text() == LabelStore(settings.label_db_url).labels_csv()
+
+
+def test_labels_csv_kept_across_revisions_is_the_one_read_from_every_row(store: LabelStore, settings: Settings) -> None:
+    """The text and data version a store keeps up to date equal a fresh read after every kind of change."""
+
+    def fresh() -> tuple[str, str]:
+        text = labels_csv_text(store.images())
+        return text, data_version_of(text)
+
+    assert (store.labels_csv(), store.data_version()) == fresh()
+    squares = [r.image_id for r in store.images(split="train", label="square")[:2]]
+    relabel = store.relabel(squares, "ring", reason="r", actor="t")
+    assert (store.labels_csv(), store.data_version()) == fresh()
+    confirm = store.confirm(squares[:1])
+    assert (store.labels_csv(), store.data_version()) == fresh()
+    with LabelStore(settings.label_db_url) as other:  # another worker's write: seen here by its revision
+        other.relabel([squares[1]], "cross")
+    assert (store.labels_csv(), store.data_version()) == fresh()
+    store.undo(confirm.event_id)
+    with pytest.raises(UndoConflictError):
+        store.undo(relabel.event_id)
+    assert (store.labels_csv(), store.data_version()) == fresh()
+    data = settings.data_dir
+    moved = store.images(split="train", label="cross")[0]
+    shutil.move(data / moved.path, data / "train" / "ring" / Path(moved.path).name)
+    (data / store.images(split="test")[0].path).unlink()
+    write_mixed_formats(data / "train" / "square", "square", 1, start=700)
+    import_folder(settings, store)  # a move, a removal and a new image: the order changes
+    assert (store.labels_csv(), store.data_version()) == fresh()
+
+
+def test_a_writer_killed_during_its_turn_does_not_block_the_next(store: LabelStore, settings: Settings) -> None:
+    """SQLite writers take turns by an flock beside the database: the kernel drops a dead holder's."""
+    if settings.database_url:
+        pytest.skip("SQLite only: PostgreSQL orders writers by its row locks")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from training.labels.store import LabelStore
+        store = LabelStore({settings.label_db_url!r})
+        with store._writer_turn():
+            print("holding", flush=True)
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        assert (settings.data_dir / "labels.db-writer").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    image_id = store.images(split="train", label="square")[0].image_id
+    assert store.relabel([image_id], "ring").changed[0].new_label == "ring"

@@ -88,3 +88,20 @@ def test_a_relabel_is_seen_by_every_worker_at_once(trained_demo: TrainedDemo, tm
             assert image_id not in {h["image_id"] for h in hits}
         finally:
             _post(url, "undo", {"event_id": result["event_id"]})
+
+
+def test_evaluate_follows_a_relabel_of_a_test_image_and_its_undo(server: str) -> None:
+    """Each worker keeps its evaluation across revisions: a relabel of the split must still show at once."""
+    before = _post(server, "evaluate", {"split": "test"}).json()
+    image_id = _post(server, "images", {"split": "test", "label": "dog", "limit": 1}).json()[0]["image_id"]
+    relabel = _post(server, "relabel", {"image_ids": [image_id], "label": "cat"}).json()
+    try:
+        for _ in range(6):  # answered by either worker
+            after = _post(server, "evaluate", {"split": "test"}).json()
+            assert after["n"] == before["n"] and after["data_version"] != before["data_version"]
+            assert after["per_class"]["dog"]["support"] == before["per_class"]["dog"]["support"] - 1
+            assert after["per_class"]["cat"]["support"] == before["per_class"]["cat"]["support"] + 1
+    finally:
+        assert _post(server, "undo", {"event_id": relabel["event_id"]}).status_code == 200
+    for _ in range(6):
+        assert _post(server, "evaluate", {"split": "test"}).json() == before

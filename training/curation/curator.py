@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -88,8 +88,36 @@ def check_evaluable(settings: Settings, store: LabelStore, split: str) -> None:
 
 @dataclass(frozen=True)
 class _Evaluated:
+    revision: int  # the label revision it is right for
+    records: list[ImageRecord]  # the split's images, in path order
+    probabilities: np.ndarray  # the model's, row by row with ``records``
     report: EvaluationReport
     rows: list[Misclassified]  # every image: its label, the prediction and its confidence
+
+
+def _relabelled(
+    records: list[ImageRecord], changed: list[tuple[ImageRecord, bool]], split: str
+) -> list[ImageRecord] | None:
+    """``records`` (one split's) after ``changed`` rows, when those only relabelled some of them; None otherwise.
+
+    Returns ``records`` itself when none of them changed. An image that came, went, moved or
+    changed content needs a new read (and maybe inference): None.
+    """
+    position = {r.image_id: i for i, r in enumerate(records)}
+    updated = records
+    for record, present in changed:
+        i = position.get(record.image_id)
+        if i is None:
+            if present and record.split == split:
+                return None
+            continue  # another split's image
+        old = records[i]
+        if not present or (record.split, record.path, record.sha256) != (old.split, old.path, old.sha256):
+            return None
+        if record != old:
+            updated = list(records) if updated is records else updated
+            updated[i] = record
+    return updated
 
 
 class _Memo:
@@ -115,7 +143,8 @@ class _Memo:
         return value
 
 
-# Kept per process: evaluations and suspect rankings, keyed by (database, model version, label revision, what).
+# Kept per process: evaluations and suspect rankings, keyed by (database, model version, what), each
+# with the label revision it is right for.
 _CACHE = _Memo(16)
 # Kept per process: each model version's probabilities per (image id, content hash), so a new label
 # revision costs evaluate only the inference of images it has not seen (issue 13: 1.5 s -> metrics only).
@@ -163,12 +192,27 @@ class Curator:
         return sorted(cell, key=lambda row: -row.confidence)[offset : offset + limit]
 
     def _evaluated(self, split: str) -> _Evaluated:
+        """The split's evaluation, brought up to the current revision from the last one of this process.
+
+        A revision that relabelled none of the split's images reuses it; one that relabelled some
+        recomputes the metrics from the kept probabilities; anything else reads the split again.
+        Recomputing per revision cost ~250 ms of CPU while reads waited (issue 14's soak).
+        """
         check_evaluable(self.settings, self.store, split)
-        key = (str(self.store.engine.url), self.model.tag, self.store.revision(), split)
-        if (cached := _CACHE.get(key)) is not None:
-            return cached
+        key = (str(self.store.engine.url), self.model.tag, "evaluate", split)
+        cached: _Evaluated | None = _CACHE.get(key)
+        if cached is not None:
+            revision, changed = self.store.records_since(cached.revision)
+            records = _relabelled(cached.records, changed, split)
+            if records is cached.records:
+                return cached if revision == cached.revision else _CACHE.put(key, replace(cached, revision=revision))
+            if records is not None:
+                return _CACHE.put(key, self._evaluation(revision, records, cached.probabilities))
+        revision = self.store.revision()  # first: a change committed after it is read again next time
         records = self.store.images(split=split)
-        probabilities = self._probabilities(records)
+        return _CACHE.put(key, self._evaluation(revision, records, self._probabilities(records)))
+
+    def _evaluation(self, revision: int, records: list[ImageRecord], probabilities: np.ndarray) -> _Evaluated:
         report = evaluate_predictions(
             probabilities,
             [r.label for r in records],
@@ -181,7 +225,7 @@ class Curator:
             Misclassified(r.image_id, r.path, r.label, self.model.class_names[int(b)], float(p[b]))
             for r, b, p in zip(records, best, probabilities, strict=True)
         ]
-        return _CACHE.put(key, _Evaluated(report, rows))
+        return _Evaluated(revision, records, probabilities, report, rows)
 
     def index(self) -> VectorIndex:
         """The version's index, following the current labels, with images imported since training added."""

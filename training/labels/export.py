@@ -23,12 +23,21 @@ CSV_COLUMNS = ("path", "image_id", "split", "label", "sha256")
 
 def labels_csv_text(records: Iterable[ImageRecord]) -> str:
     """One line per present image, in the order given (the store gives them sorted by path)."""
+    return CSV_HEADER + "".join(labels_csv_line(record) for record in records)
+
+
+def labels_csv_line(record: ImageRecord) -> str:
+    """One image's line (CSV quoting where a path needs it): the text is the header and these, joined."""
+    return _csv_row([record.path, record.image_id, record.split, record.label, record.sha256])
+
+
+def _csv_row(values: list[str]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for record in records:
-        writer.writerow([record.path, record.image_id, record.split, record.label, record.sha256])
+    csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue()
+
+
+CSV_HEADER = _csv_row(list(CSV_COLUMNS))
 
 
 def data_version_of(labels_csv: str) -> str:

@@ -14,7 +14,9 @@ a model store shared by several datasets never serves one dataset's model for an
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 import uuid
@@ -25,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Select, create_engine, event, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from training.data.folders import Fingerprint
 from training.labels.errors import (
@@ -39,7 +41,7 @@ from training.labels.errors import (
     UnknownLabelError,
     checked_text,
 )
-from training.labels.export import data_version_of, labels_csv_text, write_labels_csv
+from training.labels.export import CSV_HEADER, data_version_of, labels_csv_line, write_labels_csv
 from training.labels.migrate import upgrade_to_head
 from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
 from training.settings import Settings
@@ -100,6 +102,18 @@ class ImageState:
     reviewed: bool
 
 
+@dataclass
+class _CsvLines:
+    """labels.csv as one line per present image, kept across revisions (see :meth:`LabelStore.labels_csv`)."""
+
+    revision: int
+    order: list[str]  # present image ids, in the database's path order
+    paths: dict[str, str]  # image id -> path
+    lines: dict[str, str]  # image id -> its CSV line
+    text: str
+    version: str
+
+
 @dataclass(frozen=True)
 class Promotion:
     tag: str
@@ -133,6 +147,52 @@ def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
     return engine
 
 
+class WriterTurn:
+    """One writer at a time across threads and processes, for a SQLite file: waiters wake at once.
+
+    SQLite alone makes a second writer poll (its busy handler sleeps in growing steps of up
+    to 100 ms, so a waiter wakes late): with 16 clients relabelling over 2 workers, relabel's
+    p99 was 0.5-1 s (benchmarks/soak.py, issue 14). An flock on a file beside the database is
+    handed on by the kernel the moment it is released, and dropped if its holder dies.
+    Re-entrant within a thread. ``path`` None (an in-memory database): the thread lock alone.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._thread_turn = threading.RLock()
+        self._depth = 0  # how deep the holding thread is nested
+        self._fd: int | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._thread_turn:
+            if self._depth == 0 and self.path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._thread_turn:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _writer_turn_file(url: str) -> Path | None:
+    """``labels.db-writer`` beside a SQLite file (like its ``-wal`` and ``-shm``); None for an in-memory one."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-writer")
+
+
 class LabelStore:
     """All label reads and writes; every write is one transaction."""
 
@@ -150,9 +210,11 @@ class LabelStore:
         self._export_state = threading.Lock()  # guards _export_pending and _exporter
         self._export_running = threading.Lock()  # one export at a time in this process
         self._exporter: threading.Thread | None = None
+        self._writer_turn: WriterTurn | None = None  # PostgreSQL: its row locks order writers, no polling
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url, for_writes=True)
             read_engine = _sqlite_engine(url, for_writes=False)
+            self._writer_turn = WriterTurn(_writer_turn_file(url))
         else:
             self.engine = read_engine = create_engine(url, pool_pre_ping=True)
         try:  # every opener upgrades (one query when at head): `bouncer` and each worker start on the newest schema
@@ -165,7 +227,8 @@ class LabelStore:
         self._session = sessionmaker(read_engine, expire_on_commit=False)
         self._read_engine = read_engine
         self._dataset_id = self._existing_dataset_id() or self._create_dataset_id()
-        self._data_version: tuple[int, str] = (-1, "")  # (revision, hash) of the last data_version() asked
+        self._csv: _CsvLines | None = None  # labels.csv as of some revision, for labels_csv() and data_version()
+        self._csv_lock = threading.Lock()
 
     @property
     def dataset_id(self) -> str:
@@ -179,7 +242,7 @@ class LabelStore:
     def _create_dataset_id(self) -> str:
         """Made once, by whichever process opens the database first (a database from before gets one now)."""
         try:
-            with self._writer.begin() as session:
+            with self._write() as session:
                 if session.get(DatasetRow, 1) is None:  # under the write lock: no other process made it meanwhile
                     session.add(DatasetRow(id=1, dataset_id=str(uuid.uuid4()), created_at=datetime.now(UTC)))
         except IntegrityError:  # a server database without a write lock: another process inserted it first
@@ -193,6 +256,8 @@ class LabelStore:
         self.flush_labels_csv()
         self.engine.dispose()
         self._read_engine.dispose()
+        if self._writer_turn is not None:
+            self._writer_turn.close()
 
     def __enter__(self) -> LabelStore:
         return self
@@ -261,6 +326,17 @@ class LabelStore:
             )
             return current, [ImageState(*row) for row in rows]
 
+    def records_since(self, revision: int) -> tuple[int, list[tuple[ImageRecord, bool]]]:
+        """The current revision and every image row changed after ``revision`` (-1: all), with whether it is present.
+
+        Like :meth:`changed_since` (revision read first, so nothing is missed), with whole records:
+        for caches that keep paths and content hashes.
+        """
+        with self._session() as session:
+            current = int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
+            rows = session.execute(select(*_RECORD_COLUMNS, ImageRow.present).where(ImageRow.revision > revision))
+            return current, [(ImageRecord(*row[:-1]), bool(row[-1])) for row in rows]
+
     def revision(self) -> int:
         """A number every change of labels or images raises: equal revisions, equal labels (one row read)."""
         with self._session() as session:
@@ -287,7 +363,8 @@ class LabelStore:
 
     def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
         """Events newest first, optionally only those touching one image."""
-        query = select(EventRow).order_by(EventRow.event_id.desc()).limit(limit)
+        # the changes of all events in one more query, not one per event (history's p99 in the soak, issue 14)
+        query = select(EventRow).options(selectinload(EventRow.changes)).order_by(EventRow.event_id.desc()).limit(limit)
         with self._session() as session:
             if image_id is not None:
                 if session.get(ImageRow, image_id) is None:
@@ -330,7 +407,7 @@ class LabelStore:
         ids = list(dict.fromkeys(image_ids))  # de-duplicate, keep order
         if not ids:
             raise UnknownImageError("no image_ids given")
-        with self._writer.begin() as session:
+        with self._write() as session:
             if session.get(ClassRow, label) is None:
                 known = ", ".join(sorted(session.scalars(select(ClassRow.name))))
                 raise UnknownLabelError(f"unknown label {label!r}; known classes: {known}")
@@ -357,7 +434,7 @@ class LabelStore:
         ids = list(dict.fromkeys(image_ids))
         if not ids:
             raise UnknownImageError("no image_ids given")
-        with self._writer.begin() as session:
+        with self._write() as session:
             rows = _present_rows(session, ids)
             confirmed = [LabelChange(i, rows[i].label, rows[i].label) for i in ids]
             for row in rows.values():
@@ -375,7 +452,7 @@ class LabelStore:
         Long on purpose: the checks that keep undo from clobbering later decisions, and the inverse, in one transaction.
         """
         _check_reason_and_actor(reason, actor)
-        with self._writer.begin() as session:
+        with self._write() as session:
             original = session.get(EventRow, event_id)
             if original is None:
                 raise UnknownEventError(f"unknown event_id {event_id}")
@@ -479,12 +556,22 @@ class LabelStore:
             self._export_now()
 
     @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; on SQLite, after this writer's turn (:class:`WriterTurn`)."""
+        if self._writer_turn is None:
+            with self._writer.begin() as session:
+                yield session
+            return
+        with self._writer_turn(), self._writer.begin() as session:
+            yield session
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One write transaction (SQLite's write lock taken up front); labels.csv follows after the commit.
 
         A writer that changes labels or images calls :func:`bump_revision` in it.
         """
-        with self._writer.begin() as session:
+        with self._write() as session:
             yield session
         self._after_write()
 
@@ -503,24 +590,46 @@ class LabelStore:
         """Record that ``tag`` serves from now on; every worker polls this and swaps to it."""
         _check_reason_and_actor(reason, actor)
         row = PromotionRow(model_name=model_name, tag=tag, created_at=datetime.now(UTC), actor=actor, reason=reason)
-        with self._writer.begin() as session:
+        with self._write() as session:
             session.add(row)
         return Promotion(row.tag, row.created_at, row.actor, row.reason)
 
     # --- export -----------------------------------------------------------------
     def labels_csv(self) -> str:
         """The curated labels as deterministic CSV text (see :mod:`training.labels.export`)."""
-        return labels_csv_text(self.images())
+        return self._labels_csv()[0]
 
     def data_version(self) -> str:
-        """Hash of every present image's content and curated label: what a model was trained on.
+        """Hash of every present image's content and curated label: what a model was trained on."""
+        return self._labels_csv()[1]
 
-        Computed once per revision (hashing 100k labels takes a while, reading the revision does not).
+    def _labels_csv(self) -> tuple[str, str]:
+        """The text and its hash, kept per process and brought up to date by the rows changed since.
+
+        Built in full on first use, and when images came, went or moved (the database orders the
+        paths: its collation, not Python's). A relabel, undo or confirm only replaces its images'
+        lines: the service asks this for every ``evaluate`` and every labels.csv rewrite, and rebuilding
+        it from every row per revision was a third of a worker's CPU in the soak (issue 14).
+        Returns the text and its hash.
         """
-        revision = self.revision()
-        if self._data_version[0] != revision:
-            self._data_version = (revision, data_version_of(self.labels_csv()))
-        return self._data_version[1]
+        with self._csv_lock:
+            cached = self._csv
+            if cached is not None:
+                revision, changed = self.records_since(cached.revision)
+                if revision == cached.revision and not changed:
+                    return cached.text, cached.version
+                if all(present and cached.paths.get(r.image_id) == r.path for r, present in changed):
+                    cached.lines.update((r.image_id, labels_csv_line(r)) for r, _ in changed)
+                    text = CSV_HEADER + "".join(cached.lines[image_id] for image_id in cached.order)
+                    cached.revision, cached.text, cached.version = revision, text, data_version_of(text)
+                    return text, cached.version
+            revision = self.revision()  # first: a change committed after it is read again next time
+            records = self.images()
+            lines = {r.image_id: labels_csv_line(r) for r in records}
+            text = CSV_HEADER + "".join(lines[r.image_id] for r in records)
+            order, paths = [r.image_id for r in records], {r.image_id: r.path for r in records}
+            self._csv = _CsvLines(revision, order, paths, lines, text, data_version_of(text))
+            return text, self._csv.version
 
     def export_csv(self, path: Path) -> str:
         """Write labels.csv atomically (safe with several writers); return the data version."""
