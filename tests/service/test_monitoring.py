@@ -76,7 +76,14 @@ def test_every_prediction_has_an_ood_score_and_is_logged_for_the_drift_report(de
 
 def test_logged_images_are_imported_once_under_their_predicted_label_with_the_token(deployment: Deployment) -> None:
     url = deployment.url
+
+    def logged() -> int:
+        return httpx.post(f"{url}/drift", json={"window": "1h", "windows": 1}, timeout=60).json()["windows"][0]["n"]
+
+    before = logged()
     predict(url, noise_png(1234))
+    # the worker that answered writes its log within BOUNCER_PREDICTION_LOG_FLUSH_MS; import what is written
+    assert eventually(lambda: logged() == before + 1, timeout=10)
     payload = {"since": "1h", "limit": 1000, "ood_only": False}
     assert httpx.post(f"{url}/import_predictions", json=payload, timeout=60).status_code == 401
     refused = httpx.post(f"{url}/import_predictions", json={**payload, "split": "holdout"}, headers=AUTH, timeout=60)
