@@ -23,7 +23,7 @@ from PIL import Image
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
 
 from tests.postgres import HOW as POSTGRES_HOW  # noqa: E402
-from tests.postgres import fresh_database, throwaway_server  # noqa: E402
+from tests.postgres import debian_has_pgvector, fresh_database, pgserver_binaries, throwaway_server  # noqa: E402
 from training.settings import Settings  # noqa: E402
 from training.tf_logs import quiet_tensorflow  # noqa: E402
 
@@ -82,6 +82,33 @@ def postgres_server() -> Iterator[str | None]:
         yield url
         return
     with throwaway_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(postgres_server: str | None) -> Iterator[str | None]:
+    """A server with the pgvector extension: BOUNCER_TEST_PGVECTOR_URL, Debian's if it has it, else pgserver's build."""
+    if url := os.environ.get("BOUNCER_TEST_PGVECTOR_URL"):
+        yield url
+        return
+    if postgres_server and (os.environ.get("BOUNCER_TEST_POSTGRES_URL") or debian_has_pgvector()):
+        yield postgres_server
+        return
+    binaries = pgserver_binaries()
+    if binaries is None:
+        yield None
+        return
+    with throwaway_server(binaries) as url:
+        yield url
+
+
+@pytest.fixture
+def pgvector_database(pgvector_server: str | None) -> Iterator[str]:
+    """An empty database on a server with pgvector, for this test, dropped after it."""
+    if not pgvector_server:
+        pytest.skip("no PostgreSQL with pgvector: pip install -e '.[dev]' (pgserver), or set BOUNCER_TEST_PGVECTOR_URL")
+    pytest.importorskip("psycopg")
+    with fresh_database(pgvector_server) as url:
         yield url
 
 
