@@ -33,8 +33,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loadgen import LoadResult, drive, multipart_request, run  # noqa: E402
-from benchmarks.workspace import SMALL_DEMO, isolated_env, train_throwaway, workspace  # noqa: E402
-from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
+from benchmarks.workspace import SMALL_DEMO, isolated_env, serving, train_throwaway, workspace  # noqa: E402
+from training.jobs.processes import free_port  # noqa: E402
 
 DEMOS = {"full": "DemoSpec()", "small": SMALL_DEMO}
 GOALS = {"noise": 0.95, "photos": 0.95, "held-out class": 0.80}
@@ -137,13 +137,7 @@ def throughput(tag: str, env: dict[str, str], data_dir: Path, args: argparse.Nam
             port = free_port()
             log = data_dir.parent / f"serve-{round_number}-{port}.log"
             serving_env = {**env, "BOUNCER_MODEL_TAG": tag, **extra}
-            with running(
-                bentoml_serve_command("bento_service.service:Bouncer", port),
-                ready_url=f"http://127.0.0.1:{port}/readyz",
-                log=log,
-                env=serving_env,
-                cwd=PROJECT,
-            ):
+            with serving(port, serving_env, log):
                 requests = [multipart_request("127.0.0.1", port, "/predict", parts) for parts in bodies]
                 result = run(
                     drive(name, "127.0.0.1", port, requests, clients=32, seconds=args.seconds, warmup=args.warmup)

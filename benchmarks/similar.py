@@ -41,8 +41,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loadgen import drive, json_request, run  # noqa: E402
-from benchmarks.workspace import model_to_measure, workspace  # noqa: E402
-from training.jobs.processes import bentoml_serve_command, free_port, running  # noqa: E402
+from benchmarks.workspace import model_to_measure, serving, workspace  # noqa: E402
+from training.jobs.processes import free_port  # noqa: E402
 
 DIM = 32
 LABELS = [f"c{i}" for i in range(10)]  # replaced by the model's class names
@@ -289,14 +289,7 @@ def bench_size(n: int, source_tag: str, root: Path, base_env: dict[str, str], ar
 
     port, log = free_port(), folder / "server.log"
     serve_env = {**os.environ, **env, "BOUNCER_MODEL_TAG": tag, "BOUNCER_WORKERS": "1", "BOUNCER_ACCESS_LOG": "false"}
-    with running(
-        bentoml_serve_command("bento_service.service:Bouncer", port),
-        ready_url=f"http://127.0.0.1:{port}/readyz",
-        log=log,
-        env=serve_env,
-        cwd=PROJECT,
-        timeout=600,
-    ):
+    with serving(port, serve_env, log, timeout=600):
         print(f"  {'through HTTP, one client':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  non-2xx")
         for name, path, bodies in [
             ("similar k=10", "/similar", [{"image_id": x, "k": K, "split": "train"} for x in picks]),

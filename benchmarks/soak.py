@@ -29,8 +29,8 @@ import psutil
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.workspace import model_to_measure, workspace  # noqa: E402
-from training.jobs.processes import bentoml_serve_command, descendants, free_port, running  # noqa: E402
+from benchmarks.workspace import model_to_measure, serving, workspace  # noqa: E402
+from training.jobs.processes import descendants, free_port  # noqa: E402
 
 TOKEN = "soak"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -147,13 +147,7 @@ def main() -> None:
         port = free_port()
         serve_env = {**env, "BOUNCER_MODEL_TAG": tag, "BOUNCER_API_TOKEN": TOKEN}
         url = f"http://127.0.0.1:{port}"
-        with running(
-            bentoml_serve_command("bento_service.service:Bouncer", port),
-            ready_url=f"{url}/readyz",
-            log=root / "soak-server.log",
-            env=serve_env,
-            cwd=PROJECT,
-        ) as server:
+        with serving(port, serve_env, root / "soak-server.log") as server:
             listed = httpx.post(f"{url}/images", json={"split": "train", "limit": 10_000}, timeout=60).json()
             ids = [row["image_id"] for row in listed]
             labels = sorted({row["label"] for row in listed})

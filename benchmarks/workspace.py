@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+SERVICE = "bento_service.service:Bouncer"
 SMALL_DEMO = "DemoSpec(per_class_limit=200, impostor_count=20)"
 
 
@@ -21,6 +22,22 @@ def workspace(keep_in: Path | None, *, prefix: str) -> Iterator[Path]:
         root = Path(tmp) if keep_in is None else keep_in.resolve()
         root.mkdir(parents=True, exist_ok=True)
         yield root
+
+
+@contextmanager
+def serving(port: int, env: Mapping[str, str], log: Path, *, timeout: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `bentoml serve` of the project's service on ``port``, ready; its process (stopped with its tree after)."""
+    from training.jobs.processes import bentoml_serve_command, running
+
+    with running(
+        bentoml_serve_command(SERVICE, port),
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        log=log,
+        env=env,
+        cwd=PROJECT,
+        timeout=timeout,
+    ) as process:
+        yield process
 
 
 def isolated_env(root: Path) -> dict[str, str]:

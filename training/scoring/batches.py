@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from training.data.folders import find_split_folders
 from training.data.images import ImageError, load_model_input
 from training.model.inference import OnnxClassifier
-from training.model.scores import ScoreManifest, new_manifest, write_manifest
+from training.model.scores import ScoreManifest, clear_scores, new_manifest, write_manifest
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -235,32 +235,73 @@ def log_skipped(skipped: Sequence[tuple[str, str]]) -> None:
         log.warning("skipped %d more unreadable files", len(skipped) - SKIPPED_LOGGED)
 
 
-def finish(
-    out: Path,
-    files: ModelFiles,
-    engine: str,
-    *,
-    scored: int,
-    shards: int,
-    skipped: Sequence[tuple[str, str]],
-    splits: Sequence[str],
-    started: float,
-) -> ScoreManifest:
-    """Report the skipped files and write the manifest last: a folder without one is unfinished."""
-    log_skipped(skipped)
-    manifest = new_manifest(
-        model_tag=files.tag,
-        class_names=files.class_names,
-        image_size=files.image_size,
-        engine=engine,
-        images=scored,
-        shards=shards,
-        skipped=len(skipped),
-        splits=list(splits),
-        seconds=time.perf_counter() - started,
-    )
-    write_manifest(out, manifest)
-    return manifest
+@dataclass
+class ScoringRun:
+    """An engine run's inputs and tally; :meth:`finish` writes the manifest last: a folder without one is unfinished."""
+
+    out: Path
+    files: ModelFiles
+    splits: list[str]
+    paths: list[str]
+    report: Progress
+    started: float
+    scored: int = 0
+    shards: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def begin(
+        cls,
+        settings: Settings,
+        model_tag: str,
+        out: Path,
+        splits: Sequence[str] | None,
+        progress: Progress | None,
+        *,
+        started: float | None = None,
+    ) -> ScoringRun:
+        """List the images and the model's files, and clear ``out`` of a previous run's shards."""
+        started = time.perf_counter() if started is None else started
+        chosen = list(splits or settings.splits)
+        paths = list_images(settings, chosen)
+        files = model_files(model_tag)
+        clear_scores(out)
+        return cls(out, files, chosen, paths, progress or ProgressLog(), started)
+
+    def scorer(self, settings: Settings) -> Scorer:
+        """A scorer of this run's model with one intra-op thread: engines use cores by running several."""
+        return Scorer.from_files(
+            self.files.model,
+            self.files.embedder,
+            class_names=self.files.class_names,
+            image_size=self.files.image_size,
+            data_dir=settings.data_dir,
+            max_pixels=settings.max_image_pixels,
+            threads=1,
+        )
+
+    def count(self, rows: int, skipped: Sequence[tuple[str, str]], *, shards: int = 0) -> None:
+        self.scored += rows
+        self.shards += shards
+        self.skipped += skipped
+        self.report(self.scored + len(self.skipped), len(self.paths))
+
+    def finish(self, engine: str) -> ScoreManifest:
+        """Report the skipped files, then write the manifest."""
+        log_skipped(self.skipped)
+        manifest = new_manifest(
+            model_tag=self.files.tag,
+            class_names=self.files.class_names,
+            image_size=self.files.image_size,
+            engine=engine,
+            images=self.scored,
+            shards=self.shards,
+            skipped=len(self.skipped),
+            splits=self.splits,
+            seconds=time.perf_counter() - self.started,
+        )
+        write_manifest(self.out, manifest)
+        return manifest
 
 
 def chunked(paths: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -17,22 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from training.model.scores import ScoreManifest, clear_scores, write_shard
-from training.scoring.batches import (
-    CHUNK_SIZE,
-    Progress,
-    ProgressLog,
-    Scorer,
-    chunked,
-    finish,
-    list_images,
-    model_files,
-)
+from training.model.scores import ScoreManifest, write_shard
+from training.scoring.batches import CHUNK_SIZE, Progress, ScoringRun, chunked
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,21 +48,8 @@ def score_local(
 
     Long on purpose: the engine end to end (list, chunk, score in parallel, write, report) in order.
     """
-    started = time.perf_counter()
-    splits = list(splits or settings.splits)
-    paths = list_images(settings, splits)
-    files = model_files(model_tag)
-    scorer = Scorer.from_files(
-        files.model,
-        files.embedder,
-        class_names=files.class_names,
-        image_size=files.image_size,
-        data_dir=settings.data_dir,
-        max_pixels=settings.max_image_pixels,
-        threads=1,  # one intra-op thread per run; the cores are used by running a chunk per thread
-    )
-    report = progress or ProgressLog()
-    clear_scores(out)
+    run = ScoringRun.begin(settings, model_tag, out, splits, progress)
+    scorer = run.scorer(settings)
 
     def score_chunk(number: int, chunk: Sequence[str]) -> tuple[int, list[tuple[str, str]]]:
         """Score one chunk into shard ``number`` (none if no file of it is readable); (rows, skipped)."""
@@ -89,18 +66,16 @@ def score_local(
             )
         return len(batch), batch.skipped
 
-    scored, shards, skipped = 0, 0, []
     with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
         futures: list[Future[tuple[int, list[tuple[str, str]]]]] = [
-            pool.submit(score_chunk, number, chunk) for number, chunk in enumerate(chunked(paths, chunk_size))
+            pool.submit(score_chunk, number, chunk) for number, chunk in enumerate(chunked(run.paths, chunk_size))
         ]
         try:
             for future in as_completed(futures):
                 rows, unreadable = future.result()
-                scored, shards, skipped = scored + rows, shards + (rows > 0), skipped + unreadable
-                report(scored + len(skipped), len(paths))
+                run.count(rows, unreadable, shards=int(rows > 0))
         except BaseException:
             for future in futures:  # an error (or Ctrl-C) stops the queued chunks, not only this loop
                 future.cancel()
             raise
-    return finish(out, files, ENGINE, scored=scored, shards=shards, skipped=skipped, splits=splits, started=started)
+    return run.finish(ENGINE)

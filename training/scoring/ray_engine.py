@@ -29,17 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from training.model.scores import ScoreManifest, clear_scores, write_shard
-from training.scoring.batches import (
-    CHUNK_SIZE,
-    Progress,
-    ProgressLog,
-    Scorer,
-    chunked,
-    finish,
-    list_images,
-    model_files,
-)
+from training.model.scores import ScoreManifest, write_shard
+from training.scoring.batches import CHUNK_SIZE, Progress, Scorer, ScoringRun, chunked
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,13 +138,9 @@ def score_with_ray(
     """
     started = time.perf_counter()
     import_ray()  # before any work: a missing extra is the first thing to say
-    splits = list(splits or settings.splits)
-    paths = list_images(settings, splits)
-    files = model_files(model_tag)
+    run = ScoringRun.begin(settings, model_tag, out, splits, progress, started=started)
+    files, paths = run.files, run.paths
     chunks = chunked(paths, chunk_size)
-    report = progress or ProgressLog()
-    clear_scores(out)
-    scored, shards, skipped = 0, 0, []
     with ray_session(actors) as ray, _quiet_ray_data(ray):
         pool_size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         dataset = ray.data.from_items([{"path": path} for path in paths], override_num_blocks=len(chunks))
@@ -177,21 +164,19 @@ def score_with_ray(
             errors = np.asarray(batch["error"], dtype=str)
             ok = errors == ""
             batch_paths = np.asarray(batch["path"], dtype=str)
-            skipped += list(zip(batch_paths[~ok].tolist(), errors[~ok].tolist(), strict=True))
+            skipped = list(zip(batch_paths[~ok].tolist(), errors[~ok].tolist(), strict=True))
             if ok.any():
                 write_shard(
                     out,
-                    shards,
+                    run.shards,
                     paths=batch_paths[ok],
                     sha256=np.asarray(batch["sha256"], dtype=str)[ok],
                     probabilities=batch["probabilities"][ok],
                     embeddings=batch["embeddings"][ok],
                     vectors=batch["vectors"][ok],
                 )
-                shards += 1
-                scored += int(ok.sum())
-            report(scored + len(skipped), len(paths))
-    return finish(out, files, ENGINE, scored=scored, shards=shards, skipped=skipped, splits=splits, started=started)
+            run.count(int(ok.sum()), skipped, shards=int(ok.any()))
+    return run.finish(ENGINE)
 
 
 @contextmanager
