@@ -7,12 +7,18 @@ pinned BentoML carries it (``tests/code/test_bentoml_fixes.py`` says when it sto
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import PurePosixPath
 from typing import Any
 
+from _bentoml_sdk.validators import FileSchema
 from bentoml._internal.server.http import traffic
+from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 UPSTREAM_TIMEOUT_CALL = traffic.TimeoutMiddleware.__call__
+UPSTREAM_FILE_DECODE = FileSchema.decode
+SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,12}")
 
 
 async def _timeout_call(self: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -50,5 +56,23 @@ async def _timeout_call(self: Any, scope: dict[str, Any], receive: Any, send: An
         timer.cancel()
 
 
+def upload_name(client_name: str) -> str:
+    """A short, plain name keeping only the extension of what the client called its file."""
+    suffix = PurePosixPath(client_name.replace("\\", "/")).suffix
+    return "upload" + (suffix if SAFE_SUFFIX.fullmatch(suffix) else "")
+
+
+def _file_decode(self: FileSchema, obj: Any) -> Any:
+    """``FileSchema.decode`` (an ``@api`` upload into a temp file) with the client's file name made plain.
+
+    BentoML uses the client's whole base name as the temp file's suffix, so a name over
+    ~250 bytes fails the open (``File name too long``) and the request answers 500.
+    """
+    if isinstance(obj, UploadFile) and obj.filename:
+        obj.filename = upload_name(obj.filename)
+    return UPSTREAM_FILE_DECODE(self, obj)
+
+
 def apply() -> None:
     traffic.TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
+    FileSchema.decode = _file_decode  # type: ignore[method-assign]

@@ -98,6 +98,36 @@ class Deployment:
         return sorted((self.data_dir / split / label).glob("*.png"))[0]
 
 
+def multipart(
+    field: str, data: bytes, *, filename: str | None = None, content_type: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A one-part multipart body written by hand, and its headers: a file part (``filename``) or a text value.
+
+    httpx always declares a content type for a file (it guesses one from the name); this
+    can leave it out, as some clients do.
+    """
+    disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"Content-Disposition: {disposition}\r\n" + (f"Content-Type: {content_type}\r\n" if content_type else "")
+    body = b"--bouncer-test\r\n" + head.encode() + b"\r\n" + data + b"\r\n--bouncer-test--\r\n"
+    return body, {"content-type": "multipart/form-data; boundary=bouncer-test"}
+
+
+def assert_same_answer(got: object, expected: object, *, tolerance: float = 1e-6, where: str = "answer") -> None:
+    """The same JSON document, floats (probabilities, scores, distances) within ``tolerance``."""
+    if isinstance(expected, float) and not isinstance(got, bool):
+        assert got == pytest.approx(expected, abs=tolerance), where
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key, value in expected.items():
+            assert_same_answer(got[key], value, tolerance=tolerance, where=f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_same_answer(a, b, tolerance=tolerance, where=f"{where}[{i}]")
+    else:
+        assert got == expected, f"{where}: {got!r} != {expected!r}"
+
+
 def post(server: str, endpoint: str, payload: dict) -> httpx.Response:
     return httpx.post(f"{server}/{endpoint}", json=payload, timeout=60)
 

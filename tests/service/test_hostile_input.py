@@ -11,6 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.service.conftest import assert_same_answer, multipart
+
 pytestmark = pytest.mark.slow
 
 UPLOAD_ROUTES = [("predict", "image"), ("predict_batch", "images"), ("similar_image", "image")]
@@ -114,6 +116,42 @@ def test_text_no_database_can_keep_is_a_400_and_writes_nothing(server: str) -> N
     # a backslash followed by "u0000" is ordinary text
     literal = httpx.post(f"{server}/similar", json={"image_id": "\\u0000"}, timeout=10)
     assert literal.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "declared", ["application/octet-stream", None], ids=["octet-stream", "no-content-type-no-extension"]
+)
+@pytest.mark.parametrize(("endpoint", "field"), UPLOAD_ROUTES)
+def test_an_image_is_accepted_whatever_content_type_the_client_declared(
+    server: str, endpoint: str, field: str, declared: str | None
+) -> None:
+    """Judged by its bytes: a generic type, or none and a file name without extension, answers as image/png does."""
+    picture = _png()
+    as_png = httpx.post(f"{server}/{endpoint}", files={field: ("a.png", picture, "image/png")}, timeout=30)
+    assert as_png.status_code == 200, as_png.text
+    body, headers = multipart(field, picture, filename="upload", content_type=declared)
+    assert (b"Content-Type" in body) == (declared is not None)  # httpx would have added image/png or octet-stream
+    response = httpx.post(f"{server}/{endpoint}", content=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert_same_answer(response.json(), as_png.json())
+
+
+@pytest.mark.parametrize(("endpoint", "field"), UPLOAD_ROUTES)
+def test_a_non_image_declared_as_png_is_a_400_naming_the_field(server: str, endpoint: str, field: str) -> None:
+    upload = {field: ("photo.png", b"plain text, whatever the header says", "image/png")}
+    response = httpx.post(f"{server}/{endpoint}", files=upload, timeout=30)
+    assert response.status_code == 400, response.text
+    named = "images[0]" if endpoint == "predict_batch" else field
+    error = response.json()["error"]
+    assert error.startswith(f"{named}: ") and "not an image" in error, error
+
+
+@pytest.mark.parametrize(("endpoint", "field"), UPLOAD_ROUTES)
+@pytest.mark.parametrize("name", ["x" * 300 + ".png", "../../etc/passwd.png", "a/b\\c.png", "\u00e9t\u00e9 \u2603.png"])
+def test_any_file_name_is_only_a_name(server: str, endpoint: str, field: str, name: str) -> None:
+    """BentoML's upload handler writes the part to a temp file named after it: no name may break or steer that."""
+    response = httpx.post(f"{server}/{endpoint}", files={field: (name, _png(), "image/png")}, timeout=30)
+    assert response.status_code == 200, response.text
 
 
 def test_a_real_upload_still_works_after_all_that(server: str) -> None:
