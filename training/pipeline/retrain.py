@@ -95,6 +95,11 @@ def retrain(
         if promoted:
             report_phase(progress, sink, "promoting", message)
             store.promote(settings.model_name, trained.tag, actor=actor, reason=message)
+        elif serving_tag is not None and store.serving(settings.model_name) is None:
+            # Nothing was promoted yet, so "the newest of this dataset" chose what serves: that
+            # would now be the rejected version, for the CLI and for any server started later.
+            # Put the kept choice on record instead.
+            store.promote(settings.model_name, serving_tag, actor=actor, reason=f"kept: {message}")
     _tag_mlflow_run(settings, trained.mlflow_run_id, promoted)
 
     if not promoted:
@@ -119,8 +124,8 @@ def retrain(
         data_version=trained.data_version,
         mlflow_run_id=trained.mlflow_run_id,
         epochs_run=trained.epochs_run,
-        beats_baseline=trained.evaluation.beats_baseline if trained.evaluation.n else None,
-        warning=trained.evaluation.warning if trained.evaluation.n else "no test split: the model was not evaluated",
+        beats_baseline=trained.beats_baseline,
+        warning=trained.warning,
     )
 
 
