@@ -102,6 +102,9 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if quiet:  # MLflow logs INFO lines ("Creating initial MLflow database tables...") through its own handler
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # if it already was
 
 
 class DemoKind(StrEnum):
@@ -234,7 +237,9 @@ def train(
         sink=fan_out(sink, JsonFileProgress(progress_file)) if progress_file else sink,
         metrics_file=metrics_file,
     )
-    _print_json(result.summary())
+    _print_json(result.summary())  # with beats_baseline and warning, as the train task's result
+    if result.warning:
+        typer.secho(f"warning: {result.warning}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -324,6 +329,7 @@ def score(
 @_friendly
 def suspects(
     k: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many first (pages through the ranking).")] = 0,
     model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
     flagged_only: Annotated[
         bool, typer.Option(help="Only the flagged ones (cleanlab's label issues, duplicates that disagree).")
@@ -335,7 +341,7 @@ def suspects(
     duplicates that disagree; the same ranking as the service's `suspects`.
     """
     with _curator(model) as curator:
-        found = curator.suspects(k)
+        found = curator.suspects(k, offset=offset)
     _print_json([asdict(s) for s in found if s.flagged or not flagged_only])
 
 
@@ -347,11 +353,12 @@ def trace(
     ] = None,
     k: Annotated[int, typer.Option(min=1, help="Training neighbours that get a vote from each error.")] = 5,
     limit: Annotated[int, typer.Option(min=1, help="How many to list.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many first (pages through the list).")] = 0,
     model: Annotated[str | None, typer.Option(help=_MODEL_HELP)] = None,
 ) -> None:
     """Training images that pull misclassified images to the wrong class, most votes first (as `trace`)."""
     with _curator(model) as curator:
-        _print_json([asdict(t) for t in curator.trace(image_ids or None, k=k, limit=limit)])
+        _print_json([asdict(t) for t in curator.trace(image_ids or None, k=k, limit=limit, offset=offset)])
 
 
 @app.command()
@@ -529,13 +536,20 @@ def promote(
     version: Annotated[str, typer.Argument(help="Model version to serve (see `bouncer models`).")],
     reason: Annotated[str, typer.Option(help="Why (kept in the promotion record).")] = "",
 ) -> None:
-    """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it."""
-    from training.registry.serving import promote_version
+    """Serve VERSION: running services swap to it within BOUNCER_MODEL_POLL_SECONDS, new ones start on it.
+
+    Prints what the `promote` endpoint answers: the version, its tag and the version that served before.
+    """
+    from training.registry.serving import ModelResolutionError, promote_version, resolve_serving_tag
 
     settings = _settings()
     with _store(settings) as store:
+        try:
+            previous: str | None = resolve_serving_tag(settings, store).split(":", 1)[1]
+        except ModelResolutionError:  # nothing could serve before: promoting is how to fix that
+            previous = None
         tag = promote_version(settings, store, version, actor=_user(), reason=reason or "cli promote")
-    _print_json({"serving": tag})
+    _print_json({"version": version, "tag": tag, "previous_version": previous})
 
 
 def demo_wanted(settings: Settings, demo: bool | None) -> bool:

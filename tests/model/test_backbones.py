@@ -5,6 +5,7 @@ Nothing is downloaded: weights are ``none`` or a file the test writes itself.
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import keras
 import numpy as np
 import pytest
 
+from training.data.folders import load_records
+from training.labels.store import open_store
+from training.model.inference import OUTPUT_PROBABILITIES
 from training.model.network import BACKBONE_LAYER, BackboneWeightsError, build_classifier
 from training.pipeline.training_run import run_training
 from training.registry.store import load_registered
@@ -82,3 +86,65 @@ def test_imagenet_weights_without_network_tell_the_user_what_to_do(
         build_classifier(2, 32, backbone="mobilenet_v3_small", weights="imagenet")
     message = str(raised.value)
     assert "BOUNCER_BACKBONE_WEIGHTS" in message and "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in message
+
+
+def test_fine_tuning_trains_the_pretrained_backbone_and_the_onnx_export_still_matches(
+    shapes_dataset: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """BOUNCER_FINE_TUNE_EPOCHS: after the head's epoch the backbone learns too; ONNX still computes what Keras does.
+
+    Only a pretrained (frozen) backbone is fine-tuned, so its "pretrained" weights are a file
+    written here (nothing is downloaded); with weights ``none`` every layer learns from the start.
+    """
+    donor = build_classifier(3, 32, backbone="mobilenet_v3_small", weights="none").get_layer(BACKBONE_LAYER)
+    weights_file = tmp_path / "mobilenet_v3_small_notop.weights.h5"
+    donor.save_weights(weights_file)
+    tuned = settings.model_copy(
+        update={
+            "backbone": "mobilenet_v3_small",
+            "backbone_weights": str(weights_file),
+            "image_size": 32,
+            "fine_tune_epochs": 1,
+            "out_of_fold_folds": 0,
+        }
+    )
+    result = run_training(tuned, epochs=1)
+    assert result.epochs_run == 2  # the head's epoch, then the fine-tuning one
+
+    registered = load_registered(result.tag)
+    assert registered.metadata["recipe"]["fine_tune_epochs"] == 1
+    trained = keras.models.load_model(
+        Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
+    )
+    backbone = next(layer for layer in trained.layers if layer.name == BACKBONE_LAYER)
+    names = [w.path for w in donor.weights]  # the same layers in the same order (as in the test above)
+    before = dict(zip(names, donor.get_weights(), strict=True))
+    after = dict(zip(names, backbone.get_weights(), strict=True))
+    kernels = [name for name in before if name.endswith("kernel")]
+    changed = [name for name in kernels if not np.array_equal(before[name], after[name])]
+    # Most kernels moved (a few squeeze-excite and late ones get no gradient from random weights at 32 px).
+    assert len(kernels) > 30 and len(changed) > len(kernels) // 2 and {kernels[0], kernels[-1]} <= set(changed)
+    statistics = [name for name in before if name.endswith(("moving_mean", "moving_variance"))]
+    assert statistics and all(np.array_equal(before[n], after[n]) for n in statistics)  # BatchNorm stays frozen
+
+    assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance  # checked before registering
+    with open_store(tuned) as store:  # every image as training decodes it
+        images = load_records(tuned, store.images(), 32)
+    keras_probabilities = np.asarray(trained.predict(images.astype(np.float32), verbose=0)[OUTPUT_PROBABILITIES])
+    onnx_probabilities = registered.classifier.predict(images).probabilities
+    np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=settings.parity_tolerance)
+
+
+def test_fine_tune_epochs_apply_only_to_a_pretrained_backbone(
+    shapes_dataset: Path, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From scratch there is no frozen phase to follow: the setting is said to be ignored, not recorded as done."""
+    from training.model.recipe import resolve_recipe
+
+    scratch = settings.model_copy(update={"backbone": "mobilenet_v3_small", "backbone_weights": "none"})
+    with caplog.at_level(logging.WARNING, logger="training.model.recipe"):
+        recipe = resolve_recipe(scratch.model_copy(update={"fine_tune_epochs": 2}), ["train/ring/ring_000.png"])
+    assert recipe.config.fine_tune_epochs == 0 and "BOUNCER_FINE_TUNE_EPOCHS=2 ignored" in caplog.text
+    weights_file = tmp_path / "weights.h5"
+    pretrained = scratch.model_copy(update={"backbone_weights": str(weights_file), "fine_tune_epochs": 2})
+    assert resolve_recipe(pretrained, ["train/ring/ring_000.png"]).config.fine_tune_epochs == 2

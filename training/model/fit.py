@@ -229,7 +229,9 @@ def train_classifier(
     if x_val is not None:
         validation = make_dataset(x_val, y_val, batch_size=config.batch_size, seed=config.seed, augment="none")
     epochs = planned_epochs(len(x_train), config.batch_size, config.epochs, config.min_steps)
-    total = epochs + config.fine_tune_epochs
+    # Only a pretrained backbone is frozen first and then fine-tuned; one from scratch learns from the start.
+    fine_tune_epochs = config.fine_tune_epochs if is_pretrained(config.backbone, config.backbone_weights) else 0
+    total = epochs + fine_tune_epochs
     model = build_classifier(
         len(class_names), config.image_size, backbone=config.backbone, weights=config.backbone_weights
     )
@@ -248,7 +250,7 @@ def train_classifier(
     train_data = make_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     started = time.perf_counter()
     history = _fit(model, train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
-    if config.fine_tune_epochs and is_pretrained(config.backbone, config.backbone_weights):
+    if fine_tune_epochs:
         unfreeze_backbone(model)
         rate = config.learning_rate * FINE_TUNE_RATE_FACTOR
         history += _fit(
@@ -256,7 +258,7 @@ def train_classifier(
             train_data,
             validation,
             rate,
-            config.fine_tune_epochs,
+            fine_tune_epochs,
             callbacks,
             config.verbose,
             first_epoch=len(history),

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from training.model.fit import TrainConfig, auto_batch_size
+from training.model.network import is_pretrained
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,16 @@ def resolve_recipe(
     augment = settings.augment
     if augment == "auto":
         augment = "photo" if size >= PHOTO_AUGMENT_FROM else "light"
+    weights = settings.backbone_weights if settings.backbone != "cnn" else "none"
+    fine_tune_epochs = settings.fine_tune_epochs if is_pretrained(settings.backbone, weights) else 0
+    if settings.fine_tune_epochs and not fine_tune_epochs:
+        log.warning(
+            "BOUNCER_FINE_TUNE_EPOCHS=%d ignored: only a pretrained backbone is fine-tuned; %s (weights %s) "
+            "trains every layer from the first epoch",
+            settings.fine_tune_epochs,
+            settings.backbone,
+            weights,
+        )
     config = TrainConfig(
         image_size=size,
         epochs=epochs or settings.epochs,
@@ -83,8 +94,8 @@ def resolve_recipe(
         min_steps=settings.min_train_steps,
         augment=augment,
         backbone=settings.backbone,
-        backbone_weights=settings.backbone_weights if settings.backbone != "cnn" else "none",
-        fine_tune_epochs=settings.fine_tune_epochs,
+        backbone_weights=weights,
+        fine_tune_epochs=fine_tune_epochs,
         verbose=verbose,
     )
     log.info(

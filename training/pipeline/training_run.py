@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARITY_SAMPLE = 256  # images compared between Keras and ONNX before registering
+NO_TEST_WARNING = "no test split: the model was not evaluated"
 
 
 @dataclass
@@ -53,11 +54,23 @@ class TrainingResult:
     train_wall_time_s: float
     total_wall_time_s: float
 
+    @property
+    def beats_baseline(self) -> bool | None:
+        """Test accuracy above always answering the most common label; None without a test split."""
+        return self.evaluation.beats_baseline if self.evaluation.n else None
+
+    @property
+    def warning(self) -> str | None:
+        """For people: the model is no better than that baseline, or there was no test split to tell."""
+        return self.evaluation.warning if self.evaluation.n else NO_TEST_WARNING
+
     def summary(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
             "data_version": self.data_version,
             "metrics": self.metrics,
+            "beats_baseline": self.beats_baseline,
+            "warning": self.warning,
             "parity": self.parity,
             "mlflow_run_id": self.mlflow_run_id,
             "epochs_run": self.epochs_run,
