@@ -214,3 +214,70 @@ def test_drift_page_shows_the_trend_and_pulls_logged_images_into_the_queue(page:
     shoot(page, "review-imported")
     train = {i["path"] for i in post(site, "images", {"split": "train", "limit": 10_000})}  # type: ignore[union-attr]
     assert set(shown) <= train  # in the dataset now, to relabel or confirm
+
+
+def selected(page: object) -> list[str]:
+    """The paths of the cards selected in the review queue."""
+    return [c.get_attribute("title") for c in page.locator(".card.selected").all()]  # type: ignore[attr-defined]
+
+
+def test_a_failed_undo_or_write_is_shown_and_the_selection_kept(page: object, site: Deployment) -> None:
+    """A 409 on undo (a later relabel changed the image) and a network error: told, nothing written, selection kept."""
+    page.goto(f"{site.url}/ui/#/review/images")  # type: ignore[attr-defined]
+    page.click("#token-button")  # type: ignore[attr-defined]
+    give_token(page)
+    page.locator("#token-button", has_text="Token ✓").wait_for()  # type: ignore[attr-defined]
+    cards = page.locator(".card")  # type: ignore[attr-defined]
+    cards.nth(3).wait_for()
+    images = {i["path"]: i for i in post(site, "images", {"split": "train", "limit": 10_000})}  # type: ignore[union-attr]
+    first = images[cards.nth(0).get_attribute("title")]
+    classes = [o.inner_text() for o in page.locator("#relabel-label option").all()]  # type: ignore[attr-defined]
+    target, later_label = [c for c in classes if c != first["label"]][:2]
+    written: list[int] = []  # events to undo afterwards, newest last
+    try:
+        # relabel one image on the page, then again through the API: the page's undo must now be refused
+        cards.nth(0).click()
+        page.select_option("#relabel-label", target)  # type: ignore[attr-defined]
+        page.fill("#reason", "page, then the API")  # type: ignore[attr-defined]
+        page.click("#relabel")  # type: ignore[attr-defined]
+        toast = page.locator(".message.success", has_text=f"Relabelled 1 as {target}")  # type: ignore[attr-defined]
+        toast.wait_for()
+        ours = post(site, "history", {"image_id": first["image_id"], "limit": 1})[0]  # type: ignore[index]
+        assert ours["reason"] == "page, then the API" and ours["changes"][0]["new_label"] == target
+        written.append(ours["event_id"])
+        later = post(site, "relabel", {"image_ids": [first["image_id"]], "label": later_label}, headers=AUTH)
+        written.append(later["event_id"])  # type: ignore[index]
+        cards.nth(0).click()  # the reviewer has moved on to two other images
+        cards.nth(1).click()
+        chosen = selected(page)
+        assert len(chosen) == 2 and first["path"] not in chosen
+        events_before = post(site, "history", {"limit": 50})
+        toast.locator("button", has_text="Undo").click()
+        conflict = page.locator(".message.error", has_text=f"cannot undo event {ours['event_id']}")  # type: ignore[attr-defined]
+        conflict.wait_for()
+        assert "later event" in conflict.inner_text()
+        shoot(page, "undo-conflict")
+        assert post(site, "history", {"limit": 50}) == events_before  # nothing written
+        assert selected(page) == chosen
+        assert page.inner_text("#selection-count").startswith("2 selected")  # type: ignore[attr-defined]
+
+        # the server unreachable for one request: the relabel of the selection fails, and is kept to retry
+        labels = {images[path]["label"] for path in chosen}
+        retry_label = next(c for c in classes if c not in labels)
+        page.route("**/relabel", lambda route: route.abort("connectionrefused"), times=1)  # type: ignore[attr-defined]
+        page.select_option("#relabel-label", retry_label)  # type: ignore[attr-defined]
+        page.fill("#reason", "after a network error")  # type: ignore[attr-defined]
+        page.click("#relabel")  # type: ignore[attr-defined]
+        page.locator(".message.error", has_text="network error").wait_for()  # type: ignore[attr-defined]
+        shoot(page, "network-error")
+        assert post(site, "history", {"limit": 50}) == events_before
+        assert selected(page) == chosen
+        page.click("#relabel")  # type: ignore[attr-defined]  # the server is back: the same selection goes through
+        page.locator(".message.success", has_text=f"Relabelled 2 as {retry_label}").wait_for()  # type: ignore[attr-defined]
+        retried = post(site, "history", {"limit": 1})[0]  # type: ignore[index]
+        written.append(retried["event_id"])
+        assert retried["reason"] == "after a network error"
+        assert {c["image_id"] for c in retried["changes"]} == {images[path]["image_id"] for path in chosen}
+    finally:
+        for event_id in reversed(written):  # as they were, for any test after this one
+            httpx.post(f"{site.url}/undo", json={"event_id": event_id}, headers=AUTH, timeout=60)
