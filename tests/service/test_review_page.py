@@ -92,9 +92,13 @@ def test_review_queue_relabel_undo_confirm(page: object, site: Deployment) -> No
     page.goto(f"{site.url}/ui/")  # type: ignore[attr-defined]
     page.wait_for_function("window.bouncerTimings && window.bouncerTimings.firstGrid !== undefined")  # type: ignore[attr-defined]
     timings = page.evaluate("window.bouncerTimings")  # type: ignore[attr-defined]
-    print(f"\nfirst paint of the suspects grid: {timings['firstGrid']:.0f} ms for {timings['shown']} thumbnails")
+    print(  # measured, not asserted (a timing); `pytest -s` or -rP shows it, benchmarks/review_page.py measures more
+        f"\nfirst paint of the suspects grid: {timings['sinceNavigation']:.0f} ms after opening the page "
+        f"({timings['firstGrid']:.0f} ms after the queue started) for {timings['shown']} thumbnails"
+    )
     cards = page.locator(".card")  # type: ignore[attr-defined]
     assert timings["shown"] >= 100 and cards.count() >= 100
+    assert timings["decoded"] == timings["shown"], "first paint counted thumbnails that never loaded"
     page.set_viewport_size({"width": 1400, "height": 950})  # type: ignore[attr-defined]
     shoot(page, "review-queue")
 

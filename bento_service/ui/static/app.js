@@ -304,14 +304,21 @@ function draw({ force = true } = {}) {
     card.classList.toggle("selected", queue.selected.has(item.image_id));
     card.addEventListener("click", (event) => onCardClick(event, index));
     if (index === queue.focus) card.dataset.focus = "1";
-    pending.push(card.querySelector("img").decode().catch(() => null));
     grid.append(card);
+    // decode() of an image not yet in the document rejects at once in Chromium: ask after appending
+    pending.push(card.querySelector("img").decode().then(() => true, () => false));
   }
   if (queue.firstPaint === null && queue.items.length) {
-    Promise.all(pending).then(() => {
+    Promise.all(pending).then((decoded) => {
       if (queue.firstPaint === null) {
         queue.firstPaint = performance.now() - queue.started;
-        window.bouncerTimings = { ...(window.bouncerTimings || {}), firstGrid: queue.firstPaint, shown: pending.length };
+        window.bouncerTimings = {
+          ...(window.bouncerTimings || {}),
+          firstGrid: queue.firstPaint, // since the queue started loading
+          sinceNavigation: performance.now(), // since the page was opened (performance's time origin)
+          shown: pending.length,
+          decoded: decoded.filter(Boolean).length,
+        };
       }
     });
   }
