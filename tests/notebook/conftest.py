@@ -18,10 +18,18 @@ def execute_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
     """Run every cell of ``notebooks/<name>`` (it writes ``serve.pid`` in ``workdir`` when it starts a server)."""
     path = NOTEBOOKS / name
     notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     try:
-        NotebookClient(
-            notebook, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-        ).execute()
+        client.execute()
+    except BaseException:
+        # pytest-timeout's exception can leave the kernel running on its own: it went on training and
+        # serving, using the cores the next tests need. Stop it and everything it started.
+        process = getattr(getattr(client.km, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            stop_tree(process.pid, grace=10)
+        raise
     finally:  # a failing cell never reaches the notebook's own shutdown cell
         pid_file = workdir / "serve.pid"
         if pid_file.exists():
