@@ -32,14 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,19 +48,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.workspace import isolated_env, serving, workspace  # noqa: E402
+from tests.browser import chromium  # noqa: E402
 from training.jobs.processes import free_port  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As in tests/service/test_review_page.py: a sandbox-less root, no background networking (no internet here).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Tall enough for more than 100 thumbnails at once (10 columns, 11 rows), as in the page's browser test.
 VIEWPORT = {"width": 1900, "height": 2600}
 FIRST = 100  # thumbnails whose first paint is timed
@@ -446,20 +433,6 @@ def report(results: list[QueueResult], images: int, stages: dict[str, float]) ->
         )
         if r.errors:
             print(f"  JavaScript errors: {r.errors}")
-
-
-@contextmanager
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(f"no Chromium at {CHROMIUM}: apt-get install chromium (README, the tests)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def main() -> None:
