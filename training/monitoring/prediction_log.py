@@ -137,15 +137,31 @@ def log_engine(url: str) -> Engine:
     return engine
 
 
-def create_table(engine: Engine) -> None:
-    """Create the log's table if missing; every worker of a starting server may try at once."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except Exception:  # another process created it between our check and our CREATE
-        from sqlalchemy import inspect
+def create_table(engine: Engine, wait_s: float = 30.0) -> None:
+    """Create the log's table if missing; every worker of a starting server may try at once.
 
-        if not inspect(engine).has_table(predictions.name):
-            raise
+    SQLite refuses a read transaction's upgrade to a write at once, without waiting
+    ("database is locked"), when another connection is writing: that is how a
+    ``CREATE TABLE`` after ``checkfirst``'s look loses to another worker's. So try
+    again until the table is there (the other worker committed it) or ours succeeds.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except OperationalError:
+            try:
+                if inspect(engine).has_table(predictions.name):
+                    return
+            except OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class PredictionLog:
