@@ -7,9 +7,10 @@ worker polls it and, when it changes, loads the new version next to the old one
 and swaps a single reference: a request that already holds the old model finishes
 with it, the next one gets the new one, none is dropped.
 
-The worker that promotes also touches a signal file beside the data, which every
-worker on this machine checks (one ``stat``) on each request: a promote through the
-API is served by all of them from the next request on, not the next poll.
+Every promotion (the ``promote`` endpoint, a train task, ``bouncer promote``) also touches
+a signal file beside the data (``promotion_signal``), which every worker on this machine
+checks (one ``stat``) on each request: all of them serve the new version from their next
+request on, not each at its next poll (a client would see new, old, new).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import bentoml
 
 from training.labels.store import LabelStore
-from training.registry.serving import ModelResolutionError, fitting_tag, resolve_serving_tag
+from training.registry.serving import ModelResolutionError, fitting_tag, promotion_signal, resolve_serving_tag
 from training.registry.store import RegisteredModel, load_registered
 from training.settings import Settings
 
@@ -33,14 +34,15 @@ class LiveModel:
         """Serve this dataset's version (a ModelResolutionError, so no start-up, if it has none)."""
         self._store = store
         self._model_name = settings.model_name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one load at a time
+        self._follow_lock = threading.Lock()  # requests that saw the signal wait for the one that follows it
         tag = resolve_serving_tag(settings, store)
         promoted = store.serving(self._model_name)
         # a promoted version this store does not hold: warned about once, not retried on every poll
         self._failed_tag = promoted.tag if promoted is not None and promoted.tag != tag else None
         self._threads = settings.ort_threads
         self._settings = settings
-        self._signal = settings.runtime_dir / "serving.changed"
+        self._signal = promotion_signal(settings)
         self._signal_seen = self._signal_stamp()
         self._model = load_registered(tag, threads=self._threads, settings=settings)
         log.info("serving %s", self._model.tag)
@@ -53,12 +55,14 @@ class LiveModel:
     def get(self) -> RegisteredModel:
         """The current model; callers keep the returned object for the whole request."""
         stamp = self._signal_stamp()
-        if stamp != self._signal_seen:  # a worker here promoted a version: follow it now
-            self._signal_seen = stamp
-            try:
-                self.refresh()
-            except Exception:  # the poller tries again; this request keeps the current version
-                log.exception("following the promoted model version failed")
+        if stamp != self._signal_seen:  # a version was promoted here: follow it before answering
+            with self._follow_lock:
+                if stamp != self._signal_seen:
+                    try:
+                        self.refresh()
+                    except Exception:  # the poller tries again; this request keeps the current version
+                        log.exception("following the promoted model version failed")
+                    self._signal_seen = stamp
         return self._model
 
     def _signal_stamp(self) -> int:
@@ -66,12 +70,6 @@ class LiveModel:
             return os.stat(self._signal).st_mtime_ns
         except OSError:
             return 0
-
-    def announce(self) -> None:
-        """Tell the other workers on this machine that the promoted version changed."""
-        self._signal.parent.mkdir(parents=True, exist_ok=True)
-        self._signal.write_text(self._model.tag)
-        self._signal_seen = self._signal_stamp()
 
     def swap_to(self, tag: str) -> RegisteredModel:
         """Load ``tag`` and serve it from now on (no-op if it already serves).

@@ -15,6 +15,7 @@ from training.labels.store import open_store
 from training.pipeline.training_run import run_training
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.bento import build_bento
+from training.registry.serving import record_promotion
 from training.registry.store import load_registered
 from training.settings import Settings
 
@@ -94,12 +95,12 @@ def retrain(
         )
         if promoted:
             report_phase(progress, sink, "promoting", message)
-            store.promote(settings.model_name, trained.tag, actor=actor, reason=message)
+            record_promotion(settings, store, trained.tag, actor=actor, reason=message)
         elif serving_tag is not None and store.serving(settings.model_name) is None:
             # Nothing was promoted yet, so "the newest of this dataset" chose what serves: that
             # would now be the rejected version, for the CLI and for any server started later.
             # Put the kept choice on record instead.
-            store.promote(settings.model_name, serving_tag, actor=actor, reason=f"kept: {message}")
+            record_promotion(settings, store, serving_tag, actor=actor, reason=f"kept: {message}")
     _tag_mlflow_run(settings, trained.mlflow_run_id, promoted)
 
     if not promoted:

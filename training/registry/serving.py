@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -183,6 +184,24 @@ def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
     )
 
 
+def promotion_signal(settings: Settings) -> Path:
+    """A file every serving worker on this machine checks (one ``stat``) per request; touched after each promotion.
+
+    Workers also poll the promotion record every BOUNCER_MODEL_POLL_SECONDS, each on its
+    own clock: without the signal, two workers would answer with different versions for
+    up to that long, and a client would see the new version, then the old one again.
+    """
+    return settings.runtime_dir / "serving.changed"
+
+
+def record_promotion(settings: Settings, store: LabelStore, tag: str, *, actor: str, reason: str) -> None:
+    """The promotion row, then the signal: workers here follow from their next request, others on their next poll."""
+    store.promote(settings.model_name, tag, actor=actor, reason=reason)
+    signal = promotion_signal(settings)
+    signal.parent.mkdir(parents=True, exist_ok=True)
+    signal.write_text(tag)
+
+
 def promote_version(settings: Settings, store: LabelStore, version: str, *, actor: str, reason: str) -> str:
     """Record that ``version`` serves this dataset from now on (every worker follows); its tag.
 
@@ -192,5 +211,5 @@ def promote_version(settings: Settings, store: LabelStore, version: str, *, acto
     if version not in {m.tag.version for m in list_versions(settings.model_name)}:
         raise UnknownVersion(f"unknown model version {version!r}; see `models` for the registered ones")
     fitting_tag(tag, store)  # another dataset's model: its answers would name other classes
-    store.promote(settings.model_name, tag, actor=actor, reason=reason or "promote")
+    record_promotion(settings, store, tag, actor=actor, reason=reason or "promote")
     return tag
