@@ -14,10 +14,11 @@ In one run:
    Chromium (Playwright, never a downloaded browser), each time in a fresh browser
    context (empty HTTP cache): the time from navigation to 100 thumbnails loaded
    (``naturalWidth > 0``), cold (the server's first request for that queue) and warm; then
-   scrolling to the end of the queue the way a reviewer can (the page pages 120 items
-   per request as the viewport nears the bottom of what it has; it has no jump to an
-   offset), until that last page's thumbnails are painted; then the queue length the page
-   shows, DOM and JS heap (after a GC) and the longest main-thread task while scrolling;
+   scrolling to the end of the queue page by page (the page fetches 120 items per request
+   as the viewport nears the bottom of what it has), until that last page's thumbnails are
+   painted; then the queue length the page shows, DOM and JS heap (after a GC) and the
+   longest main-thread task while scrolling; and, in a fresh context, a jump ("from #") to
+   the middle of the queue until its first screen of thumbnails is painted;
 4. a table, and screenshots in ``<workdir>/screens/``.
 
 A ``--workdir`` that already holds a workspace of the same ``--images`` is reused
@@ -120,7 +121,14 @@ async ({ limitMs, stallMs }) => {
   const started = performance.now();
   let pages = 0;
   let stopped = "";
-  while (counter().includes("+")) {
+  // "120+" (no total known) or "120 of 98,311": more to load
+  const number = (text) => Number(text.replace(/[^0-9]/g, ""));
+  const more = () => {
+    const text = counter();
+    const m = text.match(/· (?:#[^–]+–)?([0-9.,\s]+) of ([0-9.,\s]+)$/);
+    return text.includes("+") || (m !== null && number(m[1]) < number(m[2]));
+  };
+  while (more()) {
     if (performance.now() - started > limitMs) { stopped = "time limit"; break; }
     const before = counter();
     viewport.scrollTop = viewport.scrollHeight;
@@ -143,6 +151,33 @@ async ({ limitMs, stallMs }) => {
     lastIndex: cards.length ? Number(cards[cards.length - 1].dataset.index) : -1,
     since: started,
   };
+}
+"""
+
+
+# In the page: type a position into "from #", press Enter, until that screen's thumbnails are painted.
+JUMP = """
+async ({ position, limitMs }) => {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const start = document.querySelector("#start");
+  const started = performance.now();
+  start.value = String(position);
+  start.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+  const counter = () => document.querySelector("#selection-count").textContent;
+  const there = () => {
+    const first = document.querySelector("#grid .card");
+    const images = [...document.querySelectorAll("#grid .card img")];
+    return first !== null && Number(first.dataset.index) === 0
+      && counter().includes(`#${position.toLocaleString()}–`)
+      && images.every((img) => img.complete && img.naturalWidth > 0);
+  };
+  while (!there()) {
+    if (performance.now() - started > limitMs) return { ms: null, counter: counter() };
+    await sleep(5);
+  }
+  await new Promise((resolve) => requestAnimationFrame(resolve));
+  const cards = document.querySelectorAll("#grid .card").length;
+  return { ms: performance.now() - started, counter: counter(), cards };
 }
 """
 
@@ -283,6 +318,7 @@ class QueueResult:
     thumbnails_loaded: int = 0  # while scrolling to the end
     api_length: int = 0
     api_walk_ms: list[float] = field(default_factory=list)  # the same pages straight from the API, one by one
+    jump: dict[str, Any] = field(default_factory=dict)  # JUMP to the middle, in a fresh context
     errors: list[str] = field(default_factory=list)
 
 
@@ -358,12 +394,26 @@ def measure(browser: Any, url: str, queue: str, screens: Path, args: argparse.Na
     result.cards = page.locator("#grid .card").count()
     context.close()
     api_walk(url, queue, result)
+    result.jump = jump_to_the_middle(browser, url, queue, result)
     return result
 
 
+def jump_to_the_middle(browser: Any, url: str, queue: str, result: QueueResult) -> dict[str, Any]:
+    """A fresh context (empty cache) on the queue, then "from #" the middle position: until it is painted."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.on("pageerror", lambda error: result.errors.append(str(error)))
+    page.goto(f"{url}/ui/#/review/{queue}")
+    page.locator("#grid .card").first.wait_for(timeout=600_000)
+    position = max(1, result.api_length // 2)
+    jumped = page.evaluate(JUMP, {"position": position, "limitMs": 120_000})
+    context.close()
+    return {"position": position, **jumped}
+
+
 def shown_length(counter: str) -> str:
-    """'0 selected of 12000' -> '12000'; a '+' means the page had not reached the end."""
-    return counter.rpartition(" of ")[2]
+    """'0 selected · 120 of 12,000' -> '12,000'; '240+' (no total known) -> '240+'."""
+    return counter.rpartition(" of ")[2] if " of " in counter else counter.rpartition("· ")[2]
 
 
 def where_it_went(b: dict[str, float]) -> str:
@@ -426,6 +476,12 @@ def report(results: list[QueueResult], images: int, stages: dict[str, float]) ->
             f"(median; max {max(r.page_requests_ms, default=float('nan')):.0f}), {median(r.api_walk_ms):.0f} ms "
             f"straight from the API (median of {len(r.api_walk_ms)}; all of them {sum(r.api_walk_ms):.0f} ms)"
         )
+        if r.jump:
+            took = f"{r.jump['ms']:.0f} ms" if r.jump["ms"] is not None else "NOT within 120 s"
+            print(
+                f"  from # {r.jump['position']:,} (the middle): that screen's thumbnails painted in {took} "
+                f"(the page showed '{r.jump['counter']}')"
+            )
         print(
             f"  after it: {r.dom_elements} DOM elements ({r.cards} cards), Chromium's node count {r.dom_nodes}, "
             f"JS heap {r.heap_mb:.1f} MB after a GC; {r.long_tasks} long tasks while scrolling, "

@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -90,7 +91,15 @@ def served_at() -> str:
 
 
 # Predict's per-request cost, measured (issue 13): an access-log line ~4%, a tracing span ~17%.
-_QUIET = [] if _STARTUP.log_predict else ["/predict", "/predict_batch"]
+# Paged list answers stay lists (the API contract); how long the whole list is travels in this header.
+TOTAL_HEADER = "X-Total-Count"
+
+# The review page's thumbnails and static files too: a screenful is ~130 requests, noise in the log.
+_QUIET = [
+    *([] if _STARTUP.log_predict else ["/predict", "/predict_batch"]),
+    f"{ui.PATH}/thumbnail/",
+    f"{ui.PATH}/static/",
+]
 
 
 @bentoml.service(
@@ -121,10 +130,19 @@ class Bouncer:
         # This worker's label writes, one at a time in their own thread: see _label_write.
         self._label_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-writes")
         log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
+        if self.settings.warm_suspects:
+            threading.Thread(target=self._warm_suspects, name="warm-suspects", daemon=True).start()
         # What start-up built (models, sessions, imports) lives as long as the worker: keep it out
         # of every later collection, which then scans only what requests allocate.
         gc.collect()
         gc.freeze()
+
+    def _warm_suspects(self) -> None:
+        """Rank the suspects once now: the review page opens on them, and the first ranking costs seconds at scale."""
+        try:
+            self.curator().suspects(1)
+        except Exception as exc:  # noqa: BLE001 - a version without an audit, an empty store: the request will say
+            log.debug("suspects not warmed: %s", exc)
 
     @bentoml.on_shutdown
     def _close(self) -> None:
@@ -270,27 +288,34 @@ class Bouncer:
             ]
 
     @bentoml.api
-    def suspects(self, k: Annotated[int, Field(ge=1, le=100_000)] = 50, offset: Offset = 0) -> list[SuspectOut]:
+    def suspects(
+        self, ctx: bentoml.Context, k: Annotated[int, Field(ge=1, le=100_000)] = 50, offset: Offset = 0
+    ) -> list[SuspectOut]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
         cleanlab label quality on the out-of-fold probabilities stored with the serving
         version, plus exact/near duplicates that disagree. Current labels, and reviewed
         (relabelled or confirmed) images are left out: a decision takes an image off the list at once.
-        ``offset`` pages through the ranking.
+        ``offset`` pages through the ranking; the ``X-Total-Count`` header says how long it is.
         """
         with client_errors():
-            return [SuspectOut.model_validate(s) for s in self.curator().suspects(k, offset=offset)]
+            ranking = self.curator().suspect_ranking()
+        ctx.response.headers[TOTAL_HEADER] = str(len(ranking))
+        return [SuspectOut.model_validate(s) for s in ranking[offset : offset + k]]
 
     @bentoml.api
     def images(
         self,
+        ctx: bentoml.Context,
         split: str | None = None,
         label: str | None = None,
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
         offset: Offset = 0,
     ) -> list[ImageInfo]:
-        """List images with their ids and curated labels, sorted by path."""
-        records = self.curator().images(split=split, label=label, limit=limit, offset=offset)
+        """List images with their ids and curated labels, sorted by path; ``X-Total-Count`` says how many match."""
+        curator = self.curator()
+        records = curator.images(split=split, label=label, limit=limit, offset=offset)
+        ctx.response.headers[TOTAL_HEADER] = str(curator.image_count(split=split, label=label))
         return [ImageInfo.model_validate(r) for r in records]
 
     @bentoml.api
@@ -340,15 +365,14 @@ class Bouncer:
 
     @bentoml.api
     def promote(self, version: str, reason: Reason = "") -> PromoteResult:
-        """Serve ``version`` (e.g. roll back); every worker follows within BOUNCER_MODEL_POLL_SECONDS."""
+        """Serve ``version`` (e.g. roll back): every worker here from its next request, replicas on their poll."""
         previous = self.live.get()
         try:
             with client_errors():
                 tag = promote_version(self.settings, self.store, version, actor=ACTOR, reason=reason)
         except UnknownVersion as exc:
             raise bentoml.exceptions.NotFound(str(exc)) from exc
-        self.live.swap_to(tag)
-        self.live.announce()  # workers on this machine follow at once, others on their next poll
+        self.live.swap_to(tag)  # the other workers on this machine follow from their next request, others on their poll
         return PromoteResult(version=version, tag=tag, previous_version=previous.version)
 
     @bentoml.task
@@ -373,9 +397,8 @@ class Bouncer:
         except TrainingFailed as exc:
             log.error("training failed: %s", exc)
             raise TrainingError(str(exc)) from exc
-        if result["promoted"]:  # this worker and those on this machine now; others on their next poll
+        if result["promoted"]:  # the training announced it: every worker on this machine already follows
             self.live.swap_to(result["tag"])
-            self.live.announce()
         return TrainResult(**result)
 
     @bentoml.api

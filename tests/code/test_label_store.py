@@ -51,6 +51,8 @@ def test_import_reads_every_format_and_reports_broken_files(settings: Settings, 
     assert (record.split, record.label, record.folder_label) == ("test", "ring", "ring")
     assert record.path.startswith("test/ring/")
     assert settings.labels_csv.exists()
+    for split, label in [(None, None), ("train", None), ("test", "ring")]:  # what paged lists report as their total
+        assert store.count(split=split, label=label) == len(store.images(split=split, label=label))
 
 
 def test_sqlite_store_runs_in_wal_mode(store: LabelStore, settings: Settings) -> None:

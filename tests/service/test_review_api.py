@@ -40,6 +40,17 @@ def test_suspects_and_trace_page_with_offset(server: str) -> None:
     assert ok(server, "trace", {"k": 3, "limit": 5, "offset": 5}) == traced[5:10]
 
 
+def test_paged_lists_say_their_whole_length_in_a_header(server: str) -> None:
+    suspects = post(server, "suspects", {"k": 5, "offset": 3})
+    assert int(suspects.headers["x-total-count"]) == len(ok(server, "suspects", {"k": 100_000})) > 5
+    assert len(suspects.json()) == 5  # the answer is still the list
+    everything = ok(server, "images", {"split": "train", "limit": 10_000})
+    dogs = [r for r in everything if r["label"] == "dog"]
+    assert int(post(server, "images", {"split": "train", "limit": 1}).headers["x-total-count"]) == len(everything)
+    one_class = post(server, "images", {"split": "train", "label": "dog", "limit": 2, "offset": 1})
+    assert int(one_class.headers["x-total-count"]) == len(dogs) and one_class.json() == dogs[1:3]
+
+
 def test_a_confusion_cell_lists_its_test_images(server: str) -> None:
     evaluation = ok(server, "evaluate", {"split": "test"})
     labels, matrix = evaluation["confusion_matrix"]["labels"], evaluation["confusion_matrix"]["matrix"]

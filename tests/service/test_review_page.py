@@ -137,6 +137,21 @@ def test_review_queue_relabel_undo_confirm(page: object, site: Deployment) -> No
     assert page.inner_text("#counter") == "5 decisions · 0 labels changed"  # type: ignore[attr-defined]
 
 
+def test_a_deep_queue_opens_at_any_position(page: object, site: Deployment) -> None:
+    ranking = post(site, "suspects", {"k": 100_000})
+    page.goto(f"{site.url}/ui/#/review/suspects")  # type: ignore[attr-defined]
+    page.locator(".card").first.wait_for()  # type: ignore[attr-defined]
+    assert page.inner_text("#selection-count").endswith(f" of {len(ranking):,}")  # type: ignore[attr-defined]
+    page.fill("#start", "51")  # type: ignore[attr-defined]
+    page.press("#start", "Enter")  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "path => document.querySelector('.card')?.title === path", arg=ranking[50]["path"]
+    )
+    shown = [c.get_attribute("title") for c in page.locator(".card").all()[:5]]  # type: ignore[attr-defined]
+    assert shown == [s["path"] for s in ranking[50:55]]
+    assert page.inner_text("#selection-count").startswith("0 selected · #51–")  # type: ignore[attr-defined]
+
+
 def test_confusion_matrix_cell_shows_its_images(page: object, site: Deployment) -> None:
     page.goto(f"{site.url}/ui/#/evaluation")  # type: ignore[attr-defined]
     page.locator("td.cell").first.wait_for()  # type: ignore[attr-defined]

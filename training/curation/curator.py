@@ -149,6 +149,8 @@ _CACHE = _Memo(16)
 # Kept per process: each model version's probabilities per (image id, content hash), so a new label
 # revision costs evaluate only the inference of images it has not seen (issue 13: 1.5 s -> metrics only).
 _PREDICTIONS: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+# Ranking the suspects costs seconds at scale: one at a time per process.
+_RANKING_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,10 @@ class Curator:
         return traced[offset : offset + limit]
 
     def suspects(self, k: int, *, offset: int = 0) -> list[Suspect]:
+        """The ranking's ``k`` suspects from ``offset`` (see :meth:`suspect_ranking`)."""
+        return self.suspect_ranking()[offset : offset + k]
+
+    def suspect_ranking(self) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
         cleanlab label quality on the out-of-fold probabilities stored with the version
@@ -343,6 +349,11 @@ class Curator:
                 f"model version {self.model.version} has no out-of-fold probabilities "
                 "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
             )
+        with _RANKING_LOCK:  # the start-up warm-up and a first request wait for one ranking, not make two
+            return self._suspect_ranking()
+
+    def _suspect_ranking(self) -> list[Suspect]:
+        assert self.model.audit is not None
         key = (str(self.store.engine.url), self.model.tag, "suspects")
         revision = self.store.revision()
         cached: _Ranking | None = _CACHE.get(key)
@@ -362,12 +373,14 @@ class Curator:
             by_id = {r.image_id: r for r in train}
             audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
             cached = _CACHE.put(key, _Ranking(revision, find_suspects(audit, train, self.model.class_names)))
-        ranking = cached.ranking
-        return ranking[offset : offset + k]
+        return cached.ranking
 
     # --- labels ---------------------------------------------------------------------
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
         return self.store.images(split=split, label=label, limit=limit, offset=offset)
+
+    def image_count(self, *, split: str | None, label: str | None) -> int:
+        return self.store.count(split=split, label=label)
 
     def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
         return self.store.relabel(image_ids, label, reason=reason, actor=actor)

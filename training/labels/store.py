@@ -342,10 +342,13 @@ class LabelStore:
         with self._session() as session:
             return int(session.scalar(select(DatasetRow.revision).where(DatasetRow.id == 1)) or 0)
 
-    def count(self, *, split: str | None = None) -> int:
+    def count(self, *, split: str | None = None, label: str | None = None) -> int:
+        """How many present images :meth:`images` would list with the same filters."""
         query = select(func.count()).select_from(ImageRow).where(ImageRow.present.is_(True))
         if split is not None:
             query = query.where(ImageRow.split == split)
+        if label is not None:
+            query = query.where(ImageRow.label == label)
         with self._session() as session:
             return int(session.scalar(query) or 0)
 

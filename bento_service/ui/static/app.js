@@ -45,12 +45,17 @@ async function call(path, { method = "POST", body, write = false, form } = {}) {
     if (response.status === 401) askForToken(message);
     throw new ApiError(response.status, message);
   }
+  // a paged list's whole length, when the endpoint says it (suspects, images)
+  const total = response.headers.get("x-total-count");
+  if (Array.isArray(data) && total !== null) Object.defineProperty(data, "total", { value: Number(total) });
   return data;
 }
 
 const api = (endpoint, body = {}) => call(endpoint, { body });
 const write = (endpoint, body = {}) => call(endpoint, { body, write: true });
-const thumbnail = (id, size = THUMB) => new URL(`ui/thumbnail/${encodeURIComponent(id)}?size=${size * 2}`, API);
+// as many pixels as the screen shows (2x on a high-density screen), no more: smaller, faster to make and load
+const thumbnail = (id, size = THUMB) =>
+  new URL(`ui/thumbnail/${encodeURIComponent(id)}?size=${Math.round(size * Math.min(2, Math.max(1, devicePixelRatio)))}`, API);
 const original = (id) => new URL(`ui/image/${encodeURIComponent(id)}`, API);
 
 // ---------------------------------------------------------------- small helpers
@@ -149,12 +154,17 @@ const SOURCES = {
   },
 };
 
+const PAGED = ["suspects", "trace", "images"]; // sources that page through a long list (offset, limit)
+
 const queue = {
   source: "suspects",
   params: { k: 5, split: "train", label: "", image_id: "", seeds: [] },
+  base: 0, // the position of items[0] in the whole queue: "from #" jumps deep without loading what lies before
+  total: null, // the whole queue's length when the endpoint says it
   items: [],
   more: true,
   loading: false,
+  generation: 0, // bumped by every (re)load: answers for an older one are dropped
   selected: new Set(),
   anchor: null,
   focus: 0,
@@ -171,6 +181,7 @@ function renderReview(view) {
       <div class="toolbar">
         <label>Candidates <select id="source">${Object.keys(SOURCES).map((s) => `<option value="${s}">${s}</option>`).join("")}</select></label>
         <label id="p-image" hidden>image id <input id="image-id" size="18" placeholder="image_id"></label>
+        <label id="p-start" title="start the queue at this position (deep queues)">from # <input id="start" type="number" min="1" value="${queue.base + 1}" style="width:6rem"></label>
         <label id="p-k">k <input id="k" type="number" min="1" max="1000" value="${queue.params.k}" style="width:5rem"></label>
         <label id="p-split">split <select id="split">${info.splits.map((s) => `<option>${esc(s)}</option>`).join("")}</select></label>
         <label id="p-label">label <select id="label"><option value="">any</option>${classes}</select></label>
@@ -201,10 +212,12 @@ function renderReview(view) {
   $("#source").addEventListener("change", () => {
     queue.source = $("#source").value;
     history.replaceState(null, "", `#/review/${queue.source}`);
+    $("#start").value = 1; // a position in one queue means nothing in another
     showParams();
     loadQueue();
   });
   $("#load").addEventListener("click", loadQueue);
+  $("#start").addEventListener("keydown", (event) => event.key === "Enter" && loadQueue());
   $("#select-all").addEventListener("click", selectAll);
   $("#select-none").addEventListener("click", clearSelection);
   $("#relabel").addEventListener("click", relabelSelection);
@@ -219,6 +232,7 @@ function renderReview(view) {
 function showParams() {
   const source = queue.source;
   $("#p-image").hidden = source !== "similar";
+  $("#p-start").hidden = !PAGED.includes(source);
   $("#p-k").hidden = !["trace", "expand", "similar"].includes(source);
   $("#p-split").hidden = !["expand", "similar", "images"].includes(source);
   $("#p-label").hidden = !["expand", "similar", "images"].includes(source);
@@ -233,6 +247,7 @@ function readParams() {
     image_id: $("#image-id").value.trim(),
     seeds: queue.confirmedWrong.slice(-200),
   });
+  queue.base = PAGED.includes(queue.source) ? Math.max(0, (Number($("#start").value) || 1) - 1) : 0;
   if (queue.source === "expand" && !queue.params.seeds.length) {
     say("Expand grows from images you relabelled in this session: relabel some first (or pick another source).");
   }
@@ -240,7 +255,11 @@ function readParams() {
 
 async function loadQueue() {
   readParams();
-  Object.assign(queue, { items: [], more: true, selected: new Set(), anchor: null, focus: 0, firstPaint: null });
+  // a new generation: a page still on its way for the previous queue is dropped when it arrives
+  Object.assign(queue, {
+    generation: queue.generation + 1, loading: false, items: [], more: true, total: null,
+    selected: new Set(), anchor: null, focus: 0, firstPaint: null,
+  });
   queue.started = performance.now();
   updateSelection();
   $("#viewport").scrollTop = 0;
@@ -251,18 +270,20 @@ async function loadQueue() {
 async function loadMore() {
   if (queue.loading || !queue.more) return;
   queue.loading = true;
-  const source = queue.source;
+  const { source, generation } = queue;
   try {
-    const page = await SOURCES[source].fetch(queue.items.length, PAGE, queue.params);
-    if (source !== queue.source) return; // the reviewer switched meanwhile
+    const page = await SOURCES[source].fetch(queue.base + queue.items.length, PAGE, queue.params);
+    if (generation !== queue.generation) return; // the reviewer loaded another queue (or position) meanwhile
     const known = new Set(queue.items.map((i) => i.image_id));
     queue.items.push(...page.filter((i) => !known.has(i.image_id)));
-    queue.more = page.length >= PAGE && ["suspects", "trace", "images"].includes(source);
+    queue.more = page.length >= PAGE && PAGED.includes(source);
+    if (page.total !== undefined) queue.total = page.total;
   } catch (error) {
+    if (generation !== queue.generation) return;
     fail(error);
     queue.more = false;
   } finally {
-    queue.loading = false;
+    if (generation === queue.generation) queue.loading = false;
   }
   draw();
   updateSelection();
@@ -391,9 +412,17 @@ function clearSelection() {
   updateSelection();
 }
 
+// "120 of 9,871" or "#50,001–50,120 of 98,311": where the loaded part of the queue lies in the whole one
+function position() {
+  const shown = queue.items.length;
+  const loaded = queue.base ? `#${(queue.base + 1).toLocaleString()}–${(queue.base + shown).toLocaleString()}` : shown.toLocaleString();
+  if (queue.total !== null) return `${loaded} of ${queue.total.toLocaleString()}`;
+  return `${loaded}${queue.more ? "+" : ""}`;
+}
+
 function updateSelection() {
   const count = $("#selection-count");
-  if (count) count.textContent = `${queue.selected.size} selected of ${queue.items.length}${queue.more ? "+" : ""}`;
+  if (count) count.textContent = `${queue.selected.size} selected · ${position()}`;
   for (const card of document.querySelectorAll(".card")) {
     const index = Number(card.dataset.index);
     card.classList.toggle("selected", queue.selected.has(queue.items[index]?.image_id));
@@ -432,7 +461,9 @@ async function decide(kind) {
 
 function done(ids, text, eventId) {
   const gone = new Set(ids);
+  const before = queue.items.length;
   queue.items = queue.items.filter((item) => !gone.has(item.image_id)); // reviewed: they leave the queue
+  if (queue.total !== null && queue.source === "suspects") queue.total -= before - queue.items.length; // and the ranking
   queue.selected.clear();
   queue.focus = Math.min(queue.focus, Math.max(0, queue.items.length - 1));
   draw();
