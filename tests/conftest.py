@@ -29,6 +29,20 @@ from training.tf_logs import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()  # as the entry points do: for this process and every server or child it starts
 
+# The longest test files, longest first (seconds on 2 cores, alone): pytest-xdist hands files out in
+# collection order, so these start at once, one on each worker, and the short ones fill in around them.
+LONGEST_FIRST = (
+    "tests/notebook/test_photos.py",  # 730: two trainings with every default (photos, 104 px, folds)
+    "tests/notebook/test_demonstration.py",  # 520: two trainings of the silhouette demo
+    "tests/model/test_backbones.py",  # 330: keras.applications networks from scratch, ONNX export
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collection order, but the files of LONGEST_FIRST first (a stable sort)."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
 
 # What TensorFlow 2.21 printed on a CPU-only machine (import, first op, tf.data, ONNX export).
 TENSORFLOW_NOISE = (

@@ -55,7 +55,13 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("where", FILTERS, ids=lambda w: repr(w)[:60])
+def _filter_id(where: Where) -> str:
+    """The same id in every process (a frozenset's repr follows the hash seed; pytest-xdist compares the ids)."""
+    labels = None if where.labels is None else sorted(where.labels)
+    return f"split={where.split} labels={labels} unreviewed={where.unreviewed} exclude={sorted(where.exclude or ())}"
+
+
+@pytest.mark.parametrize("where", FILTERS, ids=_filter_id)
 def test_flat_search_is_exact_under_every_filter(where: Where) -> None:
     vectors, image_states = clustered(3000), states(3000)
     index = FaissIndex.build([s.image_id for s in image_states], vectors, brute_force_max=100)

@@ -23,21 +23,24 @@ from training.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-BACKBONES = ["mobilenet_v3_small", "efficientnet_b0"]
 
-
-@pytest.mark.parametrize("backbone", BACKBONES)
+# Fold networks from scratch are the same code for every backbone: tested once (efficientnet_b0's
+# two folds took about 120 of its test's 200 s).
+@pytest.mark.parametrize(("backbone", "folds"), [("mobilenet_v3_small", 2), ("efficientnet_b0", 0)])
 def test_a_backbone_from_scratch_trains_exports_and_registers(
-    backbone: str, shapes_dataset: Path, settings: Settings
+    backbone: str, folds: int, shapes_dataset: Path, settings: Settings
 ) -> None:
     tuned = settings.model_copy(
-        update={"backbone": backbone, "backbone_weights": "none", "image_size": 32, "out_of_fold_folds": 2}
+        update={"backbone": backbone, "backbone_weights": "none", "image_size": 32, "out_of_fold_folds": folds}
     )
     result = run_training(tuned, epochs=1)
     model = load_registered(result.tag)
     assert model.metadata["recipe"]["backbone"] == backbone
     assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance
-    assert model.audit is not None and model.audit.out_of_fold.shape == (30, 3)  # fold networks from scratch
+    if folds:
+        assert model.audit is not None and model.audit.out_of_fold.shape == (30, 3)  # fold networks from scratch
+    else:
+        assert model.audit is None
 
 
 def test_weights_from_a_file_freeze_the_backbone_and_fold_heads_use_its_features(
