@@ -59,7 +59,9 @@ def throwaway_server(binaries: Path | None = None) -> Iterator[str | None]:
     if binaries is None:
         yield None
         return
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # util-linux's runuser lives in /usr/sbin, which a narrowed PATH may leave out
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    as_postgres = [runuser, "-u", "postgres", "--"] if os.geteuid() == 0 else []
     root = Path(tempfile.mkdtemp(prefix="bouncer-pg-"))
     data = root / "data"
     if not str(binaries).startswith("/usr/"):
