@@ -164,11 +164,13 @@ def test_windows_are_durations() -> None:
             parse_window(bad)
 
 
-def test_workers_starting_at_once_all_open_the_log(tmp_path: Path) -> None:
-    """Every worker of a starting server creates the table if missing, at the same moment."""
+def test_workers_starting_at_once_all_open_the_log(settings: Settings) -> None:
+    """Every worker of a starting server creates the table if missing, at the same moment.
+
+    SQLite's loser gets "database is locked", PostgreSQL's a unique violation: neither may stop a worker.
+    """
     import threading
 
-    settings = Settings(data_dir=tmp_path)
     start = threading.Barrier(8)
     errors: list[BaseException] = []
 

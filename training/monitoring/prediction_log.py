@@ -144,20 +144,21 @@ def create_table(engine: Engine, wait_s: float = 30.0) -> None:
     ("database is locked"), when another connection is writing: that is how a
     ``CREATE TABLE`` after ``checkfirst``'s look loses to another worker's. So try
     again until the table is there (the other worker committed it) or ours succeeds.
+    PostgreSQL's loser gets a duplicate-table or unique violation instead: any database error.
     """
     from sqlalchemy import inspect
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     deadline = time.monotonic() + wait_s
     while True:
         try:
             metadata.create_all(engine, checkfirst=True)
             return
-        except OperationalError:
+        except DBAPIError:
             try:
                 if inspect(engine).has_table(predictions.name):
                     return
-            except OperationalError:
+            except DBAPIError:
                 pass
             if time.monotonic() > deadline:
                 raise
