@@ -156,7 +156,9 @@ _RANKING_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class _Ranking:
     revision: int  # the label revision it is right for
-    ranking: list[Suspect]
+    ranked: list[Suspect]  # every scored train image, reviewed ones too: a function of labels and pictures alone
+    basis: dict[str, tuple[str, str]]  # image_id -> (label, sha256) that ``ranked`` was computed from
+    ranking: list[Suspect]  # ``ranked`` less the reviewed images: the queue
 
 
 @dataclass(frozen=True)
@@ -353,27 +355,39 @@ class Curator:
             return self._suspect_ranking()
 
     def _suspect_ranking(self) -> list[Suspect]:
-        assert self.model.audit is not None
+        # The ranking is cleanlab over every scored train image with its current label, the
+        # reviewed ones included, and only then less the reviewed: so it is one function of the
+        # labels, and each server worker (its own cache, following decisions) pages through the
+        # same list as a fresh process. A confirm (or its undo) changes no label: only the filter.
         key = (str(self.store.engine.url), self.model.tag, "suspects")
         revision = self.store.revision()
         cached: _Ranking | None = _CACHE.get(key)
         if cached is not None and cached.revision != revision:
-            # decisions (relabel, confirm) only take their images out of the queue: no new ranking
-            _, changed = self.store.changed_since(cached.revision)
-            if all(state.reviewed for state in changed):
-                decided = {state.image_id for state in changed}
-                ranking = [s for s in cached.ranking if s.image_id not in decided]
-                cached = _CACHE.put(key, _Ranking(revision, ranking))
-            else:
+            _, changed = self.store.records_since(cached.revision)
+            if any(self._moves_the_ranking(record, present, cached.basis) for record, present in changed):
                 cached = None
+            else:
+                reviewed = self.store.reviewed_ids(self.settings.train_split)
+                ranking = [s for s in cached.ranked if s.image_id not in reviewed]
+                cached = _CACHE.put(key, replace(cached, revision=revision, ranking=ranking))
         if cached is None:
-            train = self.store.images(split=self.settings.train_split, unreviewed=True)
+            train = self.store.images(split=self.settings.train_split)
+            reviewed = self.store.reviewed_ids(self.settings.train_split)
             audited = set(self.model.audit.image_ids.tolist())
             scored = scored_rows(self.settings, self.model, [r for r in train if r.image_id not in audited])
             by_id = {r.image_id: r for r in train}
             audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
-            cached = _CACHE.put(key, _Ranking(revision, find_suspects(audit, train, self.model.class_names)))
+            ranked = find_suspects(audit, train, self.model.class_names)
+            basis = {s.image_id: (by_id[s.image_id].label, by_id[s.image_id].sha256) for s in ranked}
+            ranking = [s for s in ranked if s.image_id not in reviewed]
+            cached = _CACHE.put(key, _Ranking(revision, ranked, basis, ranking))
         return cached.ranking
+
+    def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str]]) -> bool:
+        """Whether a changed image changes what cleanlab ranks (its label, picture, or being a train image)."""
+        ranks = present and record.split == self.settings.train_split and record.label in self.model.class_names
+        was = basis.get(record.image_id)
+        return (was != (record.label, record.sha256)) if ranks else was is not None
 
     # --- labels ---------------------------------------------------------------------
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:

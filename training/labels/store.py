@@ -286,7 +286,8 @@ class LabelStore:
         unreviewed: bool = False,
     ) -> list[ImageRecord]:
         """Present images in path order; ``unreviewed``: only those no person relabelled or confirmed."""
-        query = select(ImageRow).where(ImageRow.present.is_(True)).order_by(ImageRow.path)
+        # plain rows, not ORM objects: 98k rows took 5.1 s as objects, most of a suspects ranking's time
+        query = select(*_RECORD_COLUMNS).where(ImageRow.present.is_(True)).order_by(ImageRow.path)
         if unreviewed:
             query = query.where(ImageRow.reviewed.is_(False))
         if split is not None:
@@ -297,7 +298,15 @@ class LabelStore:
         if limit is not None:
             query = query.limit(limit)
         with self._session() as session:
-            return [_image_record(row) for row in session.scalars(query)]
+            return [ImageRecord(*row) for row in session.connection().execute(query)]
+
+    def reviewed_ids(self, split: str) -> set[str]:
+        """The present images of ``split`` a person relabelled or confirmed (one column read)."""
+        query = select(ImageRow.image_id).where(
+            ImageRow.present.is_(True), ImageRow.reviewed.is_(True), ImageRow.split == split
+        )
+        with self._session() as session:
+            return set(session.scalars(query))
 
     def records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
         """The present images among ``image_ids`` by id (one query; unknown or absent ids are left out)."""
