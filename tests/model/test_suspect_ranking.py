@@ -34,7 +34,8 @@ def fresh_process_ranking() -> list[dict]:
 
 
 def test_a_worker_that_followed_decisions_ranks_as_a_fresh_one(
-    demo_copy: Settings, trained_demo: TrainedDemo  # noqa: F811
+    demo_copy: Settings,
+    trained_demo: TrainedDemo,  # noqa: F811
 ) -> None:
     with open_curator(demo_copy) as curator:
         before = curator.suspect_ranking()  # this process now keeps a ranking and follows changes
