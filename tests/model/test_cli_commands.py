@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from bento_service.schemas import ModelVersion, Neighbour, PromoteResult, SimilarResult, SuspectOut, TracedOut
 from tests.conftest import TrainedDemo
-from tests.service.conftest import copy_demo_data
 from training.cli import app
 from training.labels.store import open_store
 from training.registry.serving import describe_versions, open_curator, resolve_serving_tag
@@ -34,16 +33,6 @@ def bouncer(*args: str) -> Any:
     result = runner.invoke(app, ["-q", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def demo_copy(trained_demo: TrainedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The demo's images and label DB in tmp_path, the demo's version pinned (as the service tests serve it)."""
-    trained_demo.apply(monkeypatch)
-    monkeypatch.setenv("BOUNCER_DATA_DIR", str(copy_demo_data(trained_demo, tmp_path / "data")))
-    monkeypatch.setenv("BOUNCER_MLFLOW_DIR", str(tmp_path / "mlruns"))
-    monkeypatch.setenv("BOUNCER_MODEL_TAG", trained_demo.result.tag)
-    return Settings()
 
 
 def test_similar_trace_expand_and_suspects_answer_as_the_endpoints(

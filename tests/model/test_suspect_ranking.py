@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TrainedDemo
-from tests.model.test_cli_commands import demo_copy  # noqa: F401  (a fixture)
 from training.registry.serving import open_curator
 from training.settings import Settings
 
@@ -33,10 +31,7 @@ def fresh_process_ranking() -> list[dict]:
     return json.loads(answer.stdout)
 
 
-def test_a_worker_that_followed_decisions_ranks_as_a_fresh_one(
-    demo_copy: Settings,
-    trained_demo: TrainedDemo,  # noqa: F811
-) -> None:
+def test_a_worker_that_followed_decisions_ranks_as_a_fresh_one(demo_copy: Settings) -> None:
     with open_curator(demo_copy) as curator:
         before = curator.suspect_ranking()  # this process now keeps a ranking and follows changes
         confirmed = [s.image_id for s in before[:3]]
