@@ -78,6 +78,8 @@ TIMING_SCRIPT = """
     for (const entry of list.getEntries()) {
       const queue = /\/(suspects|images)$/.test(entry.name);
       if (entry.name.includes("/ui/thumbnail/")) window.__thumbnails++;
+      else if (entry.name.includes("/ui/thumbnails?"))  // a batch: as many as its ids
+        window.__thumbnails += new URL(entry.name).searchParams.get("ids").split(",").length;
       else if (queue) window.__queueRequests.push([entry.startTime, entry.responseEnd]);
     }
   }).observe({ type: "resource", buffered: true });
@@ -96,7 +98,7 @@ BREAKDOWN = """
 () => {
   const resources = performance.getEntriesByType("resource");
   const at = (part) => resources.find((r) => r.name.includes(part)) || { startTime: NaN, responseEnd: NaN };
-  const thumbnails = resources.filter((r) => r.name.includes("/ui/thumbnail/"));
+  const thumbnails = resources.filter((r) => /\/ui\/thumbnails?[/?]/.test(r.name));
   const [queueStart, queueEnd] = window.__queueRequests[0] || [NaN, NaN];
   return {
     document: performance.getEntriesByType("navigation")[0].responseEnd,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import httpx
@@ -86,7 +87,26 @@ def test_the_page_and_its_reads(server: str, trained_demo: TrainedDemo) -> None:
     other_size = httpx.get(f"{server}/ui/thumbnail/{record['image_id']}", params={"size": 96}, timeout=30)
     assert other_size.headers["etag"] != etag
 
+    # a screenful in one request: the same pictures, as data: URLs in the order asked, the unknown named
+    ids = [r["image_id"] for r in ok(server, "images", {"split": "train", "limit": 3, "offset": 5})]
+    batch = httpx.get(f"{server}/ui/thumbnails", params={"size": 64, "ids": ",".join([*ids, "nope"])}, timeout=30)
+    assert batch.status_code == 200, batch.text
+    assert list(batch.json()["thumbnails"]) == ids and batch.json()["missing"] == {"nope": "unknown image_id"}
+    for image_id, url in batch.json()["thumbnails"].items():
+        single = httpx.get(f"{server}/ui/thumbnail/{image_id}", params={"size": 64}, timeout=30).content
+        assert url == "data:image/jpeg;base64," + base64.b64encode(single).decode()
+    again = httpx.get(
+        f"{server}/ui/thumbnails",
+        params={"size": 64, "ids": ",".join([*ids, "nope"])},
+        headers={"If-None-Match": batch.headers["etag"]},
+        timeout=30,
+    )
+    assert again.status_code == 304 and not again.content
+
     for url, status in [
+        ("/ui/thumbnails?size=64", 400),
+        ("/ui/thumbnails?size=64&ids=" + ",".join(f"id{i}" for i in range(61)), 400),
+        (f"/ui/thumbnails?size=5&ids={record['image_id']}", 400),
         (f"/ui/thumbnail/{record['image_id']}?size=5", 400),
         (f"/ui/thumbnail/{record['image_id']}?size=big", 400),
         ("/ui/thumbnail/nope", 404),

@@ -54,8 +54,8 @@ async function call(path, { method = "POST", body, write = false, form } = {}) {
 const api = (endpoint, body = {}) => call(endpoint, { body });
 const write = (endpoint, body = {}) => call(endpoint, { body, write: true });
 // as many pixels as the screen shows (2x on a high-density screen), no more: smaller, faster to make and load
-const thumbnail = (id, size = THUMB) =>
-  new URL(`ui/thumbnail/${encodeURIComponent(id)}?size=${Math.round(size * Math.min(2, Math.max(1, devicePixelRatio)))}`, API);
+const pixels = (size) => Math.round(size * Math.min(2, Math.max(1, devicePixelRatio)));
+const thumbnail = (id, size = THUMB) => new URL(`ui/thumbnail/${encodeURIComponent(id)}?size=${pixels(size)}`, API);
 const original = (id) => new URL(`ui/image/${encodeURIComponent(id)}`, API);
 
 // ---------------------------------------------------------------- small helpers
@@ -95,6 +95,7 @@ function count(decisions, changed) {
 }
 
 const info = { classes: [], splits: ["train", "test"], token_required: false, serving: "" };
+let infoReady = Promise.resolve(); // the first refreshInfo: the review queue does not wait for it, other pages do
 async function refreshInfo() {
   Object.assign(info, await call("ui/info", { method: "GET" }));
   $("#serving").textContent = info.serving ? `serving ${info.serving}` : "";
@@ -207,6 +208,7 @@ function renderReview(view) {
   $("#source").value = queue.source;
   $("#split").value = queue.params.split;
   $("#label").value = queue.params.label;
+  if (!info.classes.length) infoReady.then(() => fillClasses(view)); // the queue loads meanwhile
   $("#image-id").value = queue.params.image_id;
   showParams();
   $("#source").addEventListener("change", () => {
@@ -227,6 +229,17 @@ function renderReview(view) {
   viewport.addEventListener("keydown", onGridKey);
   new ResizeObserver(() => draw({ force: false })).observe(viewport);
   loadQueue();
+}
+
+// what needs ui/info: the class and split choices
+function fillClasses(view) {
+  if (!view.contains($("#label"))) return; // the reviewer went to another page meanwhile
+  const classes = info.classes.map((c) => `<option>${esc(c)}</option>`).join("");
+  $("#label").innerHTML = `<option value="">any</option>${classes}`;
+  $("#label").value = queue.params.label;
+  $("#relabel-label").innerHTML = classes;
+  $("#split").innerHTML = info.splits.map((s) => `<option>${esc(s)}</option>`).join("");
+  $("#split").value = queue.params.split;
 }
 
 function showParams() {
@@ -272,11 +285,13 @@ async function loadMore() {
   queue.loading = true;
   const { source, generation } = queue;
   try {
-    const page = await SOURCES[source].fetch(queue.base + queue.items.length, PAGE, queue.params);
+    // at least a screenful and what lies just below it: one page, then every thumbnail batch at once
+    const limit = Math.min(1000, Math.max(PAGE, columns() * (Math.ceil($("#viewport").clientHeight / ROW) + 5)));
+    const page = await SOURCES[source].fetch(queue.base + queue.items.length, limit, queue.params);
     if (generation !== queue.generation) return; // the reviewer loaded another queue (or position) meanwhile
     const known = new Set(queue.items.map((i) => i.image_id));
     queue.items.push(...page.filter((i) => !known.has(i.image_id)));
-    queue.more = page.length >= PAGE && PAGED.includes(source);
+    queue.more = page.length >= limit && PAGED.includes(source);
     if (page.total !== undefined) queue.total = page.total;
   } catch (error) {
     if (generation !== queue.generation) return;
@@ -291,6 +306,71 @@ async function loadMore() {
 
 function columns() {
   return Math.max(1, Math.floor(($("#viewport").clientWidth + 8) / CELL));
+}
+
+// ---------------------------------------------------------------- the grid's thumbnails, a batch a request
+// A screen is ~130 thumbnails; one request each spent most of the first paint in the bento's
+// per-request work. ui/thumbnails answers BATCH of them as data: URLs. Batches are runs of the
+// queue (positions k*BATCH..), so scrolling back asks the same URLs (the browser's cache answers).
+const BATCH = 30;
+const KEPT = 2000; // thumbnails kept in the page (most recently used): ~10 KB each
+const thumbs = new Map(); // image id -> data: URL, or "" when the server could not make one
+const missingWhy = new Map(); // image id -> why there is no thumbnail
+const asked = new Set(); // image ids in a batch on its way
+
+function keepThumb(id, url) {
+  thumbs.delete(id);
+  thumbs.set(id, url);
+  if (thumbs.size > KEPT) thumbs.delete(thumbs.keys().next().value);
+}
+
+// Ask for the batches that hold queue positions from..to (exclusive) and are not all here yet.
+function wantThumbnails(from, to) {
+  for (let start = Math.floor(from / BATCH) * BATCH; start < to; start += BATCH) {
+    const ids = queue.items.slice(start, start + BATCH).map((i) => i.image_id);
+    if (!ids.some((id) => !thumbs.has(id) && !asked.has(id))) continue;
+    ids.forEach((id) => asked.add(id));
+    const query = new URLSearchParams({ size: pixels(THUMB), ids: ids.join(",") });
+    call(`ui/thumbnails?${query}`, { method: "GET" })
+      .then((answer) => {
+        for (const [id, url] of Object.entries(answer.thumbnails)) keepThumb(id, url);
+        for (const [id, why] of Object.entries(answer.missing)) {
+          keepThumb(id, "");
+          missingWhy.set(id, why);
+        }
+      }, fail)
+      .finally(() => {
+        ids.forEach((id) => asked.delete(id));
+        showThumbnails();
+      });
+  }
+}
+
+// Put every thumbnail that has arrived into the grid's cards; the first time all are in, time it.
+function showThumbnails() {
+  const images = [...document.querySelectorAll("#grid .card img")];
+  for (const img of images) {
+    if (img.getAttribute("src") || !thumbs.has(img.dataset.id)) continue;
+    const url = thumbs.get(img.dataset.id);
+    if (url) img.src = url;
+    else {
+      img.closest(".card").classList.add("no-picture");
+      img.title = missingWhy.get(img.dataset.id) || "no picture";
+    }
+  }
+  if (queue.firstPaint !== null || !images.length || !images.every((img) => img.getAttribute("src") || img.title)) return;
+  const shown = images.filter((img) => img.getAttribute("src"));
+  Promise.all(shown.map((img) => img.decode().then(() => true, () => false))).then((decoded) => {
+    if (queue.firstPaint !== null) return;
+    queue.firstPaint = performance.now() - queue.started;
+    window.bouncerTimings = {
+      ...(window.bouncerTimings || {}),
+      firstGrid: queue.firstPaint, // since the queue started loading
+      sinceNavigation: performance.now(), // since the page was opened (performance's time origin)
+      shown: images.length,
+      decoded: decoded.filter(Boolean).length + images.length - shown.length,
+    };
+  });
 }
 
 let drawn = ""; // what the grid shows now: redraw only when the visible rows or the items change
@@ -314,11 +394,11 @@ function draw({ force = true } = {}) {
     return;
   }
   const caption = SOURCES[queue.source].caption;
-  const pending = [];
-  for (let index = first * cols; index < Math.min(queue.items.length, last * cols); index++) {
+  const end = Math.min(queue.items.length, last * cols);
+  for (let index = first * cols; index < end; index++) {
     const item = queue.items[index];
     const card = el(`<div class="card" data-index="${index}" tabindex="-1" title="${esc(item.path)}">
-        <img alt="${esc(item.path)}" width="${THUMB}" height="${THUMB}" src="${thumbnail(item.image_id)}">
+        <img alt="${esc(item.path)}" width="${THUMB}" height="${THUMB}" data-id="${esc(item.image_id)}">
         <a class="open" href="#/image/${encodeURIComponent(item.image_id)}" title="open">⤢</a>
         <div class="caption">${caption(item)}</div>
       </div>`);
@@ -326,23 +406,9 @@ function draw({ force = true } = {}) {
     card.addEventListener("click", (event) => onCardClick(event, index));
     if (index === queue.focus) card.dataset.focus = "1";
     grid.append(card);
-    // decode() of an image not yet in the document rejects at once in Chromium: ask after appending
-    pending.push(card.querySelector("img").decode().then(() => true, () => false));
   }
-  if (queue.firstPaint === null && queue.items.length) {
-    Promise.all(pending).then((decoded) => {
-      if (queue.firstPaint === null) {
-        queue.firstPaint = performance.now() - queue.started;
-        window.bouncerTimings = {
-          ...(window.bouncerTimings || {}),
-          firstGrid: queue.firstPaint, // since the queue started loading
-          sinceNavigation: performance.now(), // since the page was opened (performance's time origin)
-          shown: pending.length,
-          decoded: decoded.filter(Boolean).length,
-        };
-      }
-    });
-  }
+  showThumbnails(); // those already here
+  wantThumbnails(first * cols, end);
   if (last * cols >= queue.items.length - cols * 2) loadMore(); // near the end: fetch the next page
 }
 
@@ -929,6 +995,7 @@ async function route() {
   const view = $("#view");
   clearInterval(polling);
   const [, name = "review", arg] = location.hash.match(/^#\/([^/]+)\/?(.*)$/) || [];
+  if (name !== "review") await infoReady;
   document.querySelectorAll("header nav a[data-view]").forEach((a) => a.classList.toggle("active", a.dataset.view === name));
   if (name === "image" && arg) return renderImage(view, decodeURIComponent(arg));
   if (name === "evaluation") return renderEvaluation(view);
@@ -947,12 +1014,8 @@ async function start() {
     showTokenState();
   });
   count(0, 0);
-  try {
-    await refreshInfo();
-  } catch (error) {
-    fail(error);
-  }
   showTokenState();
+  infoReady = refreshInfo().then(showTokenState, fail);
   window.addEventListener("hashchange", route);
   route();
 }
