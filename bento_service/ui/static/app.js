@@ -227,6 +227,7 @@ function renderReview(view) {
   const viewport = $("#viewport");
   viewport.addEventListener("scroll", () => draw({ force: false }), { passive: true });
   viewport.addEventListener("keydown", onGridKey);
+  $("#grid").addEventListener("click", onCardClick);
   new ResizeObserver(() => draw({ force: false })).observe(viewport);
   loadQueue();
 }
@@ -346,20 +347,33 @@ function wantThumbnails(from, to) {
   }
 }
 
-// Put every thumbnail that has arrived into the grid's cards; the first time all are in, time it.
-function showThumbnails() {
+// Put every thumbnail that has arrived into the grid's cards; the first time all those on screen are
+// in (not the rows drawn beyond its edge), time it.
+// `at`: the grid's columns, scroll position and height, when the caller has just read them.
+function showThumbnails(at = null) {
   const images = [...document.querySelectorAll("#grid .card img")];
+  if (!images.length) return;
+  // read the layout before changing the cards: a read after a change forces a layout of every card
+  const viewport = $("#viewport");
+  const { cols, top, height } = at ?? { cols: columns(), top: viewport.scrollTop, height: viewport.clientHeight };
   for (const img of images) {
     if (img.getAttribute("src") || !thumbs.has(img.dataset.id)) continue;
     const url = thumbs.get(img.dataset.id);
-    if (url) img.src = url;
-    else {
+    if (url) {
+      img.src = url;
+      img.alt = img.closest(".card").title; // the path
+    } else {
       img.closest(".card").classList.add("no-picture");
       img.title = missingWhy.get(img.dataset.id) || "no picture";
     }
   }
-  if (queue.firstPaint !== null || !images.length || !images.every((img) => img.getAttribute("src") || img.title)) return;
-  const shown = images.filter((img) => img.getAttribute("src"));
+  if (queue.firstPaint !== null) return;
+  const onScreen = images.filter((img) => {
+    const row = Math.floor(Number(img.closest(".card").dataset.index) / cols) * ROW;
+    return row < top + height && row + ROW > top;
+  });
+  if (!onScreen.every((img) => img.getAttribute("src") || img.title)) return;
+  const shown = onScreen.filter((img) => img.getAttribute("src"));
   Promise.all(shown.map((img) => img.decode().then(() => true, () => false))).then((decoded) => {
     if (queue.firstPaint !== null) return;
     queue.firstPaint = performance.now() - queue.started;
@@ -367,8 +381,8 @@ function showThumbnails() {
       ...(window.bouncerTimings || {}),
       firstGrid: queue.firstPaint, // since the queue started loading
       sinceNavigation: performance.now(), // since the page was opened (performance's time origin)
-      shown: images.length,
-      decoded: decoded.filter(Boolean).length + images.length - shown.length,
+      shown: onScreen.length,
+      decoded: decoded.filter(Boolean).length + onScreen.length - shown.length,
     };
   });
 }
@@ -379,10 +393,10 @@ function draw({ force = true } = {}) {
   const viewport = $("#viewport");
   if (!viewport) return;
   const grid = $("#grid");
-  const cols = columns();
+  const [cols, top, height] = [columns(), viewport.scrollTop, viewport.clientHeight]; // read before any change
   const rows = Math.ceil(queue.items.length / cols);
-  const first = Math.max(0, Math.floor(viewport.scrollTop / ROW) - 2);
-  const last = Math.min(rows, Math.ceil((viewport.scrollTop + viewport.clientHeight) / ROW) + 2);
+  const first = Math.max(0, Math.floor(top / ROW) - 2);
+  const last = Math.min(rows, Math.ceil((top + height) / ROW) + 2);
   const key = `${first}:${last}:${cols}:${queue.items.length}:${queue.source}`;
   if (!force && key === drawn) return;
   drawn = key;
@@ -395,25 +409,28 @@ function draw({ force = true } = {}) {
   }
   const caption = SOURCES[queue.source].caption;
   const end = Math.min(queue.items.length, last * cols);
+  // one string, parsed once (a screen is ~130 cards); clicks are the grid's (see renderReview).
+  // No alt text until the picture is in: an <img> with alt and no src draws a "broken image" box.
+  const cards = [];
   for (let index = first * cols; index < end; index++) {
     const item = queue.items[index];
-    const card = el(`<div class="card" data-index="${index}" tabindex="-1" title="${esc(item.path)}">
-        <img alt="${esc(item.path)}" width="${THUMB}" height="${THUMB}" data-id="${esc(item.image_id)}">
+    const state = `${queue.selected.has(item.image_id) ? " selected" : ""}`;
+    cards.push(`<div class="card${state}" data-index="${index}" tabindex="-1" title="${esc(item.path)}"${index === queue.focus ? ' data-focus="1"' : ""}>
+        <img alt="" width="${THUMB}" height="${THUMB}" data-id="${esc(item.image_id)}">
         <a class="open" href="#/image/${encodeURIComponent(item.image_id)}" title="open">⤢</a>
         <div class="caption">${caption(item)}</div>
       </div>`);
-    card.classList.toggle("selected", queue.selected.has(item.image_id));
-    card.addEventListener("click", (event) => onCardClick(event, index));
-    if (index === queue.focus) card.dataset.focus = "1";
-    grid.append(card);
   }
-  showThumbnails(); // those already here
+  grid.innerHTML = cards.join("");
+  showThumbnails({ cols, top, height }); // those already here
   wantThumbnails(first * cols, end);
   if (last * cols >= queue.items.length - cols * 2) loadMore(); // near the end: fetch the next page
 }
 
-function onCardClick(event, index) {
-  if (event.target.closest("a")) return; // the open link navigates
+function onCardClick(event) {
+  const card = event.target.closest(".card");
+  if (!card || event.target.closest("a")) return; // the open link navigates
+  const index = Number(card.dataset.index);
   const id = queue.items[index].image_id;
   if (event.shiftKey && queue.anchor !== null) {
     const [from, to] = [Math.min(queue.anchor, index), Math.max(queue.anchor, index)];
