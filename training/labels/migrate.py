@@ -44,6 +44,7 @@ PREVIOUS_RELEASE_REVISION = "0001"
 DATASET_TABLE_REVISION = "0002"
 LABEL_REVISION_REVISION = "0003"
 IMAGE_REVISION_REVISION = "0004"
+PAGING_INDEXES_REVISION = "0005"
 # Any constant 64-bit key, the same in every process migrating a Bouncer label database.
 _POSTGRES_LOCK_KEY = int.from_bytes(hashlib.sha256(b"bouncer label database").digest()[:8], "big", signed=True)
 
@@ -146,7 +147,8 @@ def revision_of_unversioned(connection: Connection) -> str | None:
     if ours == PREVIOUS_RELEASE_TABLES | {"dataset"}:
         # a stamp lost from a database at 0003+ (its version table dropped by hand) is read back, not re-applied
         if "revision" in {column["name"] for column in inspect(connection).get_columns("images")}:
-            return IMAGE_REVISION_REVISION
+            indexes = {index["name"] for index in inspect(connection).get_indexes("images")}
+            return PAGING_INDEXES_REVISION if "ix_images_split_present_path" in indexes else IMAGE_REVISION_REVISION
         columns = {column["name"] for column in inspect(connection).get_columns("dataset")}
         return LABEL_REVISION_REVISION if "revision" in columns else DATASET_TABLE_REVISION
     missing = sorted(PREVIOUS_RELEASE_TABLES - ours)

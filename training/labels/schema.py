@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, false
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -44,6 +44,11 @@ class PromotionRow(Base):
 
 class ImageRow(Base):
     __tablename__ = "images"
+    # a split (or one label of it) in path order, counted from the index alone: paging (migration 0005)
+    __table_args__ = (
+        Index("ix_images_split_present_path", "split", "present", "path"),
+        Index("ix_images_split_label_present_path", "split", "label", "present", "path"),
+    )
 
     image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     path: Mapped[str] = mapped_column(String(1024), unique=True, index=True)
