@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from training.data.folders import resolve_inside
 from training.data.images import ImageError, open_image, to_rgb
 from training.labels.errors import NotFoundError
+from training.labels.store import ImageRecord
 
 STATIC = Path(__file__).parent / "static"
 PATH = "/ui"
@@ -89,7 +90,8 @@ async def original(request: Request) -> Response:
     located = _locate(request)
     if isinstance(located, Response):
         return located
-    path, etag = located
+    path, found = located
+    etag = _content_etag(found.sha256)
     if _fresh(request, etag):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
     return FileResponse(path, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
@@ -116,8 +118,8 @@ async def thumbnail(request: Request) -> Response:
     located = _locate(request)
     if isinstance(located, Response):
         return located
-    path, etag = located
-    etag = f'{etag[:-1]}-{size}"'
+    path, found = located
+    etag = _content_etag(found.sha256, size)
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if _fresh(request, etag):
         return Response(status_code=304, headers=headers)
@@ -149,13 +151,8 @@ async def thumbnails(request: Request) -> Response:
     service = _service()
     records = service.store.records(ids)
     # named by content: the same ids with the same pictures are the same answer
-    etag = (
-        '"'
-        + hashlib.sha256(
-            f"{size}:{','.join(records[i].sha256 if i in records else '-' for i in ids)}".encode()
-        ).hexdigest()[:32]
-        + '"'
-    )
+    contents = ",".join(records[i].sha256 if i in records else "-" for i in ids)
+    etag = f'"{hashlib.sha256(f"{size}:{contents}".encode()).hexdigest()[:32]}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if _fresh(request, etag):
         return Response(status_code=304, headers=headers)
@@ -164,20 +161,15 @@ async def thumbnails(request: Request) -> Response:
     missing: dict[str, str] = {i: "unknown image_id" for i in ids if i not in records}
 
     def make() -> None:
-        for image_id in ids:  # in the order asked
-            found_record = records.get(image_id)
-            if found_record is None:
-                continue
+        for image_id in [i for i in ids if i in records]:  # in the order asked
+            record = records[image_id]
             try:
-                path = resolve_inside(settings.data_dir, found_record.path)
-                if not path.is_file():
-                    missing[image_id] = f"image file {found_record.path} is missing from the data directory"
-                    continue
-                jpeg = _thumbnail(str(path), f'"{found_record.sha256[:32]}-{size}"', size, settings.max_image_pixels)
-            except PermissionError as exc:
+                path = _file_of(record, settings.data_dir)
+                jpeg = _thumbnail(str(path), _content_etag(record.sha256, size), size, settings.max_image_pixels)
+            except (PermissionError, FileNotFoundError) as exc:
                 missing[image_id] = str(exc)
             except ImageError as exc:
-                missing[image_id] = f"{found_record.path}: {exc}"
+                missing[image_id] = f"{record.path}: {exc}"
             else:
                 found[image_id] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
@@ -195,17 +187,28 @@ def _thumbnail(path: str, etag: str, size: int, max_pixels: int) -> bytes:
     return buffer.getvalue()
 
 
-def _locate(request: Request) -> tuple[Path, str] | Response:
-    """The file of ``image_id`` (only under DATA_DIR) and its ETag, or the 404 to answer."""
+def _locate(request: Request) -> tuple[Path, ImageRecord] | Response:
+    """The file of ``image_id`` (only under DATA_DIR) and its record, or the 404 to answer."""
     service = _service()
     try:
         found = service.store.get(request.path_params["image_id"])
-        path = resolve_inside(service.settings.data_dir, found.path)
-    except (NotFoundError, PermissionError) as exc:
+        path = _file_of(found, service.settings.data_dir)
+    except (NotFoundError, PermissionError, FileNotFoundError) as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
+    return path, found
+
+
+def _file_of(record: ImageRecord, data_dir: Path) -> Path:
+    """The image's file: PermissionError when its path leads out of DATA_DIR, FileNotFoundError when it is gone."""
+    path = resolve_inside(data_dir, record.path)
     if not path.is_file():
-        return JSONResponse({"error": f"image file {found.path} is missing from the data directory"}, status_code=404)
-    return path, f'"{found.sha256[:32]}"'
+        raise FileNotFoundError(f"image file {record.path} is missing from the data directory")
+    return path
+
+
+def _content_etag(sha256: str, size: int | None = None) -> str:
+    """Thumbnails and originals are named by their picture's content (and a thumbnail by its size)."""
+    return f'"{sha256[:32]}-{size}"' if size is not None else f'"{sha256[:32]}"'
 
 
 def _fresh(request: Request, etag: str) -> bool:
