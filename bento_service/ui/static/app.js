@@ -414,8 +414,8 @@ function draw({ force = true } = {}) {
   const cards = [];
   for (let index = first * cols; index < end; index++) {
     const item = queue.items[index];
-    const state = `${queue.selected.has(item.image_id) ? " selected" : ""}`;
-    cards.push(`<div class="card${state}" data-index="${index}" tabindex="-1" title="${esc(item.path)}"${index === queue.focus ? ' data-focus="1"' : ""}>
+    const selected = queue.selected.has(item.image_id) ? " selected" : "";
+    cards.push(`<div class="card${selected}" data-index="${index}" tabindex="-1" title="${esc(item.path)}"${index === queue.focus ? ' data-focus="1"' : ""}>
         <img alt="" width="${THUMB}" height="${THUMB}" data-id="${esc(item.image_id)}">
         <a class="open" href="#/image/${encodeURIComponent(item.image_id)}" title="open">⤢</a>
         <div class="caption">${caption(item)}</div>
