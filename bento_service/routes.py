@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+from starlette.routing import Match
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -21,30 +23,58 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MULTIPART = "multipart/form-data"
 
 
+JSON = "application/json"
+# A form's own bytes around its one file: boundaries, part headers and the few text fields beside it.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class RouteInput:
     """What one POST route takes: its field names, which of them are file uploads, and its input model.
 
     ``submit``: a task's submit route, whose body BentoML stores and validates only when
     the task runs (a typo would be a 200 and a failed task): it is validated on arrival.
+    ``max_body_bytes``: the largest body the route can need, refused above it before it is read.
     """
 
     fields: frozenset[str]
     files: frozenset[str] = frozenset()
     spec: Any = None  # the endpoint's BentoML input model
     submit: bool = False
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
-def api_routes(service: Any) -> dict[str, RouteInput]:
-    """Each POST route and what its endpoint takes (a task also at its /submit route)."""
+def api_routes(
+    service: Any, *, max_json_bytes: int, max_upload_bytes: int, max_request_bytes: int
+) -> dict[str, RouteInput]:
+    """Each POST route and what its endpoint takes (a task also at its /submit route).
+
+    A JSON route's body is capped at ``max_json_bytes``; a route taking one file at one
+    upload and its form, so a 30 MB upload to ``predict`` is refused from its
+    Content-Length; a route taking a list of files at ``max_request_bytes``.
+    """
     routes: dict[str, RouteInput] = {}
     for api in service.apis.values():
         fields = frozenset(api.input_spec.model_fields)
         files = frozenset(api.input_spec.multipart_fields)
-        routes[api.route] = RouteInput(fields, files, api.input_spec)
+        if not files:
+            cap = max_json_bytes
+        elif any(takes_many(api.input_spec.model_fields[name].annotation) for name in files):
+            cap = max_request_bytes
+        else:
+            cap = min(max_request_bytes, len(files) * max_upload_bytes + FORM_OVERHEAD_BYTES)
+        routes[api.route] = RouteInput(fields, files, api.input_spec, max_body_bytes=cap)
         if api.is_task:
-            routes[f"{api.route}/submit"] = RouteInput(fields, files, api.input_spec, submit=True)
+            routes[f"{api.route}/submit"] = RouteInput(fields, files, api.input_spec, submit=True, max_body_bytes=cap)
     return routes
+
+
+def takes_many(annotation: Any) -> bool:
+    """Whether a file field's type is a list of files (``list[Path]``, possibly inside Annotated/Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return True
+    return any(takes_many(arg) for arg in typing.get_args(annotation) if not isinstance(arg, str | int | float))
 
 
 async def read_form(request: Request, fields: frozenset[str], files: frozenset[str]) -> tuple[FormData, str | None]:
@@ -81,3 +111,37 @@ def json_nul_problem(body: bytes) -> str | None:
 def unknown_fields_message(unknown: Iterable[str], path: str, takes: Iterable[str]) -> str:
     takes = ", ".join(sorted(takes)) or "no fields"
     return f"unknown field {', '.join(map(repr, unknown))} for {path}; it takes: {takes}"
+
+
+# BentoML's own routes besides the endpoints (its Swagger page, spec, probes, metrics).
+SYSTEM_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/healthz", "/livez", "/readyz", "/metrics"})
+SYSTEM_PREFIXES = ("/static_content/",)
+TASK_ACTIONS = ("submit", "status", "get", "retry", "cancel")
+OTHER_PATHS = "other"  # the one metrics label of every path no route serves
+
+
+def endpoint_labeller(service: Any, mounts: Mapping[str, Any]) -> Callable[[str], str]:
+    """A request path -> its route's template (``/ui/thumbnail/{image_id}``), or ``other`` when nothing serves it.
+
+    Metrics label requests with it: one series per route, however many paths clients make up.
+    ``mounts``: path prefix -> the Starlette app mounted there.
+    """
+    exact = set(SYSTEM_PATHS)
+    for api in service.apis.values():
+        exact.add(api.route)
+        if api.is_task:
+            exact.update(f"{api.route}/{action}" for action in TASK_ACTIONS)
+
+    def label(path: str) -> str:
+        if path in exact:
+            return path
+        for prefix, app in mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                scope = {"type": "http", "path": path[len(prefix) :] or "/", "root_path": "", "method": "GET"}
+                for route in app.routes:
+                    if route.matches(scope)[0] is not Match.NONE:
+                        return prefix + route.path
+                return OTHER_PATHS
+        return next((p.rstrip("/") for p in SYSTEM_PREFIXES if path.startswith(p)), OTHER_PATHS)
+
+    return label

@@ -31,8 +31,11 @@ from bento_service import bentoml_fixes, ui
 from bento_service.client_error_log import install_client_error_filter
 from bento_service.errors import Conflict, PayloadTooLarge, TrainingError, Unavailable, client_errors
 from bento_service.live_model import LiveModel
+from bento_service.memory import return_large_buffers_to_the_system
 from bento_service.middleware import install
+from bento_service.openapi import CLASS_NAMES
 from bento_service.predictor import BadUpload, Overloaded, Predictor
+from bento_service.routes import endpoint_labeller
 from bento_service.schemas import (
     DB_INT_MAX,
     ConfirmResult,
@@ -59,9 +62,10 @@ from training.data.images import load_model_input
 from training.jobs.runner import TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
+from training.monitoring.drift import DURATION_PATTERN
 from training.monitoring.prediction_log import PredictionLog
 from training.registry.serving import UnknownVersion, describe_versions, promote_version
-from training.settings import get_settings
+from training.settings import Settings, get_settings
 from training.tf_logs import quiet_tensorflow
 
 log = logging.getLogger("bentoml.bouncer")
@@ -72,15 +76,47 @@ quiet_tensorflow()
 # matrix products from 32 rows up and then busy-wait, which cost predict 25% of its throughput.
 threadpool_limits(1)
 bentoml_fixes.apply()
+return_large_buffers_to_the_system()
 install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
+
+
+def use_the_datasets_task_results(settings: Settings) -> Path:
+    """Keep BentoML's task results (the train task's status and answer) beside this dataset's state.
+
+    BentoML deletes its result database whenever a server starts, and by default there is one
+    per machine (BENTOML_HOME/task_result.db): starting a server for another dataset wiped this
+    one's train results, and its workers answered 404 for a running task (issue 22). BentoML
+    reads BENTOML_RESULT_STORE after importing the service, in the server and in every worker.
+    """
+    path = settings.runtime_dir / "task_result.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_RESULT_STORE"] = str(path)
+    return path
+
+
+use_the_datasets_task_results(_STARTUP)
 # The endpoints that change something: they need the API token (see middleware.WriteGate).
 WRITE_ENDPOINTS = ("relabel", "confirm", "undo", "promote", "train", "import_predictions")
 ACTOR = "api"
 # Parameters several endpoints take, with their bounds.
 Neighbours = Annotated[int, Field(ge=1, le=1000, description="How many neighbours.")]
-Split = Annotated[str, Field(description="train or test (BOUNCER_TRAIN_SPLIT / BOUNCER_TEST_SPLIT).")]
-LabelFilter = Annotated[str | None, Field(description="Only images currently labelled so.")]
+# The OpenAPI page lists the values a split or a class name may take (the classes when it is read: CLASS_NAMES).
+Split = Annotated[
+    str,
+    Field(
+        description="train or test (BOUNCER_TRAIN_SPLIT / BOUNCER_TEST_SPLIT).",
+        json_schema_extra={"enum": list(_STARTUP.splits)},
+    ),
+]
+ClassName = Annotated[str, Field(description="A class of this dataset.", json_schema_extra=CLASS_NAMES)]
+ImageIds = Annotated[
+    list[str],
+    Field(min_length=1, max_length=_STARTUP.max_ids, description=f"At most {_STARTUP.max_ids} (BOUNCER_MAX_IDS)."),
+]
+# The pattern is documented, and checked by parse_window, whose 400 says what a duration looks like.
+Duration = Annotated[str, Field(max_length=16, json_schema_extra={"pattern": DURATION_PATTERN})]
+LabelFilter = Annotated[ClassName | None, Field(description="Only images currently labelled so.")]
 Offset = Annotated[int, Field(ge=0, le=DB_INT_MAX, description="Skip this many first (paging).")]
 Reason = Annotated[str, Field(max_length=REASON_MAX, description="Why, kept in the audit history.")]
 
@@ -201,7 +237,7 @@ class Bouncer:
         return await self._predict([(f"images[{i}]", path) for i, path in enumerate(images)])
 
     @bentoml.api
-    def evaluate(self, split: str = "test") -> Evaluation:
+    def evaluate(self, split: Split = "test") -> Evaluation:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images on the current labels."""
         curator = self.curator()
         with client_errors():
@@ -213,8 +249,8 @@ class Bouncer:
     @bentoml.api
     def confusion(
         self,
-        label: str,
-        predicted: str,
+        label: ClassName,
+        predicted: ClassName,
         split: Split = "test",
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
         offset: Offset = 0,
@@ -253,7 +289,7 @@ class Bouncer:
     @bentoml.api
     def trace(
         self,
-        image_ids: list[str] | None = None,
+        image_ids: ImageIds | None = None,
         k: Annotated[int, Field(ge=1, le=100)] = 5,
         limit: Annotated[int, Field(ge=1, le=100_000)] = 100,
         offset: Offset = 0,
@@ -272,7 +308,7 @@ class Bouncer:
     @bentoml.api
     def expand(
         self,
-        image_ids: Annotated[list[str], Field(min_length=1)],
+        image_ids: ImageIds,
         k: Annotated[int, Field(ge=1, le=10_000)] = 20,
         label: LabelFilter = None,
         split: Split = "train",
@@ -307,14 +343,15 @@ class Bouncer:
     def images(
         self,
         ctx: bentoml.Context,
-        split: str | None = None,
-        label: str | None = None,
+        split: Split | None = None,
+        label: LabelFilter = None,
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
         offset: Offset = 0,
     ) -> list[ImageInfo]:
         """List images with their ids and curated labels, sorted by path; ``X-Total-Count`` says how many match."""
         curator = self.curator()
-        records = curator.images(split=split, label=label, limit=limit, offset=offset)
+        with client_errors():
+            records = curator.images(split=split, label=label, limit=limit, offset=offset)
         ctx.response.headers[TOTAL_HEADER] = str(curator.image_count(split=split, label=label))
         return [ImageInfo.model_validate(r) for r in records]
 
@@ -329,15 +366,13 @@ class Bouncer:
             raise bentoml.exceptions.NotFound(f"image {image_id!r} is not under the data directory") from exc
 
     @bentoml.api
-    async def relabel(
-        self, image_ids: Annotated[list[str], Field(min_length=1)], label: str, reason: Reason = ""
-    ) -> RelabelResult:
+    async def relabel(self, image_ids: ImageIds, label: ClassName, reason: Reason = "") -> RelabelResult:
         """Give every image ``label`` in one recorded, undoable transaction."""
         result = await self._label_write(lambda c: c.relabel(image_ids, label, reason=reason, actor=ACTOR))
         return RelabelResult.model_validate(result)
 
     @bentoml.api
-    async def confirm(self, image_ids: Annotated[list[str], Field(min_length=1)], reason: Reason = "") -> ConfirmResult:
+    async def confirm(self, image_ids: ImageIds, reason: Reason = "") -> ConfirmResult:
         """Record that these images' current labels are right: they count as reviewed (undoable like a relabel)."""
         result = await self._label_write(lambda c: c.confirm(image_ids, reason=reason, actor=ACTOR))
         return ConfirmResult.model_validate(result)
@@ -404,7 +439,7 @@ class Bouncer:
     @bentoml.api
     def drift(
         self,
-        window: Annotated[str, Field(max_length=16, description="Each window's length: 30m, 1h, 24h, 7d, 2w.")] = "24h",
+        window: Annotated[Duration, Field(description="Each window's length: 30m, 1h, 24h, 7d, 2w.")] = "24h",
         windows: Annotated[int, Field(ge=1, le=366, description="How many windows back, newest first.")] = 7,
     ) -> DriftReport:
         """Served predictions against the training data, per window: OOD share, label mix, embedding; a verdict."""
@@ -416,10 +451,10 @@ class Bouncer:
     @bentoml.api
     def import_predictions(
         self,
-        since: Annotated[str, Field(max_length=16, description="How far back: 30m, 1h, 24h, 7d, 2w.")] = "7d",
+        since: Annotated[Duration, Field(description="How far back: 30m, 1h, 24h, 7d, 2w.")] = "7d",
         limit: Annotated[int, Field(ge=1, le=10_000)] = 100,
         split: Split | None = None,
-        label: Annotated[str | None, Field(description="File them under this class; default the predicted.")] = None,
+        label: Annotated[ClassName | None, Field(description="File under this class; default the predicted.")] = None,
         ood_only: Annotated[bool, Field(description="Only predictions flagged ood (false: any logged image).")] = True,
     ) -> list[ImportedPrediction]:
         """Logged OOD images (kept with BOUNCER_LOG_IMAGES) into the dataset, unreviewed, most unusual first."""
@@ -436,5 +471,11 @@ class Bouncer:
         return TrainProgress.model_validate(self.trainer.status())
 
 
-install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS)
+def _classes() -> list[str]:
+    """The served dataset's class names (the OpenAPI page lists them as the values a class field takes)."""
+    return bentoml.get_current_service().store.classes()
+
+
+install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS, classes=_classes)
 Bouncer.mount_asgi_app(ui.app, path=ui.PATH)
+bentoml_fixes.label_metrics_by_route(endpoint_labeller(Bouncer, {ui.PATH: ui.app}))

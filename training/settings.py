@@ -95,6 +95,29 @@ class Settings(BaseSettings):
         ge=1024,
         description="Larger request bodies are refused with 413 before they are read (predict_batch sends several).",
     )
+    max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Larger JSON request bodies are refused with 413 before they are read (10,000 ids take ~300 KB).",
+    )
+    max_ids: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Most image ids one request may name (relabel, confirm, trace, expand): a longer list is a 400 "
+        "before any work (a million ids once made a 200 MB error answer).",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Request bodies one worker holds at once; a request that would pass it waits for room "
+        "(up to 10 s, then 503), so concurrent large uploads cannot take the worker's memory.",
+    )
+    trusted_origins: str = Field(
+        "",
+        description="Comma-separated origins (https://review.example.org) whose pages may write cross-site; "
+        "by default a browser may write only from the server's own origin (the review page).",
+    )
     api_token: str | None = Field(
         None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."
     )
@@ -281,6 +304,11 @@ class Settings(BaseSettings):
     @property
     def splits(self) -> tuple[str, str]:
         return (self.train_split, self.test_split)
+
+    @property
+    def trusted_origin_set(self) -> frozenset[str]:
+        """The origins of BOUNCER_TRUSTED_ORIGINS, lower-case, without a trailing slash."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.trusted_origins.split(",") if o.strip())
 
 
 def _bento_model_tag() -> str | None:

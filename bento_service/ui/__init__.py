@@ -50,7 +50,7 @@ def _service() -> Any:
 
 async def index(request: Request) -> Response:
     if not request.url.path.endswith("/"):
-        return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=308)
+        return RedirectResponse(request.url.path + "/", status_code=308)
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 

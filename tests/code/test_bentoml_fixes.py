@@ -101,3 +101,78 @@ def _request_temp_dir(folder: Path) -> Iterator[None]:
         yield
     finally:
         _request_var.reset(token)
+
+
+def _result_store(tmp_path: Path) -> Any:
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    Sqlite3Store.init_db(str(tmp_path / "tasks.db"))
+    return Sqlite3Store(str(tmp_path / "tasks.db"))
+
+
+async def _status_after_cancel_then_answer(tmp_path: Path, set_result: Any) -> str:
+    """A task canceled while it runs, whose (409) answer then arrives: the status the store keeps."""
+    from _bentoml_impl.tasks.result import ResultStatus
+    from starlette.responses import JSONResponse
+
+    async with _result_store(tmp_path) as store:
+
+        async def body() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        request = Request({"type": "http", "method": "POST", "path": "/train/submit", "headers": []}, body)
+        task_id = await store.new_entry("train", request)
+        await store.set_status(task_id, ResultStatus.CANCELED)
+        answer = JSONResponse({"error": "canceled by request"}, status_code=409)
+        await set_result(store, task_id, answer, ResultStatus.FAILED)
+        return (await store.get_status(task_id)).status.value
+
+
+def test_a_canceled_task_stays_canceled_when_its_answer_arrives(tmp_path: Path) -> None:
+    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, bentoml_fixes._set_result)) == "canceled"
+
+
+def test_upstream_still_records_a_canceled_task_as_failed(tmp_path: Path) -> None:
+    """When this fails, BentoML keeps a canceled task canceled: drop the _set_result fix."""
+    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, bentoml_fixes.UPSTREAM_SET_RESULT)) == "failed"
+
+
+def test_upstream_still_labels_metrics_with_the_raw_path() -> None:
+    """When this fails, BentoML's metrics no longer use scope['path'] as the endpoint: re-check _labelled_by_route."""
+    import inspect
+
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    assert 'endpoint = scope["path"]' in inspect.getsource(RunnerTrafficMetricsMiddleware.__call__)
+
+
+def test_upstream_uvicorn_still_answers_malformed_requests_in_plain_text() -> None:
+    """When this fails, uvicorn changed its 400 for unparsable requests: re-check the JSON fix."""
+    import inspect
+
+    assert "text/plain" in inspect.getsource(bentoml_fixes.UPSTREAM_HTTPTOOLS_400)
+
+
+def test_metrics_labels_are_route_templates() -> None:
+    import bentoml
+
+    from bento_service import ui
+    from bento_service.routes import endpoint_labeller
+
+    @bentoml.service
+    class Small:
+        @bentoml.api
+        def ping(self, text: str = "") -> str:
+            return text
+
+        @bentoml.task
+        def work(self, n: int = 1) -> int:
+            return n
+
+    label = endpoint_labeller(Small, {ui.PATH: ui.app})
+    assert label("/ping") == "/ping" and label("/work/status") == "/work/status" and label("/metrics") == "/metrics"
+    assert label("/ui/thumbnail/abc123") == label("/ui/thumbnail/other") == "/ui/thumbnail/{image_id}"
+    assert label("/ui/static/app.js") == "/ui/static"
+    assert label("/ui/") == "/ui/"
+    made_up = {label(f"/probe-{i}") for i in range(1000)} | {label(f"/ui/x/{i}") for i in range(1000)}
+    assert made_up == {"other"}

@@ -108,6 +108,7 @@ TRANSITIVE = {
     "scipy": "scikit-learn requires it (connected components of near duplicates)",
     "starlette": "BentoML's HTTP server: the middleware speaks its ASGI types",
     "_bentoml_impl": "ships inside the bentoml distribution",
+    "uvicorn": "BentoML's HTTP server: bentoml_fixes answers its malformed-request 400 in JSON",
 }
 
 

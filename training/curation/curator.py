@@ -191,6 +191,9 @@ class Curator:
 
     def confusion(self, split: str, *, label: str, predicted: str, offset: int, limit: int) -> list[Misclassified]:
         """The images of one confusion-matrix cell: true ``label`` predicted as ``predicted``, most confident first."""
+        self.check_split(split)
+        self.check_label(label)
+        self.check_label(predicted)
         evaluated = self._evaluated(split)
         cell = [row for row in evaluated.rows if row.label == label and row.predicted == predicted]
         return sorted(cell, key=lambda row: -row.confidence)[offset : offset + limit]
@@ -391,6 +394,10 @@ class Curator:
 
     # --- labels ---------------------------------------------------------------------
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
+        """A page of images in path order; an unknown split or class is an error, not an empty page."""
+        if split is not None:
+            self.check_split(split)
+        self.check_label(label)
         return self.store.images(split=split, label=label, limit=limit, offset=offset)
 
     def image_count(self, *, split: str | None, label: str | None) -> int:

@@ -98,6 +98,9 @@ class TrainRunner:
         finally:
             lock.release()
         outcome = read_json(self.files.result)
+        if (outcome is None or outcome.get("run_id") != run_id) and self._canceled(run_id):
+            outcome = {"run_id": run_id, "state": "canceled", "error": "canceled by request"}
+            write_json_atomic(self.files.result, outcome)
         if outcome is None or outcome.get("run_id") != run_id:
             error = f"the training process exited with code {code} without a result"
             write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
@@ -108,11 +111,8 @@ class TrainRunner:
             raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
         return outcome["result"]
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
-
-        NotRunning if no training runs, or the running one belongs to another task.
-        """
+    def cancelable(self, task_id: str) -> psutil.Process:
+        """The running training's process, if task ``task_id`` started it; NotRunning otherwise."""
         job = read_json(self.files.job) or {}
         if not self.is_running() or job.get("task_id") != task_id:
             raise NotRunning(f"no running training has task_id {task_id!r}")
@@ -122,8 +122,24 @@ class TrainRunner:
                 raise psutil.NoSuchProcess(child.pid)
         except psutil.NoSuchProcess:
             raise NotRunning(f"the training of task {task_id!r} has already ended") from None
+        return child
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
+
+        NotRunning if no training runs, or the running one belongs to another task. The
+        job file records the cancel first, so a child stopped before it could write its
+        own result (SIGTERM during its start-up) still reads canceled, never failed.
+        """
+        child = self.cancelable(task_id)
+        job = read_json(self.files.job) or {}
+        write_json_atomic(self.files.job, {**job, "canceled": True})
         stop_tree(child.pid, grace=CANCEL_GRACE_S, reap=False)  # the task's own wait() collects it
         return {"task_id": task_id, "run_id": job.get("run_id"), "status": "canceled"}
+
+    def _canceled(self, run_id: object) -> bool:
+        job = read_json(self.files.job) or {}
+        return job.get("run_id") == run_id and bool(job.get("canceled"))
 
     def status(self) -> dict[str, Any]:
         """Progress of the current or last run with ``state``: idle, running, succeeded, failed or canceled."""
@@ -136,6 +152,8 @@ class TrainRunner:
             status["state"] = "running"
         elif outcome.get("run_id") == progress.get("run_id"):
             status.update(state=outcome["state"], result=outcome.get("result"), error=outcome.get("error"))
+        elif self._canceled(progress.get("run_id")):
+            status.update(state="canceled", error="canceled by request")
         else:
             status.update(state="failed", error=self._record_death(progress))
         until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))

@@ -40,7 +40,10 @@ METHODS = {
     "label_shift": "chi-square goodness of fit (scipy.stats.chisquare), Jensen-Shannon distance as effect size",
     "embedding_shift": "two-sample Kolmogorov-Smirnov per reduced dimension (scipy.stats.ks_2samp), Bonferroni",
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+# 1 to 999 of a unit (s, m, h, d, w): the API's schema documents the same pattern, so a valid-looking
+# window is never refused (issue 20: "0d" matched the old, looser pattern and was a 400).
+DURATION_PATTERN = r"^[1-9][0-9]{0,2}[smhdw]$"
+_DURATION = re.compile(DURATION_PATTERN)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -50,13 +53,9 @@ class DriftInputError(ValueError):
 
 def parse_window(text: str) -> float:
     """'15m', '1h', '24h', '7d', '2w' -> seconds."""
-    match = _DURATION.match(text or "")
-    if not match:
-        raise DriftInputError(f"window {text!r} is not a duration like 30m, 1h, 24h, 7d or 2w")
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 1 <= seconds <= 366 * 86400:
-        raise DriftInputError(f"window {text!r} must be between 1 s and 366 days")
-    return seconds
+    if not _DURATION.match(text or ""):
+        raise DriftInputError(f"window {text!r} is not a duration like 30m, 1h, 24h, 7d or 2w (1 to 999 of s/m/h/d/w)")
+    return float(text[:-1]) * _UNIT_S[text[-1]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def drift_report(
     end = now if now is not None else time.time()
     reports = []
     for _ in range(windows):
-        start = end - span
+        start = max(end - span, 0.0)  # windows before 1970 hold nothing: empty, not a date out of range
         counts = log.window(start, end, vector_version=model_version, vector_sample=VECTOR_SAMPLE)
         reports.append(compare(counts, reference, start, end, alpha=alpha, min_predictions=min_predictions))
         end = start
