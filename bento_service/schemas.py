@@ -111,9 +111,14 @@ class Evaluation(Out):
     misclassified: list[MisclassifiedOut] = Field(description="Most confident mistakes first.")
     baseline_accuracy: float = Field(description="Accuracy of always answering the most common label.")
     beats_baseline: bool
-    warning: str | None = Field(description="Set when the model is no better than that baseline.")
+    warning: str | None = Field(
+        description="Set when the model is no better than that baseline, or the split too small to say."
+    )
     model_version: str
     data_version: str
+    accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: where the accuracy lies, 95% (Wilson score interval); null without images."
+    )
 
 
 class ModelVersion(Out):
@@ -126,8 +131,13 @@ class ModelVersion(Out):
     beats_baseline: bool | None = Field(
         description="Test accuracy above always answering the most common label (null: no test figures recorded)."
     )
-    warning: str | None = Field(description="Set when the version is no better than that baseline.")
+    warning: str | None = Field(
+        description="Set when the version is no better than that baseline, or its test split too small to say."
+    )
     recipe: dict[str, Any] | None = Field(description="How it was trained: backbone, input size, batch, augmentation.")
+    test_accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: its test accuracy, 95% (Wilson); null without test figures."
+    )
 
 
 class SuspectOut(Out):
@@ -187,7 +197,15 @@ class TrainResult(Out):
     beats_baseline: bool | None = Field(
         description="Test accuracy above always answering the most common label (null without a test split)."
     )
-    warning: str | None = Field(description="For people: the new model is no better than that, or was not tested.")
+    warning: str | None = Field(
+        description="For people: the new model is no better than that, was not tested, or too few test images."
+    )
+    test_accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: the new model's test accuracy, 95% (Wilson); null without a test split."
+    )
+    promotion_warning: str | None = Field(
+        None, description="Set when the test split is too small to tell the new and the serving model apart."
+    )
 
 
 class TrainProgress(Out):

@@ -389,7 +389,7 @@ class Bouncer:
         """Label events newest first, each with its ``event_id``."""
         with client_errors():
             events = self.curator().history(image_id=image_id, limit=limit)
-        return [HistoryEvent.model_validate({**e.__dict__, "created_at": e.created_at.isoformat()}) for e in events]
+        return [HistoryEvent.model_validate(e.as_dict()) for e in events]
 
     @bentoml.api
     def models(self) -> list[ModelVersion]:

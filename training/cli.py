@@ -80,7 +80,7 @@ def _friendly(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (*_USER_ERRORS, LabelStoreError, CurationError, UnknownVersion) as exc:
+        except (*_USER_ERRORS, PortInUse, LabelStoreError, CurationError, UnknownVersion) as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from exc
 
@@ -208,8 +208,23 @@ def import_(
     )
     for path, reason in report.skipped if verbose else []:
         typer.echo(f"skipped {path}: {reason}")
-    for warning in report.warnings:
+    for warning in [*report.warnings, *readiness_notes(settings)]:
         typer.echo(f"warning: {warning}")
+
+
+def readiness_notes(settings: Settings) -> list[str]:
+    """What a training of the imported labels will and will not fit (before anyone waits for one)."""
+    from training.pipeline.readiness import NotEnoughImages, assess
+
+    with _store(settings) as store:
+        labels = [record.label for record in store.images(split=settings.train_split)]
+        n_test = store.count(split=settings.test_split)
+    try:
+        ready = assess(settings, labels, n_test)
+    except NotEnoughImages as exc:
+        return [f"cannot train yet: {exc}"]
+    typer.echo(f"a training will fit: {', '.join(ready.fitted())}")
+    return ready.notes
 
 
 @app.command()
@@ -226,11 +241,11 @@ def train(
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
     from training.pipeline.training_run import run_training
-    from training.progress import JsonFileProgress, LogProgress, fan_out
+    from training.progress import JsonFileProgress, console_progress, fan_out
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
     import_tensorflow_quietly()
-    sink = LogProgress(log)  # a line per phase, epoch and out-of-fold model
+    sink = console_progress(log)  # a line that updates in a terminal; a line per phase (and every 30 s) in a log
     result = run_training(
         settings,
         epochs=epochs,
@@ -513,7 +528,7 @@ def history(
 ) -> None:
     """List label events, newest first."""
     with _store(_settings()) as store:
-        _print_json([asdict(e) for e in store.history(image_id=image_id, limit=limit)])
+        _print_json([e.as_dict() for e in store.history(image_id=image_id, limit=limit)])
 
 
 @app.command()
@@ -601,7 +616,11 @@ def _write_demo(data_dir: Path, kind: DemoKind) -> None:
 @app.command()
 @_friendly
 def serve(
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port (checked free before anything else).")] = 3000,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on: 0.0.0.0 every interface (BentoML's default), 127.0.0.1 this machine."),
+    ] = "0.0.0.0",
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
     demo: Annotated[
         bool | None,
@@ -620,10 +639,11 @@ def serve(
     from training.labels.store import open_store
     from training.labels.sync import import_folder
     from training.pipeline.training_run import run_training
-    from training.progress import LogProgress
+    from training.progress import console_progress
     from training.registry.serving import resolve_serving_tag, versions_for_dataset
 
     settings = _settings()
+    check_port_free(host, port)  # before minutes of training, not after
     if demo_wanted(settings, demo):
         typer.echo(f"no dataset in {settings.data_dir}: writing the {demo_kind} demo data there")
         _write_demo(settings.data_dir, demo_kind)
@@ -635,18 +655,40 @@ def serve(
     if untrained:
         typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
         import_tensorflow_quietly()
-        result = run_training(settings, epochs=epochs, sink=LogProgress(log))
+        result = run_training(settings, epochs=epochs, sink=console_progress(log))
         typer.echo(json.dumps(result.summary(), indent=2))
     with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
         typer.echo(f"model: {resolve_serving_tag(settings, store)}")
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
-    typer.echo(f"review page: http://localhost:{port}/ui/   API and OpenAPI page: http://localhost:{port}/")
+    command += ["--host", host]
+    check_port_free(host, port)  # still free after the training?
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    typer.echo(f"review page: http://{shown}:{port}/ui/   API and OpenAPI page: http://{shown}:{port}/")
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
     os.chdir(SOURCE_ROOT)
     os.execv(sys.executable, command)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """OSError naming --port when ``host:port`` cannot be listened on (another server has it)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with --port"
+            ) from None
+
+
+class PortInUse(OSError):
+    """The port ``bouncer serve`` was asked for is taken: a user error (one line, exit 2)."""
 
 
 def _user() -> str:

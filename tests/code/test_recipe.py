@@ -100,3 +100,17 @@ def test_early_stopping_follows_the_smoothed_loss_and_keeps_the_best_weights() -
     assert model.stop_training and epoch == 5
     stopper.on_train_end()
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0  # the epoch where the average was lowest
+
+
+def test_an_epoch_count_someone_gave_is_the_count_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """{"epochs": 3} trained 6 epochs (the step floor); now the floor applies only to the default count."""
+    paths = _write(tmp_path / "train" / "a", [(40, 40)] * 4)
+    monkeypatch.delenv("BOUNCER_MIN_TRAIN_STEPS", raising=False)
+    monkeypatch.delenv("BOUNCER_EPOCHS", raising=False)
+    monkeypatch.setenv("BOUNCER_DATA_DIR", str(tmp_path))
+    assert resolve_recipe(Settings(), paths).config.min_steps == 600  # defaults: the floor
+    assert resolve_recipe(Settings(), paths, epochs=3).config.min_steps == 0  # the API's or CLI's epochs
+    monkeypatch.setenv("BOUNCER_EPOCHS", "3")
+    assert resolve_recipe(Settings(), paths).config.min_steps == 0  # BOUNCER_EPOCHS
+    monkeypatch.setenv("BOUNCER_MIN_TRAIN_STEPS", "100")
+    assert resolve_recipe(Settings(), paths, epochs=3).config.min_steps == 100  # both given: the floor too

@@ -150,6 +150,10 @@ def test_train_task_trains_promotes_and_serves_the_new_version(deployment: Deplo
     assert set(result["previous_metrics"]) >= {"test_accuracy", "test_loss"}
     assert "test_accuracy" in result["metrics"]
     assert result["epochs_run"] == 1 and result["mlflow_run_id"] and result["data_version"]
+    low, high = result["test_accuracy_interval"]
+    assert low <= result["metrics"]["test_accuracy"] <= high
+    # both models on 200 test images: a 1-epoch and a 2-epoch model may or may not be told apart; if not, it says so
+    assert result["promotion_warning"] is None or "cannot tell the two models apart" in result["promotion_warning"]
     assert result["bento_tag"] and result["bento_tag"] in result["bento_message"]
 
     deadline = time.monotonic() + 10

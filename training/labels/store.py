@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,10 @@ class LabelEvent:
     reverts_event_id: int | None
     reverted_by_event_id: int | None
     changes: list[LabelChange]
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the API and the CLI print it: ``created_at`` in ISO 8601."""
+        return {**asdict(self), "created_at": self.created_at.isoformat()}
 
 
 @dataclass(frozen=True)

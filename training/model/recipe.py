@@ -83,6 +83,11 @@ def resolve_recipe(
             settings.backbone,
             weights,
         )
+    # An epoch count someone gave (the API's or CLI's epochs, BOUNCER_EPOCHS) is the count trained, unless
+    # BOUNCER_MIN_TRAIN_STEPS was given too: {"epochs": 3} trained 6 epochs once, the floor's doing.
+    given = settings.model_fields_set
+    floor_waived = (epochs is not None or "epochs" in given) and "min_train_steps" not in given
+    min_steps = 0 if floor_waived else settings.min_train_steps
     config = TrainConfig(
         image_size=size,
         epochs=epochs or settings.epochs,
@@ -91,7 +96,7 @@ def resolve_recipe(
         validation_fraction=settings.validation_fraction,
         early_stopping_patience=settings.early_stopping_patience,
         seed=settings.seed,
-        min_steps=settings.min_train_steps,
+        min_steps=min_steps,
         augment=augment,
         backbone=settings.backbone,
         backbone_weights=weights,

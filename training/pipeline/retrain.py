@@ -12,6 +12,7 @@ from typing import Any
 
 from training.curation.curator import Curator
 from training.labels.store import open_store
+from training.model.evaluation import indistinguishable_warning
 from training.pipeline.training_run import run_training
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.bento import build_bento
@@ -40,6 +41,8 @@ class RetrainResult:
     epochs_run: int
     beats_baseline: bool | None  # test accuracy above always answering the most common label; None without test
     warning: str | None  # for people: the new model is no better than that baseline, or there was no test split
+    test_accuracy_interval: list[float] | None = None  # 95% interval of the new model's test accuracy
+    promotion_warning: str | None = None  # the test split cannot tell the new and the serving model apart
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +84,19 @@ def retrain(
     progress = seen[0]
 
     previous_metrics: dict[str, float] | None = None
+    promotion_warning: str | None = None
     with open_store(settings) as store:
         if serving_tag is not None and GATE_METRIC in trained.metrics:  # without a test split: nothing to compare
             report_phase(progress, sink, "comparing", f"evaluating the serving model {serving_tag} on the test split")
             report = Curator(settings, store, load_registered(serving_tag, settings=settings)).evaluate(
                 settings.test_split
             )
-            previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": float(report.n)}
+            previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": report.n}
+            promotion_warning = indistinguishable_warning(
+                {m.image_id for m in trained.evaluation.misclassified},
+                {m.image_id for m in report.misclassified},
+                report.n,
+            )
         promoted, message = should_promote(
             trained.metrics.get(GATE_METRIC),
             None if previous_metrics is None else previous_metrics[GATE_METRIC],
@@ -127,6 +136,8 @@ def retrain(
         epochs_run=trained.epochs_run,
         beats_baseline=trained.beats_baseline,
         warning=trained.warning,
+        test_accuracy_interval=trained.test_accuracy_interval,
+        promotion_warning=promotion_warning,
     )
 
 

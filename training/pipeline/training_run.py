@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
 from training.model.ood import OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
+from training.pipeline.readiness import assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.store import register_model
 from training.settings import Settings
@@ -53,6 +54,12 @@ class TrainingResult:
     epochs_run: int
     train_wall_time_s: float
     total_wall_time_s: float
+    notes: list[str] = field(default_factory=list)  # steps skipped or figures to doubt (readiness)
+
+    @property
+    def test_accuracy_interval(self) -> list[float] | None:
+        """95% interval of the test accuracy; None without a test split."""
+        return self.evaluation.accuracy_interval if self.evaluation.n else None
 
     @property
     def beats_baseline(self) -> bool | None:
@@ -69,8 +76,10 @@ class TrainingResult:
             "tag": self.tag,
             "data_version": self.data_version,
             "metrics": self.metrics,
+            "test_accuracy_interval": self.test_accuracy_interval,
             "beats_baseline": self.beats_baseline,
             "warning": self.warning,
+            "notes": self.notes,
             "parity": self.parity,
             "mlflow_run_id": self.mlflow_run_id,
             "epochs_run": self.epochs_run,
@@ -98,9 +107,15 @@ def run_training(
     from training.pipeline.tracking import mlflow_run
 
     started = time.perf_counter()
-    progress = TrainingProgress(phase="importing", epochs=epochs or settings.epochs)
+    progress = TrainingProgress(
+        phase="importing", epochs=epochs or settings.epochs, message=f"scanning {settings.data_dir}"
+    )
     sink(progress)
     data = _import(settings)
+    ready = assess(settings, [r.label for r in data.train], len(data.test))  # stops a hopeless run here
+    log.info("%s", ready.summary())
+    for note in ready.notes:
+        log.warning("%s", note)
     recipe = resolve_recipe(settings, [r.path for r in data.train], epochs=epochs, verbose=verbose)
     size = recipe.config.image_size
     report_phase(progress, sink, "loading", f"decoding {len(data.train) + len(data.test)} images at {size} px")
@@ -119,10 +134,11 @@ def run_training(
         evaluation = _evaluate(data, test_predictions)
         report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
         embedder, index = _embed(settings, data, train_predictions, test_predictions)
-        report_phase(progress, sink, "ood", f"fitting the {settings.ood_method} OOD score and the drift reference")
-        ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder)
+        fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
+        report_phase(progress, sink, "ood", f"fitting {fitting}the drift reference")
+        ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder, ready.ood)
         audit = None
-        if settings.out_of_fold_folds >= 2:
+        if ready.out_of_fold:
             folds = settings.out_of_fold_folds
             report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
             audit = _label_audit(
@@ -147,6 +163,7 @@ def run_training(
         epochs_run=trained.epochs_run,
         train_wall_time_s=trained.wall_time_s,
         total_wall_time_s=time.perf_counter() - started,
+        notes=ready.notes,
     )
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -260,19 +277,26 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
 
 
 def _baseline(
-    settings: Settings, data: _Dataset, train: Predictions, test: Predictions, embedder: Pipeline
-) -> tuple[OodScorer, DriftReference]:
-    """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline."""
+    settings: Settings, data: _Dataset, train: Predictions, test: Predictions, embedder: Pipeline, with_ood: bool
+) -> tuple[OodScorer | None, DriftReference]:
+    """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline.
+
+    No OOD score when the dataset is too small for one (``readiness``): its predictions carry none.
+    """
     targets = np.array([data.classes.index(r.label) for r in data.train])
-    ood = fit_ood(
-        settings.ood_method,
-        train.embeddings,
-        targets,
-        test.embeddings,
-        k=settings.ood_k,
-        reference_max=settings.ood_reference_max,
-        quantile=settings.ood_quantile,
-        seed=settings.seed,
+    ood = (
+        fit_ood(
+            settings.ood_method,
+            train.embeddings,
+            targets,
+            test.embeddings,
+            k=settings.ood_k,
+            reference_max=settings.ood_reference_max,
+            quantile=settings.ood_quantile,
+            seed=settings.seed,
+        )
+        if with_ood
+        else None
     )
     held_out, source = (test, settings.test_split) if len(data.test) else (train, settings.train_split)
     vectors = embedder.transform(held_out.embeddings).astype(np.float32)
@@ -298,7 +322,7 @@ def _register(
     audit: LabelAudit | None,
     metrics: dict[str, float],
     run: Any,
-    ood: OodScorer,
+    ood: OodScorer | None,
     reference: DriftReference,
 ) -> str:
     """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
@@ -317,7 +341,7 @@ def _register(
         "mlflow_run_id": run.info.run_id,
         "onnx_opset": exported.onnx_model.opset_import[0].version,
         "out_of_fold_folds": 0 if audit is None else audit.folds,
-        **ood.describe(),
+        **(ood.describe() if ood is not None else {}),
     }
     return register_model(
         settings.model_name,
@@ -339,7 +363,7 @@ def _track(
     metrics: dict[str, float],
     exported: _Exported,
     evaluation: EvaluationReport,
-    ood: OodScorer,
+    ood: OodScorer | None,
     reference: DriftReference,
 ) -> None:
     import mlflow
@@ -357,8 +381,9 @@ def _track(
     if settings.labels_csv.exists():
         log_file(settings.labels_csv, "data")
     mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
-    mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
-    mlflow.log_metrics({"ood_threshold_raw": ood.threshold_raw, "ood_calibration_size": len(ood.calibration)})
+    if ood is not None:
+        mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
+        mlflow.log_metrics({"ood_threshold_raw": ood.threshold_raw, "ood_calibration_size": len(ood.calibration)})
     mlflow.log_dict(reference.statistics(), "drift_reference.json")  # what `bouncer drift` compares with
 
 
@@ -366,7 +391,7 @@ def training_metrics(
     evaluation: EvaluationReport, train_accuracy: float, validation_accuracy: float | None
 ) -> dict[str, float]:
     """What a version is judged by. Without a test split there are no test figures, not zeros."""
-    metrics = {"train_accuracy": train_accuracy, "n_test": float(evaluation.n)}
+    metrics: dict[str, float] = {"train_accuracy": train_accuracy, "n_test": evaluation.n}
     if validation_accuracy is not None:
         metrics["val_accuracy"] = validation_accuracy
     if evaluation.n:

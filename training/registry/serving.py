@@ -19,7 +19,7 @@ import bentoml
 
 from training.curation.curator import Curator
 from training.labels.store import LabelStore, open_store
-from training.model.evaluation import weak_model_warning
+from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
 from training.registry.store import list_versions, load_registered
 from training.settings import Settings
 
@@ -150,6 +150,7 @@ class VersionInfo:
     beats_baseline: bool | None  # test accuracy above the majority-label baseline; None without test figures
     warning: str | None
     recipe: dict[str, Any] | None
+    test_accuracy_interval: list[float] | None = None  # 95%, from test_accuracy and n_test
 
 
 def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -> list[VersionInfo]:
@@ -168,9 +169,11 @@ def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -
 
 def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
     metadata = model.info.metadata
-    metrics = {k: float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+    metrics = {k: v if isinstance(v, int) else float(v) for k, v in dict(metadata.get("metrics", {})).items()}
     baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
     known = baseline is not None and accuracy is not None
+    n_test = int(metrics.get("n_test", 0))
+    interval = accuracy_interval(round(accuracy * n_test), n_test) if accuracy is not None and n_test else None
     return VersionInfo(
         version=model.tag.version,
         tag=str(model.tag),
@@ -179,8 +182,12 @@ def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
         data_version=metadata.get("data_version"),
         serving=str(model.tag) == serving_tag,
         beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
-        warning=weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+        warning=join_warnings(
+            weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+            small_test_warning(accuracy, n_test) if accuracy is not None else None,
+        ),
         recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+        test_accuracy_interval=list(interval) if interval else None,
     )
 
 
