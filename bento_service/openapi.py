@@ -1,4 +1,4 @@
-"""Bouncer's OpenAPI document: BentoML's, made to tell the truth about every answer.
+"""Bouncer's OpenAPI document (BentoML's, made to tell the truth about every answer) and its page.
 
 BentoML 1.4 builds the document itself (``_bentoml_sdk/service/openapi.py``) and offers no
 option to change it (bentoml/BentoML#4669, still open), so :class:`OpenAPIInfo` answers
@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Container, Sequence
+from pathlib import Path
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse
 
 import training
 
@@ -38,6 +39,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SPEC_PATH = "/docs.json"  # where BentoML serves the spec; its Swagger page at / loads it from here
+# The Swagger page itself: BentoML's hides the title (its CSS), says "BentoML Prediction Service" in the
+# tab and loads Google Tag Manager; Bouncer's shows its name and a link to the review page.
+PAGE_PATH = "/"
+PAGE = Path(__file__).parent / "ui" / "static" / "api.html"
 TITLE = "Bouncer"
 DESCRIPTION = (
     "Bouncer serves an image classifier and keeps its training labels honest. "
@@ -317,8 +322,12 @@ class OpenAPIInfo:
         self.classes = classes  # the dataset's class names, read per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != SPEC_PATH or scope.get("method") not in {"GET", "HEAD"}:
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in (SPEC_PATH, PAGE_PATH) or scope.get("method") not in {"GET", "HEAD"}:
             await self.app(scope, receive, send)
+            return
+        if path == PAGE_PATH:
+            await FileResponse(PAGE, headers={"Cache-Control": "no-cache"})(scope, receive, send)
             return
         classes = await asyncio.to_thread(self.classes) if self.classes else None
         await JSONResponse(bouncer_spec(self.service, self.write_paths, classes))(scope, receive, send)

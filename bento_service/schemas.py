@@ -125,7 +125,9 @@ class ModelVersion(Out):
     version: str = Field(description="The version name in the BentoML store (what `promote` takes).")
     tag: str = Field(description="name:version")
     created_at: str = Field(description="When it was registered (ISO 8601).")
-    metrics: dict[str, float] = Field(description="test_accuracy, test_loss, baseline_accuracy, train/val accuracy...")
+    metrics: dict[str, int | float] = Field(
+        description="test_accuracy, test_loss, baseline_accuracy, train/val accuracy... (counts: n_test, integers)"
+    )
     data_version: str | None = Field(description="Hash of the labels it was trained on (labels.csv).")
     serving: bool = Field(description="The version this server answers with now.")
     beats_baseline: bool | None = Field(
@@ -181,8 +183,8 @@ class PromoteResult(Out):
 
 class TrainResult(Out):
     model_version: str
-    metrics: dict[str, float]
-    previous_metrics: dict[str, float] | None = Field(
+    metrics: dict[str, int | float]
+    previous_metrics: dict[str, int | float] | None = Field(
         description="The serving model's scores on the same, current test labels (null if none served)."
     )
     promoted: bool

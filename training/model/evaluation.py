@@ -163,9 +163,9 @@ def indistinguishable_warning(new_wrong: set[str], old_wrong: set[str], n: int) 
     from scipy.stats import binomtest
 
     fixed, broken = len(old_wrong - new_wrong), len(new_wrong - old_wrong)
-    if n <= 0:
+    if n <= 0 or fixed + broken == 0:  # the same answer on every image: nothing to tell apart
         return None
-    p_value = 1.0 if fixed + broken == 0 else float(binomtest(min(fixed, broken), fixed + broken).pvalue)
+    p_value = float(binomtest(min(fixed, broken), fixed + broken).pvalue)
     if p_value < 1 - CONFIDENCE:
         return None
     return (

@@ -125,9 +125,11 @@ def compare(
     labels = _label_shift(counts, reference, alpha)
     embedding = _embedding_shift(counts.vectors, reference.vectors, alpha)
     if counts.n < min_predictions:
-        return WindowReport(
-            start, end, counts.n, "too few predictions", [f"{counts.n} < {min_predictions}"], ood, labels, embedding
+        needed = (
+            f"{counts.n} prediction{'' if counts.n == 1 else 's'} in this window, at least {min_predictions} are "
+            "needed for a verdict (BOUNCER_DRIFT_MIN_PREDICTIONS): every answer of predict counts"
         )
+        return WindowReport(start, end, counts.n, "too few predictions", [needed], ood, labels, embedding)
     reasons = [part["reason"] for part in (ood, labels, embedding) if part.get("drift")]
     return WindowReport(start, end, counts.n, "drift" if reasons else "no drift", reasons, ood, labels, embedding)
 

@@ -115,17 +115,21 @@ function showTokenState() {
 }
 
 // ---------------------------------------------------------------- the review queue
+// "label → suggestion", the arrow only when the suggestion is another class (it is often the label itself).
+const suggestion = (item) =>
+  item.suggested_label && item.suggested_label !== item.label ? ` <span class="arrow">→ ${esc(item.suggested_label)}</span>` : "";
+
 // Where candidates come from; each fetches one page (offset, limit) and says whether there are more.
 const SOURCES = {
   suspects: {
     title: "Suspects: cleanlab's most likely wrong labels, flagged first",
     fetch: async (offset, limit) => api("suspects", { k: limit, offset }),
-    caption: (s) => `<span class="label">${esc(s.label)}</span> <span class="arrow">→ ${esc(s.suggested_label)}</span><br>score ${fmt(s.score, 2)}${s.flagged ? " · flagged" : ""}`,
+    caption: (s) => `<span class="label">${esc(s.label)}</span>${suggestion(s)}<br>score ${fmt(s.score, 2)}${s.flagged ? " · flagged" : ""}`,
   },
   trace: {
     title: "Traced: training images that pull misclassified test images to the wrong class",
     fetch: async (offset, limit, params) => api("trace", { k: params.k, limit, offset }),
-    caption: (t) => `<span class="label">${esc(t.label)}</span> <span class="arrow">→ ${esc(t.suggested_label)}</span><br>${t.votes} vote${t.votes === 1 ? "" : "s"}`,
+    caption: (t) => `<span class="label">${esc(t.label)}</span>${suggestion(t)}<br>${t.votes} vote${t.votes === 1 ? "" : "s"}`,
   },
   expand: {
     title: "Expand: the unreviewed images nearest to what you confirmed as mislabelled",
@@ -793,8 +797,8 @@ async function renderDrift(view, window = "24h") {
           <div class="figure"><span class="${verdictClass}" id="drift-verdict">${esc(report.verdict)}</span><small>newest window (${newest.n} predictions)</small></div>
           <div class="figure">${newest.ood.share === null ? "–" : `${(100 * newest.ood.share).toFixed(1)}%`}<small>out of distribution (expected ${(100 * newest.ood.expected).toFixed(1)}%)</small></div>
         </div>
-        ${report.reasons.map((r) => `<p class="warning">${esc(r)}</p>`).join("")}
-        ${driftChart(report.windows)}
+        ${report.reasons.map((r) => `<p class="${report.verdict === "drift" ? "warning" : "muted"}">${esc(r)}</p>`).join("")}
+        ${report.windows.some((w) => w.n > 0) ? driftChart(report.windows) : `<p class="muted" id="drift-empty">No prediction was logged in these windows yet: the trend appears as <code>predict</code> answers.</p>`}
       </section>
       <section class="panel"><h3>Pull recent out-of-distribution images into the review queue</h3>
         <p class="muted">They may belong in the training set. Each logged image (kept with <code>BOUNCER_LOG_IMAGES=ood</code> or <code>all</code>)
@@ -846,7 +850,7 @@ function driftChart(windows) {
   const marks = points
     .map((w, i) => (w.verdict === "drift" ? `<circle cx="${x(i)}" cy="${pad / 2}" r="4" fill="#c2372f"><title>drift</title></circle>` : ""))
     .join("");
-  return `<svg class="chart" id="drift-chart" width="${width}" height="${height}" role="img" aria-label="drift by window">
+  return `<svg class="chart" id="drift-chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="drift by window">
       ${line(points.map((w) => w.ood.expected), "#9aa3b5", top, 'stroke-dasharray="4 4"')}
       ${line(points.map((w) => w.ood.share), "#c2372f", top)}
       ${line(points.map((w) => w.labels.js_distance ?? null), "#2f6fde", 1)}
@@ -977,34 +981,54 @@ function showProgress(s) {
   $("#cancel").hidden = s.state !== "running";
   $("#train").disabled = s.state === "running";
   if (s.state === "idle") {
-    $("#progress").innerHTML = `<p class="muted">No training has run yet.</p>`;
+    $("#progress").innerHTML = `<p class="muted" id="no-task">No training task has run for this dataset on this server yet
+      (versions trained with <code>bouncer train</code> are listed below).</p>`;
     return;
   }
-  const result = s.result
-    ? `<p class="${s.result.promoted ? "ok" : "warning"}">${esc(s.result.promotion_message)}</p>${s.result.warning ? `<p class="warning">${esc(s.result.warning)}</p>` : ""}`
+  const r = s.result;
+  const interval = r?.test_accuracy_interval ? ` (test accuracy ${fmt(r.metrics.test_accuracy)}, 95% in [${fmt(r.test_accuracy_interval[0], 2)}, ${fmt(r.test_accuracy_interval[1], 2)}])` : "";
+  const result = r
+    ? `<p class="${r.promoted ? "ok" : "warning"}" id="promotion">${esc(r.promotion_message)}${interval}</p>
+       ${[r.promotion_warning, r.warning].filter(Boolean).map((w) => `<p class="warning">${esc(w)}</p>`).join("")}
+       <p class="muted">${esc(r.bento_message || "")}</p>`
     : "";
   const error = s.error && s.state !== "succeeded" ? `<p class="warning">${esc(s.error.split("\n")[0])}</p>` : "";
-  $("#progress").innerHTML = `<p><b>${esc(s.state)}</b> · ${esc(s.phase || "")} · ${esc(s.message || "")} · ${fmt(s.elapsed_s, 0)} s</p>
-    ${s.epochs ? `<progress max="${s.epochs}" value="${s.epoch || 0}"></progress> epoch ${s.epoch || 0}/${s.epochs}` : ""}
+  // While it runs, the phase's message; once it has a result, that says it (not the same sentence twice).
+  const doing = s.state === "running" || !r ? ` · ${esc(s.phase || "")}${s.message ? ` · ${esc(s.message)}` : ""}` : "";
+  const epochs = s.epochs ? ` <progress max="${s.epochs}" value="${s.epoch || 0}"></progress> epoch ${s.epoch || 0}/${s.epochs}` : "";
+  $("#progress").innerHTML = `<p class="status-line"><b>${esc(s.state)}</b>${doing} · ${fmt(s.elapsed_s, 0)} s${epochs}</p>
     ${chart(s.history || [])}${result}${error}`;
 }
 
+// Loss and accuracy by epoch, with axes: accuracy 0-1 on the left, loss 0-max on the right, epochs below.
 function chart(history) {
   if (history.length < 2) return "";
-  const width = 480, height = 140, pad = 24;
+  const width = 520, height = 180, left = 38, right = 44, top = 12, bottom = 30;
   const series = [
     ["loss", "#c2372f"],
     ["accuracy", "#2f6fde"],
     ["val_accuracy", "#1f8a4c"],
   ].filter(([key]) => key in history[0]);
-  const top = Math.max(1, ...history.map((h) => h.loss || 0));
-  const x = (i) => pad + (i * (width - 2 * pad)) / (history.length - 1);
-  const y = (v, key) => height - pad - ((key === "loss" ? v / top : v) * (height - 2 * pad));
+  const lossTop = Math.max(1, ...history.map((h) => h.loss || 0));
+  const x = (i) => left + (i * (width - left - right)) / (history.length - 1);
+  const y = (v, key) => height - bottom - ((key === "loss" ? v / lossTop : v) * (height - top - bottom));
   const lines = series
     .map(([key, color]) => `<polyline fill="none" stroke="${color}" stroke-width="2" points="${history.map((h, i) => `${x(i)},${y(h[key], key)}`).join(" ")}"/>`)
     .join("");
-  const legend = series.map(([key, color]) => `<span style="color:${color}">■ ${key}</span>`).join("");
-  return `<svg class="chart" width="${width}" height="${height}" role="img" aria-label="loss and accuracy by epoch">${lines}</svg><div class="legend">${legend}</div>`;
+  const ticks = [0, 0.5, 1]
+    .map((t) => `<line x1="${left}" x2="${width - right}" y1="${y(t)}" y2="${y(t)}" class="grid"/>
+      <text x="${left - 6}" y="${y(t) + 4}" text-anchor="end">${t}</text>
+      <text x="${width - right + 6}" y="${y(t) + 4}">${fmt(t * lossTop, 1)}</text>`)
+    .join("");
+  const step = Math.max(1, Math.ceil(history.length / 8));
+  const epochs = history
+    .map((h, i) => (i % step === 0 || i === history.length - 1 ? `<text x="${x(i)}" y="${height - bottom + 16}" text-anchor="middle">${h.epoch ?? i + 1}</text>` : ""))
+    .join("");
+  const axes = `<g class="axis" id="accuracy-axis">${ticks}</g><g class="axis" id="epoch-axis">${epochs}
+      <text x="${(left + width - right) / 2}" y="${height - 2}" text-anchor="middle">epoch</text></g>`;
+  const legend = series.map(([key, color]) => `<span style="color:${color}">■ ${key}${key === "loss" ? " (right axis)" : ""}</span>`).join("");
+  return `<figure class="chart-figure"><div class="legend">${legend}</div>
+    <svg class="chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="loss and accuracy by epoch">${axes}${lines}</svg></figure>`;
 }
 
 // ---------------------------------------------------------------- routing
