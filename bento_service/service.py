@@ -165,6 +165,7 @@ class Bouncer:
         self.trainer.status()  # a training killed with the last server now reads failed, its MLflow run ended
         # This worker's label writes, one at a time in their own thread: see _label_write.
         self._label_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-writes")
+        ui.attach(REVIEW_PAGE, ui.PageData(curator=self.curator, settings=self.settings))
         log.info("review page: %s%s/  (the API and its OpenAPI page: %s/)", served_at(), ui.PATH, served_at())
         if self.settings.warm_suspects:
             threading.Thread(target=self._warm_suspects, name="warm-suspects", daemon=True).start()
@@ -477,5 +478,6 @@ def _classes() -> list[str]:
 
 
 install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS, classes=_classes)
-Bouncer.mount_asgi_app(ui.app, path=ui.PATH)
-bentoml_fixes.label_metrics_by_route(endpoint_labeller(Bouncer, {ui.PATH: ui.app}))
+REVIEW_PAGE = ui.create_app()  # its data attached by each worker's Bouncer (__init__)
+Bouncer.mount_asgi_app(REVIEW_PAGE, path=ui.PATH)
+bentoml_fixes.label_metrics_by_route(endpoint_labeller(Bouncer, {ui.PATH: REVIEW_PAGE}))

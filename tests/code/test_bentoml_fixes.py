@@ -169,7 +169,7 @@ def test_metrics_labels_are_route_templates() -> None:
         def work(self, n: int = 1) -> int:
             return n
 
-    label = endpoint_labeller(Small, {ui.PATH: ui.app})
+    label = endpoint_labeller(Small, {ui.PATH: ui.create_app()})
     assert label("/ping") == "/ping" and label("/work/status") == "/work/status" and label("/metrics") == "/metrics"
     assert label("/ui/thumbnail/abc123") == label("/ui/thumbnail/other") == "/ui/thumbnail/{image_id}"
     assert label("/ui/static/app.js") == "/ui/static"

@@ -393,6 +393,17 @@ class Curator:
         return (was != (record.label, record.sha256)) if ranks else was is not None
 
     # --- labels ---------------------------------------------------------------------
+    def classes(self) -> list[str]:
+        return self.store.classes()
+
+    def image(self, image_id: str) -> ImageRecord:
+        """One image's record (NotFoundError when no present image has that id)."""
+        return self.store.get(image_id)
+
+    def image_records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
+        """The present images among ``image_ids``, by id (unknown ones are left out)."""
+        return self.store.records(image_ids)
+
     def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
         """A page of images in path order; an unknown split or class is an error, not an empty page."""
         if split is not None:
