@@ -27,15 +27,13 @@ import numpy as np
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from bento_service import bentoml_fixes, ui
-from bento_service.client_error_log import install_client_error_filter
-from bento_service.errors import Conflict, PayloadTooLarge, TrainingError, Unavailable, client_errors
+from bento_service import ui
+from bento_service.http import install, upstream
+from bento_service.http.errors import Conflict, PayloadTooLarge, TrainingError, Unavailable, client_errors
+from bento_service.http.openapi import CLASS_NAMES
 from bento_service.live_model import LiveModel
 from bento_service.memory import return_large_buffers_to_the_system
-from bento_service.middleware import install
-from bento_service.openapi import CLASS_NAMES
 from bento_service.predictor import BadUpload, Overloaded, Predictor
-from bento_service.routes import endpoint_labeller
 from bento_service.schemas import (
     DB_INT_MAX,
     ConfirmResult,
@@ -75,9 +73,8 @@ quiet_tensorflow()
 # One BLAS thread per worker (a worker per core already): OpenBLAS threads the OOD score's small
 # matrix products from 32 rows up and then busy-wait, which cost predict 25% of its throughput.
 threadpool_limits(1)
-bentoml_fixes.apply()
+upstream.apply()  # before the class: its input models keep what they find
 return_large_buffers_to_the_system()
-install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
 
 
@@ -477,7 +474,6 @@ def _classes() -> list[str]:
     return bentoml.get_current_service().store.classes()
 
 
-install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS, classes=_classes)
 REVIEW_PAGE = ui.create_app()  # its data attached by each worker's Bouncer (__init__)
 Bouncer.mount_asgi_app(REVIEW_PAGE, path=ui.PATH)
-bentoml_fixes.label_metrics_by_route(endpoint_labeller(Bouncer, {ui.PATH: REVIEW_PAGE}))
+install(Bouncer, settings=_STARTUP, write_endpoints=WRITE_ENDPOINTS, mounts={ui.PATH: REVIEW_PAGE}, classes=_classes)

@@ -1,4 +1,4 @@
-"""Our guards in front of a real Starlette app: size and content type, multipart checks, error-body shape."""
+"""The HTTP guards (bento_service.http) before a real Starlette app: size, content type, forms, error bodies."""
 
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bento_service.middleware import (
-    ErrorBodyFix,
-    RequestGuard,
-    RouteInput,
-    check_form,
-    validation_sentence,
-)
+from bento_service.http.errors import ErrorBodyFix
+from bento_service.http.guards import RequestGuard
+from bento_service.http.routes import RouteInput, validation_sentence
+from bento_service.http.upstream import check_form
 
 CAP = 200_000
 ROUTES = {
@@ -230,7 +227,7 @@ def test_validation_sentence_without_details_still_says_something() -> None:
 def test_a_browser_may_write_only_from_the_servers_own_origin(headers: dict[str, str], refused: bool) -> None:
     from starlette.datastructures import Headers
 
-    from bento_service.middleware import cross_site_problem
+    from bento_service.http.guards import cross_site_problem
 
     problem = cross_site_problem(
         Headers({"host": "bouncer:3000", **headers}), frozenset({"https://review.example.org"})
@@ -241,7 +238,7 @@ def test_a_browser_may_write_only_from_the_servers_own_origin(headers: dict[str,
 
 
 def test_the_cross_site_guard_lets_reads_through_and_refuses_writes_before_reading() -> None:
-    from bento_service.middleware import CrossSiteGuard
+    from bento_service.http.guards import CrossSiteGuard
 
     seen: list[str] = []
 
@@ -262,7 +259,7 @@ def test_the_cross_site_guard_lets_reads_through_and_refuses_writes_before_readi
 
 
 def test_the_body_budget_makes_large_requests_take_turns() -> None:
-    from bento_service.middleware import BodyBudget
+    from bento_service.http.guards import BodyBudget
 
     async def run() -> tuple[int, list[str]]:
         budget = BodyBudget(100)
@@ -287,7 +284,7 @@ def test_the_body_budget_makes_large_requests_take_turns() -> None:
 
 
 def test_the_body_budget_gives_up_after_its_wait() -> None:
-    from bento_service.middleware import BodyBudget
+    from bento_service.http.guards import BodyBudget
 
     async def run() -> None:
         budget = BodyBudget(100)
@@ -300,7 +297,7 @@ def test_the_body_budget_gives_up_after_its_wait() -> None:
 
 
 def test_an_error_body_names_a_few_problems_and_counts_the_rest() -> None:
-    from bento_service.middleware import DETAILS_KEPT, error_body
+    from bento_service.http.errors import DETAILS_KEPT, error_body
 
     detail = [
         {"type": "string_type", "loc": ["image_ids", i], "msg": "Input should be a valid string"} for i in range(5000)
@@ -314,7 +311,7 @@ def test_an_error_body_names_a_few_problems_and_counts_the_rest() -> None:
 
 
 def test_plain_text_errors_become_json_objects() -> None:
-    from bento_service.middleware import error_body
+    from bento_service.http.errors import error_body
 
     assert json.loads(error_body(b"Not Found", "/nope", frozenset(), 404)) == {"error": "Not Found: /nope"}
     assert json.loads(error_body(b"", "/x", frozenset(), 405)) == {"error": "Method Not Allowed: /x"}
@@ -335,7 +332,7 @@ def test_starlettes_own_404_and_405_answer_json() -> None:
 
 
 def test_a_redirect_never_reflects_the_host_header() -> None:
-    from bento_service.middleware import RelativeRedirects
+    from bento_service.http.guards import RelativeRedirects
 
     app = RelativeRedirects(Starlette(routes=[Route("/ui/", echo, methods=["GET"])]))
 

@@ -89,7 +89,7 @@ def project_extras() -> dict[str, list[str]]:
 
 def test_the_package_version_is_the_one_the_service_reports() -> None:
     import training
-    from bento_service.openapi import openapi_info
+    from bento_service.http.openapi import openapi_info
 
     assert setuptools_project()["version"] == training.__version__ == openapi_info()["version"]
 

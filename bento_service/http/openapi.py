@@ -8,7 +8,7 @@ option to change it (bentoml/BentoML#4669, still open), so :class:`OpenAPIInfo` 
   default README with badges, "BentoML Team" as contact, version ``"None"`` outside a bento).
 - Every answer the server can give is documented (a schemathesis run checks it:
   ``tests/service/test_openapi_contract.py``): BentoML lists 200/400/404/500 on every
-  route; :mod:`bento_service.middleware` also answers 413 (body over the cap), 415 (an
+  route; :mod:`bento_service.http.guards` also answers 413 (body over the cap), 415 (an
   upload route without multipart), 401 (a write without the token), 409 (a second
   training, an undo over a later change, suspects without out-of-fold probabilities) and
   503 (predict's batcher overloaded). Every error body is ``{"error": str}``, validation
@@ -24,25 +24,20 @@ Paths and field schemas stay BentoML's: the endpoints' docstrings and ``schemas`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
 from starlette.responses import FileResponse, JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SPEC_PATH = "/docs.json"  # where BentoML serves the spec; its Swagger page at / loads it from here
 # The Swagger page itself: BentoML's hides the title (its CSS), says "BentoML Prediction Service" in the
 # tab and loads Google Tag Manager; Bouncer's shows its name and a link to the review page.
 PAGE_PATH = "/"
-PAGE = Path(__file__).parent / "ui" / "static" / "api.html"
+PAGE = Path(__file__).parents[1] / "ui" / "static" / "api.html"
 TITLE = "Bouncer"
 DESCRIPTION = (
     "Bouncer serves an image classifier and keeps its training labels honest. "

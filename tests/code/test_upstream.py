@@ -1,4 +1,4 @@
-"""The BentoML fixes in bento_service.bentoml_fixes: what they fix, and whether upstream still needs them."""
+"""The fixes in bento_service.http.upstream: what they fix, and whether upstream still needs them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
 
-from bento_service import bentoml_fixes
+from bento_service.http import upstream
 
 
 async def _answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -42,12 +42,12 @@ async def _timers_left_after_requests(call: Any, requests: int) -> int:
 
 
 def test_the_patched_timeout_middleware_cancels_its_timer() -> None:
-    assert asyncio.run(_timers_left_after_requests(bentoml_fixes._timeout_call, 50)) == 0
+    assert asyncio.run(_timers_left_after_requests(upstream._timeout_call, 50)) == 0
 
 
 def test_upstream_still_leaks_the_timer() -> None:
     """Fails once the pinned BentoML cancels its timer: then delete the fix (docs/upstream/)."""
-    assert asyncio.run(_timers_left_after_requests(bentoml_fixes.UPSTREAM_TIMEOUT_CALL, 50)) == 50
+    assert asyncio.run(_timers_left_after_requests(upstream.UPSTREAM_TIMEOUT_CALL, 50)) == 50
 
 
 def test_the_patched_middleware_still_times_out() -> None:
@@ -63,7 +63,7 @@ def test_the_patched_middleware_still_times_out() -> None:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        await bentoml_fixes._timeout_call(TimeoutMiddleware(slow, timeout=0.05), {"type": "http"}, receive, send)
+        await upstream._timeout_call(TimeoutMiddleware(slow, timeout=0.05), {"type": "http"}, receive, send)
         return sent
 
     sent = asyncio.run(run())
@@ -76,17 +76,17 @@ def _upload(name: str) -> UploadFile:
 
 def test_a_long_client_file_name_is_saved_under_a_plain_one(tmp_path: Path) -> None:
     with _request_temp_dir(tmp_path):
-        saved = bentoml_fixes._file_decode(FileSchema(), _upload("x" * 300 + ".png"))
+        saved = upstream._file_decode(FileSchema(), _upload("x" * 300 + ".png"))
     assert saved.name.endswith("upload.png") and saved.read_bytes() == b"\x89PNG bytes"
-    assert bentoml_fixes.upload_name("../../etc/passwd") == "upload"
-    assert bentoml_fixes.upload_name("a\\b.JPEG") == "upload.JPEG"
-    assert bentoml_fixes.upload_name("photo.png; rm -rf") == "upload"
+    assert upstream.upload_name("../../etc/passwd") == "upload"
+    assert upstream.upload_name("a\\b.JPEG") == "upload.JPEG"
+    assert upstream.upload_name("photo.png; rm -rf") == "upload"
 
 
 def test_upstream_still_fails_on_a_long_client_file_name(tmp_path: Path) -> None:
     """When this fails, the pinned BentoML no longer needs the file-name fix."""
     with _request_temp_dir(tmp_path), pytest.raises(OSError, match="too long"):
-        bentoml_fixes.UPSTREAM_FILE_DECODE(FileSchema(), _upload("x" * 300 + ".png"))
+        upstream.UPSTREAM_FILE_DECODE(FileSchema(), _upload("x" * 300 + ".png"))
 
 
 @contextmanager
@@ -129,12 +129,12 @@ async def _status_after_cancel_then_answer(tmp_path: Path, set_result: Any) -> s
 
 
 def test_a_canceled_task_stays_canceled_when_its_answer_arrives(tmp_path: Path) -> None:
-    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, bentoml_fixes._set_result)) == "canceled"
+    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, upstream._set_result)) == "canceled"
 
 
 def test_upstream_still_records_a_canceled_task_as_failed(tmp_path: Path) -> None:
     """When this fails, BentoML keeps a canceled task canceled: drop the _set_result fix."""
-    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, bentoml_fixes.UPSTREAM_SET_RESULT)) == "failed"
+    assert asyncio.run(_status_after_cancel_then_answer(tmp_path, upstream.UPSTREAM_SET_RESULT)) == "failed"
 
 
 def test_upstream_still_labels_metrics_with_the_raw_path() -> None:
@@ -150,14 +150,14 @@ def test_upstream_uvicorn_still_answers_malformed_requests_in_plain_text() -> No
     """When this fails, uvicorn changed its 400 for unparsable requests: re-check the JSON fix."""
     import inspect
 
-    assert "text/plain" in inspect.getsource(bentoml_fixes.UPSTREAM_HTTPTOOLS_400)
+    assert "text/plain" in inspect.getsource(upstream.UPSTREAM_HTTPTOOLS_400)
 
 
 def test_metrics_labels_are_route_templates() -> None:
     import bentoml
 
     from bento_service import ui
-    from bento_service.routes import endpoint_labeller
+    from bento_service.http.routes import endpoint_labeller
 
     @bentoml.service
     class Small:
@@ -176,3 +176,38 @@ def test_metrics_labels_are_route_templates() -> None:
     assert label("/ui/") == "/ui/"
     made_up = {label(f"/probe-{i}") for i in range(1000)} | {label(f"/ui/x/{i}") for i in range(1000)}
     assert made_up == {"other"}
+
+
+def test_upstream_multipart_still_reads_text_fields_as_json_and_urls_in_file_fields() -> None:
+    """When this fails, BentoML's multipart reader changed: re-check GuardedMultipartSerde (it replaces it)."""
+    import inspect
+
+    source = inspect.getsource(upstream.UPSTREAM_MULTIPART_SERDE.parse_request)
+    assert "json.loads(v)" in source  # "0" becomes the integer 0 for a text field
+    assert "ensure_file" in source and "client.get(url)" in inspect.getsource(
+        upstream.UPSTREAM_MULTIPART_SERDE.ensure_file
+    )
+
+
+def test_upstream_input_models_still_take_unknown_fields_and_coerce_types() -> None:
+    """When this fails, BentoML's generated input models forbid extras or are strict: drop strict_inputs."""
+    import bentoml
+
+    @bentoml.service
+    class Plain:
+        @bentoml.api
+        def page(self, offset: int = 0) -> int:
+            return offset
+
+    spec = Plain.apis["page"].input_spec
+    assert spec.model_config.get("extra") != "forbid" and not spec.model_config.get("strict")
+    assert spec.model_validate_json('{"offset": false, "lable": 1}').offset == 0  # upstream: accepted, coerced
+    upstream.strict_inputs(Plain)
+    with pytest.raises(Exception, match="offset|lable"):
+        spec.model_validate_json('{"offset": false}')
+
+
+def test_a_text_form_field_keeps_its_text() -> None:
+    assert upstream.form_value("0", text=True) == "0" and upstream.form_value("0", text=False) == 0
+    assert upstream.form_value('"test"', text=True) == "test" and upstream.form_value("null", text=True) is None
+    assert upstream.form_value("train", text=True) == "train"

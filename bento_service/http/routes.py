@@ -1,10 +1,10 @@
-"""What each POST route takes, and reading its form once: shared by the guards and the predict route."""
+"""What each route takes and what the guards, the error bodies and the predict route share: forms, bodies, messages."""
 
 from __future__ import annotations
 
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.routing import Match
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.types import Message, Receive
 
 MULTIPART = "multipart/form-data"
 
@@ -145,3 +140,43 @@ def endpoint_labeller(service: Any, mounts: Mapping[str, Any]) -> Callable[[str]
         return next((p.rstrip("/") for p in SYSTEM_PREFIXES if path.startswith(p)), OTHER_PATHS)
 
     return label
+
+
+# Unknown field names one 400 lists: a body of a million made-up fields is answered in a line.
+UNKNOWN_FIELDS_LISTED = 10
+
+# How much of an error a 4xx sentence says: the first few problems, and how many more there were.
+PROBLEMS_NAMED = 5
+
+
+def validation_sentence(details: list[Any], path: str, takes: frozenset[str]) -> str:
+    """'k: Input should be greater than or equal to 1; unknown field 'lable' ...' from pydantic's error list.
+
+    At most PROBLEMS_NAMED problems are named, and the count of the rest.
+    """
+    unknown = [str(d["loc"][0]) for d in details if isinstance(d, dict) and d.get("type") == "extra_forbidden"]
+    parts = [unknown_fields_message(unknown[:UNKNOWN_FIELDS_LISTED], path, takes)] if unknown else []
+    others = [d for d in details if not isinstance(d, dict) or d.get("type") != "extra_forbidden"]
+    for detail in others[:PROBLEMS_NAMED]:
+        if not isinstance(detail, dict):
+            continue
+        where = ".".join(str(part) for part in detail.get("loc", ())) or "body"
+        parts.append(f"{where}: {detail.get('msg', 'invalid')}")
+    untold = max(0, len(unknown) - UNKNOWN_FIELDS_LISTED) + max(0, len(others) - PROBLEMS_NAMED)
+    if untold:
+        parts.append(f"and {untold} more problem{'s' if untold > 1 else ''}")
+    return "; ".join(parts) or "invalid request"
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands out the already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
