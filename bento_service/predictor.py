@@ -25,6 +25,7 @@ from PIL import Image
 
 from bento_service.live_model import LiveModel
 from training.data.images import ImageError, load_model_input
+from training.errors import Invalid, Unavailable
 from training.monitoring.prediction_log import PredictionLog
 from training.registry.store import RegisteredModel
 from training.settings import Settings
@@ -34,16 +35,12 @@ from training.settings import Settings
 INLINE_DECODE_PIXELS = 256 * 256
 
 
-class Overloaded(Exception):
+class Overloaded(Unavailable):
     """A request waited longer than the latency budget for its turn: the worker is over capacity (503)."""
 
 
-class BadUpload(Exception):
+class BadUpload(Invalid):
     """An upload that cannot be classified: a 400 (not an image) or a 413 (too big), naming the field."""
-
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _ModelChanged(Exception):

@@ -29,11 +29,11 @@ from threadpoolctl import threadpool_limits
 
 from bento_service import ui
 from bento_service.http import install, upstream
-from bento_service.http.errors import Conflict, PayloadTooLarge, TrainingError, Unavailable, client_errors
+from bento_service.http.errors import TrainingError
 from bento_service.http.openapi import CLASS_NAMES
 from bento_service.live_model import LiveModel
 from bento_service.memory import return_large_buffers_to_the_system
-from bento_service.predictor import BadUpload, Overloaded, Predictor
+from bento_service.predictor import Predictor
 from bento_service.schemas import (
     DB_INT_MAX,
     ConfirmResult,
@@ -56,13 +56,14 @@ from bento_service.schemas import (
 )
 from training.curation.curator import Curator
 from training.data.folders import resolve_inside
-from training.data.images import load_model_input
-from training.jobs.runner import TrainingBusy, TrainingCanceled, TrainingFailed, TrainRunner
+from training.data.images import ImageError, load_model_input
+from training.errors import NotFound, TooLarge
+from training.jobs.runner import TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
 from training.monitoring.drift import DURATION_PATTERN
 from training.monitoring.prediction_log import PredictionLog
-from training.registry.serving import UnknownVersion, describe_versions, promote_version
+from training.registry.serving import describe_versions, promote_version
 from training.settings import Settings, get_settings
 from training.tf_logs import quiet_tensorflow
 
@@ -199,27 +200,21 @@ class Bouncer:
         the busy event loop: 100 ms waits at p50). The store orders the workers' writers.
         """
         curator = self.curator()
-        with client_errors():
-            return await asyncio.get_running_loop().run_in_executor(self._label_writer, write, curator)
+        return await asyncio.get_running_loop().run_in_executor(self._label_writer, write, curator)
 
     def _pixels(self, upload: Path, field: str, image_size: int) -> np.ndarray:
         """The model's input from an upload, judged by its bytes (whatever content type the client declared)."""
         size = upload.stat().st_size
         if size > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(f"{field}: upload is {size} bytes, over the {self.settings.max_upload_bytes} limit")
-        with client_errors(field):
+            raise TooLarge(f"{field}: upload is {size} bytes, over the {self.settings.max_upload_bytes} limit")
+        try:
             return load_model_input(upload.read_bytes(), image_size, max_pixels=self.settings.max_image_pixels)
+        except ImageError as exc:
+            raise ImageError(f"{field}: {exc}") from exc
 
     async def _predict(self, uploads: list[tuple[str, Path]]) -> list[Prediction]:
         """Through this worker's batcher: concurrent requests share one ONNX run."""
-        try:
-            answers = await self.predictor.predict_uploads([(name, path.read_bytes()) for name, path in uploads])
-        except BadUpload as exc:
-            if exc.status == 413:
-                raise PayloadTooLarge(str(exc)) from exc
-            raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
-        except Overloaded as exc:
-            raise Unavailable(str(exc)) from exc
+        answers = await self.predictor.predict_uploads([(name, path.read_bytes()) for name, path in uploads])
         return [Prediction(**answer) for answer in answers]
 
     @bentoml.api
@@ -238,8 +233,7 @@ class Bouncer:
     def evaluate(self, split: Split = "test") -> Evaluation:
         """Accuracy, loss, per-class scores, confusion matrix and misclassified images on the current labels."""
         curator = self.curator()
-        with client_errors():
-            report = curator.evaluate(split)
+        report = curator.evaluate(split)
         return Evaluation.model_validate(
             {**report.as_dict(), "model_version": curator.model.version, "data_version": self.store.data_version()}
         )
@@ -254,8 +248,7 @@ class Bouncer:
         offset: Offset = 0,
     ) -> list[MisclassifiedOut]:
         """The images of one confusion-matrix cell: true ``label``, predicted ``predicted``; most confident first."""
-        with client_errors():
-            cell = self.curator().confusion(split, label=label, predicted=predicted, offset=offset, limit=limit)
+        cell = self.curator().confusion(split, label=label, predicted=predicted, offset=offset, limit=limit)
         return [MisclassifiedOut.model_validate(m) for m in cell]
 
     @bentoml.api
@@ -267,8 +260,7 @@ class Bouncer:
         label: LabelFilter = None,
     ) -> SimilarResult:
         """The k nearest images in ``split`` (optionally only those labelled ``label``), query excluded."""
-        with client_errors():
-            return SimilarResult.model_validate(self.curator().similar(image_id, k=k, split=split, label=label))
+        return SimilarResult.model_validate(self.curator().similar(image_id, k=k, split=split, label=label))
 
     @bentoml.api
     def similar_image(
@@ -281,8 +273,7 @@ class Bouncer:
         """Like ``similar``, for an uploaded image (multipart field ``image``)."""
         curator = self.curator()
         pixels = self._pixels(image, "image", curator.model.image_size)
-        with client_errors():
-            return SimilarResult.model_validate(curator.similar_to(pixels, k=k, split=split, label=label))
+        return SimilarResult.model_validate(curator.similar_to(pixels, k=k, split=split, label=label))
 
     @bentoml.api
     def trace(
@@ -299,8 +290,7 @@ class Bouncer:
         its ``k`` nearest training images labelled with the predicted class get a vote.
         Reviewed images are left out; ``offset`` pages through the list.
         """
-        with client_errors():
-            traced = self.curator().trace(image_ids, k=k, limit=limit, offset=offset)
+        traced = self.curator().trace(image_ids, k=k, limit=limit, offset=offset)
         return [TracedOut.model_validate(t) for t in traced]
 
     @bentoml.api
@@ -316,10 +306,7 @@ class Bouncer:
         Reviewed = relabelled or confirmed (and not undone). ``label`` keeps only images currently
         labelled so (e.g. the wrong class the confirmed images carried).
         """
-        with client_errors():
-            return [
-                Neighbour.model_validate(n) for n in self.curator().expand(image_ids, k=k, label=label, split=split)
-            ]
+        return [Neighbour.model_validate(n) for n in self.curator().expand(image_ids, k=k, label=label, split=split)]
 
     @bentoml.api
     def suspects(
@@ -332,8 +319,7 @@ class Bouncer:
         (relabelled or confirmed) images are left out: a decision takes an image off the list at once.
         ``offset`` pages through the ranking; the ``X-Total-Count`` header says how long it is.
         """
-        with client_errors():
-            ranking = self.curator().suspect_ranking()
+        ranking = self.curator().suspect_ranking()
         ctx.response.headers[TOTAL_HEADER] = str(len(ranking))
         return [SuspectOut.model_validate(s) for s in ranking[offset : offset + k]]
 
@@ -348,20 +334,18 @@ class Bouncer:
     ) -> list[ImageInfo]:
         """List images with their ids and curated labels, sorted by path; ``X-Total-Count`` says how many match."""
         curator = self.curator()
-        with client_errors():
-            records = curator.images(split=split, label=label, limit=limit, offset=offset)
+        records = curator.images(split=split, label=label, limit=limit, offset=offset)
         ctx.response.headers[TOTAL_HEADER] = str(curator.image_count(split=split, label=label))
         return [ImageInfo.model_validate(r) for r in records]
 
     @bentoml.api
     def image(self, image_id: str) -> Path:
         """The bytes of one image, as stored under DATA_DIR."""
-        with client_errors():
-            record = self.store.get(image_id)
+        record = self.curator().image(image_id)
         try:
             return resolve_inside(self.settings.data_dir, record.path)
         except PermissionError as exc:
-            raise bentoml.exceptions.NotFound(f"image {image_id!r} is not under the data directory") from exc
+            raise NotFound(f"image {image_id!r} is not under the data directory") from exc
 
     @bentoml.api
     async def relabel(self, image_ids: ImageIds, label: ClassName, reason: Reason = "") -> RelabelResult:
@@ -385,8 +369,7 @@ class Bouncer:
         self, image_id: str | None = None, limit: Annotated[int, Field(ge=1, le=10_000)] = 50
     ) -> list[HistoryEvent]:
         """Label events newest first, each with its ``event_id``."""
-        with client_errors():
-            events = self.curator().history(image_id=image_id, limit=limit)
+        events = self.curator().history(image_id=image_id, limit=limit)
         return [HistoryEvent.model_validate(e.as_dict()) for e in events]
 
     @bentoml.api
@@ -400,11 +383,7 @@ class Bouncer:
     def promote(self, version: str, reason: Reason = "") -> PromoteResult:
         """Serve ``version`` (e.g. roll back): every worker here from its next request, replicas on their poll."""
         previous = self.live.get()
-        try:
-            with client_errors():
-                tag = promote_version(self.settings, self.store, version, actor=ACTOR, reason=reason)
-        except UnknownVersion as exc:
-            raise bentoml.exceptions.NotFound(str(exc)) from exc
+        tag = promote_version(self.settings, self.store, version, actor=ACTOR, reason=reason)  # UnknownVersion: 404
         self.live.swap_to(tag)  # the other workers on this machine follow from their next request, others on their poll
         return PromoteResult(version=version, tag=tag, previous_version=previous.version)
 
@@ -425,9 +404,9 @@ class Bouncer:
             result = await self.trainer.run(
                 epochs=epochs, force=force, serving_tag=serving, actor=ACTOR, task_id=task_id
             )
-        except (TrainingBusy, TrainingCanceled) as exc:
-            raise Conflict(str(exc)) from exc
         except TrainingFailed as exc:
+            if isinstance(exc, TrainingCanceled):
+                raise  # a 409, as TrainingBusy (training.errors.Conflict)
             log.error("training failed: %s", exc)
             raise TrainingError(str(exc)) from exc
         if result["promoted"]:  # the training announced it: every worker on this machine already follows
@@ -442,8 +421,7 @@ class Bouncer:
     ) -> DriftReport:
         """Served predictions against the training data, per window: OOD share, label mix, embedding; a verdict."""
         self.prediction_log.flush()  # this worker's newest predictions count too
-        with client_errors():
-            report = self.curator().drift(self.prediction_log, window=window, windows=windows)
+        report = self.curator().drift(self.prediction_log, window=window, windows=windows)
         return DriftReport.model_validate({**report, "log": self.prediction_log.stats()})
 
     @bentoml.api
@@ -457,10 +435,9 @@ class Bouncer:
     ) -> list[ImportedPrediction]:
         """Logged OOD images (kept with BOUNCER_LOG_IMAGES) into the dataset, unreviewed, most unusual first."""
         self.prediction_log.flush()
-        with client_errors():
-            imported = self.curator().import_predictions(
-                self.prediction_log, since=since, limit=limit, split=split, label=label, ood_only=ood_only
-            )
+        imported = self.curator().import_predictions(
+            self.prediction_log, since=since, limit=limit, split=split, label=label, ood_only=ood_only
+        )
         return [ImportedPrediction.model_validate(i) for i in imported]
 
     @bentoml.api

@@ -18,6 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from training.errors import BouncerError, Conflict, Invalid, Missing
 from training.settings import SOURCE_ROOT, Settings, get_settings
 from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
 
@@ -67,20 +68,16 @@ app = typer.Typer(
 log = logging.getLogger("bouncer")
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Errors that are the user's to fix: print one line, exit 2, no traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
-
 
 def _friendly(func: F) -> F:
+    """A user's mistake (training.errors.BouncerError: the table the API answers by) is one line and exit 2;
+    anything else is a bug and keeps its traceback."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from training.curation.curator import CurationError
-        from training.labels.errors import LabelStoreError
-        from training.registry.serving import UnknownVersion
-
         try:
             return func(*args, **kwargs)
-        except (*_USER_ERRORS, PortInUse, LabelStoreError, CurationError, UnknownVersion) as exc:
+        except BouncerError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from exc
 
@@ -305,27 +302,23 @@ def score(
     """
     from training.model.scores import default_scores_dir
     from training.registry.serving import fitting_tag, resolve_serving_tag
-    from training.scoring.ray_engine import EngineUnavailable, import_ray
+    from training.scoring.ray_engine import import_ray
 
     settings = _settings()
-    try:
-        if engine is ScoreEngine.ray:
-            import_ray()  # a missing extra is said before any work
-        with _store(settings) as store:
-            tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
-        folder = (out or default_scores_dir(settings, tag.split(":", 1)[1])).resolve()
-        log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
-        if engine is ScoreEngine.ray:
-            from training.scoring.ray_engine import score_with_ray
+    if engine is ScoreEngine.ray:
+        import_ray()  # a missing extra is said before any work (EngineUnavailable: one line)
+    with _store(settings) as store:
+        tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
+    folder = (out or default_scores_dir(settings, tag.split(":", 1)[1])).resolve()
+    log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
+    if engine is ScoreEngine.ray:
+        from training.scoring.ray_engine import score_with_ray
 
-            manifest = score_with_ray(settings, tag, folder, splits=split, chunk_size=chunk_size)
-        else:
-            from training.scoring.local import score_local
+        manifest = score_with_ray(settings, tag, folder, splits=split, chunk_size=chunk_size)
+    else:
+        from training.scoring.local import score_local
 
-            manifest = score_local(settings, tag, folder, splits=split, chunk_size=chunk_size)
-    except EngineUnavailable as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from exc
+        manifest = score_local(settings, tag, folder, splits=split, chunk_size=chunk_size)
     _print_json(
         {
             "model": manifest.model_tag,
@@ -580,13 +573,13 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
 
     data_dir = settings.data_dir
     if data_dir.exists() and not data_dir.is_dir():
-        raise ValueError(f"{data_dir} is a file, not a dataset folder")
+        raise Invalid(f"{data_dir} is a file, not a dataset folder")
     found = folder_contents(data_dir) if data_dir.is_dir() else None
     if found:
         train = find_split_folders(data_dir, settings.train_split, settings.test_split).train
         if train is not None and has_class_folders(data_dir / train):
             return False
-        raise ValueError(
+        raise Invalid(
             f"{data_dir} has no usable {settings.train_split} split (a train/, Train/ or training/ folder "
             f"holding one folder per class); found: {', '.join(found)}. Arrange it as "
             f"{settings.train_split}/<class>/<image> and {settings.test_split}/<class>/<image> (README, "
@@ -594,9 +587,9 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
         )
     state = "does not exist" if found is None else "is empty"
     if demo is False:
-        raise FileNotFoundError(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
+        raise Missing(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
     if demo is None and "data_dir" in settings.model_fields_set:  # a folder the user named, maybe mistyped
-        raise FileNotFoundError(
+        raise Missing(
             f"{data_dir} {state}; check --data-dir / BOUNCER_DATA_DIR, or pass --demo to write the demo dataset there"
         )
     return True
@@ -687,7 +680,7 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-class PortInUse(OSError):
+class PortInUse(Conflict, OSError):
     """The port ``bouncer serve`` was asked for is taken: a user error (one line, exit 2)."""
 
 

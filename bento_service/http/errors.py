@@ -1,59 +1,30 @@
-"""Errors become HTTP answers here: the domain's errors by their status, and every 4xx body in one shape.
+"""Every 4xx body in one shape: one ``{"error": ...}`` object naming the problem (validation errors add ``detail``).
 
-Every 4xx names the problem in one ``{"error": ...}`` object (validation errors add
-``detail``); a 5xx is a bug or a failed training.
+Which status an error gets is the table of ``training.errors``: a ``BouncerError`` raised by an
+endpoint is answered by BentoML with its ``error_code``, by the raw predict route and the review
+page the same way. A 5xx is a bug or a failed training (:class:`TrainingError`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from bentoml.exceptions import BentoMLException
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bento_service.http.routes import JSON, RouteInput, validation_sentence
-from training.curation.curator import InvalidRequest, NotAvailable
-from training.data.folders import MissingSplitError
-from training.data.images import ImageError
-from training.labels.errors import InvalidTextError, NotFoundError, UndoConflictError, UnknownLabelError
-from training.registry.serving import ModelResolutionError
-
-
-class Conflict(BentoMLException):
-    error_code = HTTPStatus.CONFLICT
-
-
-class PayloadTooLarge(BentoMLException):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class Unavailable(BentoMLException):
-    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 class TrainingError(BentoMLException):
+    """A training that failed (a 500: a bug, or the machine ran out of something); a user's mistakes are
+    ``training.errors.BouncerError``s, which BentoML answers with their own status."""
+
     error_code = HTTPStatus.INTERNAL_SERVER_ERROR
-
-
-@contextmanager
-def client_errors(field: str | None = None) -> Iterator[None]:
-    """Turn the domain's errors into 4xx answers that name the problem (``field``: the upload it was about)."""
-    try:
-        yield
-    except (NotFoundError, MissingSplitError) as exc:
-        raise NotFound(str(exc)) from exc
-    except (UnknownLabelError, InvalidTextError, InvalidRequest, ModelResolutionError) as exc:
-        raise InvalidArgument(str(exc)) from exc
-    except ImageError as exc:
-        raise InvalidArgument(f"{field}: {exc}" if field else str(exc)) from exc
-    except (UndoConflictError, NotAvailable) as exc:
-        raise Conflict(str(exc)) from exc
 
 
 class ErrorBodyFix:

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bento_service.http.routes import RouteInput, read_form
-from bento_service.predictor import BadUpload, Overloaded, Predictor
+from bento_service.predictor import BadUpload, Predictor
+from training.errors import BouncerError
 
 log = logging.getLogger("bentoml.bouncer")
 # path -> (file field, most files, whether the answer is a list)
@@ -44,11 +45,9 @@ class PredictRoute:
             return
         try:
             status, document = HTTPStatus.OK, await self._predict(Request(scope, receive), route)
-        except BadUpload as exc:
-            status, document = exc.status, {"error": str(exc)}
-        except Overloaded as exc:
-            status, document = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
-        if status != HTTPStatus.OK:  # one line, as for BentoML's own 4xx (client_error_log)
+        except BouncerError as exc:  # the one table: BadUpload 400/413, Overloaded 503
+            status, document = exc.error_code, {"error": str(exc)}
+        if status != HTTPStatus.OK:  # one line, as for BentoML's own 4xx (upstream's log filter)
             log.info("%s [POST] answered %d: %s", scope["path"], status, document["error"])
         body = orjson.dumps(document)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -20,6 +20,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from training.curation.curator import Curator
 from training.data.folders import resolve_inside
 from training.data.images import ImageError, open_image, to_rgb
+from training.errors import BouncerError
 from training.labels.errors import NotFoundError
 from training.labels.store import ImageRecord
 from training.settings import Settings
@@ -94,8 +96,8 @@ async def record(request: Request) -> JSONResponse:
     data = _data(request)
     try:
         found = await run_in_threadpool(lambda: data.curator().image(request.path_params["image_id"]))
-    except NotFoundError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    except BouncerError as exc:  # the one table: an unknown id is a 404
+        return _refused(exc)
     return JSONResponse(
         {
             "image_id": found.image_id,
@@ -149,8 +151,8 @@ async def thumbnail(request: Request) -> Response:
     max_pixels = _data(request).settings.max_image_pixels
     try:
         body = await run_in_threadpool(_thumbnail, str(path), etag, size, max_pixels)
-    except ImageError as exc:
-        return JSONResponse({"error": f"{path.name}: {exc}"}, status_code=422)
+    except ImageError as exc:  # the one table: 400, as an upload that is no image
+        return _refused(exc, f"{path.name}: {exc}")
     return Response(body, media_type="image/jpeg", headers=headers)
 
 
@@ -216,9 +218,16 @@ def _locate(request: Request) -> tuple[Path, ImageRecord] | Response:
     try:
         found = data.curator().image(request.path_params["image_id"])
         path = _file_of(found, data.settings.data_dir)
-    except (NotFoundError, PermissionError, FileNotFoundError) as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    except NotFoundError as exc:
+        return _refused(exc)
+    except (PermissionError, FileNotFoundError) as exc:  # a stored path out of DATA_DIR, or a file gone
+        return JSONResponse({"error": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
     return path, found
+
+
+def _refused(exc: BouncerError, message: str | None = None) -> JSONResponse:
+    """A user's mistake answered with its status from the one table (training.errors)."""
+    return JSONResponse({"error": message or str(exc)}, status_code=exc.error_code)
 
 
 def _file_of(record: ImageRecord, data_dir: Path) -> Path:

@@ -246,3 +246,47 @@ def test_labels_csv_is_made_with_the_users_umask(shapes_dataset: Path) -> None:
     finally:
         os.umask(previous)
     assert (shapes_dataset / "labels.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_users_mistake_is_one_line_and_a_bug_keeps_its_traceback() -> None:
+    """The CLI once turned every ValueError or PermissionError into a 'user error' that hid the traceback."""
+    from training.cli import _friendly
+    from training.errors import Invalid
+
+    def mistaken() -> None:
+        raise Invalid("unknown split 'holdout'")
+
+    def buggy() -> None:
+        raise ValueError("operands could not be broadcast together")  # a bug in Bouncer, not the user's
+
+    with pytest.raises(typer.Exit) as stopped:
+        _friendly(mistaken)()
+    assert stopped.value.exit_code == 2
+    with pytest.raises(ValueError, match="broadcast"):
+        _friendly(buggy)()
+
+
+def test_every_user_error_carries_its_status_from_one_table() -> None:
+    """One base class and one table: the API, the review page and the CLI answer by error_code."""
+    import importlib
+    import pkgutil
+
+    import training
+    from training.errors import BouncerError
+
+    for module in pkgutil.walk_packages(training.__path__, "training."):
+        if not module.name.endswith(("ray_engine", "pgvector_index")) and ".migrations" not in module.name:
+            importlib.import_module(module.name)
+
+    def subclasses(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in {sub, *subclasses(sub)}}
+
+    found = subclasses(BouncerError)
+    assert len(found) >= 20, sorted(c.__name__ for c in found)
+    for cls in found:
+        assert int(cls.error_code) in {400, 404, 409, 413, 503}, cls
+    from training.data.images import ImageError
+    from training.labels.errors import UndoConflictError, UnknownImageError
+
+    assert (int(ImageError("x").error_code), int(UnknownImageError("x").error_code)) == (400, 404)
+    assert int(UndoConflictError("x").error_code) == 409

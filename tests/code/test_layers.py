@@ -10,7 +10,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 # Lowest first. A module may import its own layer and any layer before it.
 LAYERS = [
-    {"training.settings", "training.progress", "training.tf_logs"},
+    {"training.settings", "training.errors", "training.progress", "training.tf_logs"},
     {"training.data"},
     {"training.labels"},
     {"training.model"},

@@ -26,6 +26,7 @@ from training.curation.neighbours import Neighbour, nearest_neighbours, nearest_
 from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
 from training.data.folders import MissingSplitError, load_records
+from training.errors import BouncerError, Conflict, Invalid
 from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
@@ -40,15 +41,15 @@ from training.vectors.updates import add_missing_vectors, scored_rows
 T = TypeVar("T")
 
 
-class CurationError(Exception):
+class CurationError(BouncerError):
     """Base for the façade's own refusals."""
 
 
-class InvalidRequest(CurationError, ValueError):
+class InvalidRequest(CurationError, Invalid):
     """An argument that cannot be (unknown split or class, nothing to work from): a 400."""
 
 
-class NotAvailable(CurationError):
+class NotAvailable(CurationError, Conflict):
     """This model version cannot answer that question (e.g. trained without out-of-fold models): a 409."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from training.errors import Conflict
 from training.jobs.processes import stop_tree
 from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingLock, read_json
 from training.progress import TrainingProgress, write_json_atomic
@@ -28,7 +29,7 @@ ACQUIRE_ATTEMPTS = 100
 CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(Conflict, RuntimeError):
     pass
 
 
@@ -36,11 +37,11 @@ class TrainingFailed(RuntimeError):
     pass
 
 
-class TrainingCanceled(TrainingFailed):
+class TrainingCanceled(Conflict, TrainingFailed):
     pass
 
 
-class NotRunning(LookupError):
+class NotRunning(Conflict, LookupError):
     """No running training has the task id a cancel named."""
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from training.data.folders import Fingerprint
+from training.errors import Missing
 from training.labels.errors import (
     ACTOR_MAX,
     REASON_MAX,
@@ -663,7 +664,7 @@ def open_store(settings: Settings, *, export_delay_s: float = 0.0) -> LabelStore
     ``export_delay_s``: a server passes ``BOUNCER_LABELS_CSV_DELAY_MS`` (rewrites off the request).
     """
     if settings.database_url is None and not settings.data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
+        raise Missing(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
     return LabelStore(
         settings.label_db_url,
         labels_csv=settings.labels_csv if settings.export_labels_on_change else None,

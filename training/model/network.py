@@ -17,6 +17,7 @@ from typing import Any, Literal
 import keras
 from keras import layers
 
+from training.errors import Invalid
 from training.model.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ BACKBONES = {
 }
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(Invalid):
     """The backbone's weights cannot be had: the message says how to provide them."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from training.errors import Invalid
 from training.model.reference import DriftReference
 from training.monitoring.prediction_log import PredictionLog, WindowCounts
 
@@ -47,7 +48,7 @@ _DURATION = re.compile(DURATION_PATTERN)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class DriftInputError(ValueError):
+class DriftInputError(Invalid):
     """A window that cannot be read (a 400, naming the problem)."""
 
 

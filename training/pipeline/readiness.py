@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from training.errors import Invalid
 from training.model.evaluation import WIDE_INTERVAL, accuracy_interval
 from training.model.ood import MIN_CALIBRATION
 from training.settings import Settings
@@ -28,7 +29,7 @@ MIN_OOD_REFERENCE = 2
 TYPICAL_ACCURACY = 0.9
 
 
-class NotEnoughImages(ValueError):
+class NotEnoughImages(Invalid):
     """The dataset cannot train a model at all (a user error: one line, exit 2, nothing written)."""
 
 

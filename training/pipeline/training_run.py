@@ -24,7 +24,7 @@ from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
 from training.model.ood import OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
-from training.pipeline.readiness import assess
+from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.store import register_model
 from training.settings import Settings
@@ -210,9 +210,9 @@ def _import(settings: Settings) -> _Dataset:
             dataset_id=store.dataset_id,
         )
     if not data.train:
-        raise ValueError(f"no training images under {settings.data_dir / settings.train_split}")
+        raise NotEnoughImages(f"no training images under {settings.data_dir / settings.train_split}")
     if len(data.classes) < 2:
-        raise ValueError(f"need at least 2 classes, found {data.classes}")
+        raise NotEnoughImages(f"need at least 2 classes, found {data.classes}")
     return data
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import bentoml
 
 from training.curation.curator import Curator
+from training.errors import Invalid, NotFound
 from training.labels.store import LabelStore, open_store
 from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
 from training.registry.store import list_versions, load_registered
@@ -26,7 +27,7 @@ from training.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class ModelResolutionError(ValueError):
+class ModelResolutionError(Invalid):
     """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
 
 
@@ -130,7 +131,7 @@ def open_curator(settings: Settings, *, model_tag: str | None = None) -> Iterato
         yield Curator(settings, store, load_registered(tag, settings=settings))
 
 
-class UnknownVersion(LookupError):
+class UnknownVersion(NotFound):
     """No stored version by that name (a 404)."""
 
     def __str__(self) -> str:  # LookupError would repr() the message
