@@ -126,7 +126,16 @@ def run_training(
             folds = settings.out_of_fold_folds
             report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
             audit = _label_audit(
-                settings, recipe.config, x_train, data.train, data.classes, train_predictions, progress, sink
+                settings,
+                recipe.config,
+                x_train,
+                data.train,
+                data.classes,
+                train_predictions,
+                progress,
+                sink,
+                x_test,
+                data.test,
             )
         report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
         metrics = training_metrics(
@@ -389,27 +398,35 @@ def _label_audit(
     in_sample: Predictions,
     progress: TrainingProgress,
     sink: ProgressSink,
+    x_test: np.ndarray,
+    test: list[ImageRecord],
 ) -> LabelAudit:
     from training.curation.duplicates import near_duplicate_groups
     from training.model.out_of_fold import out_of_fold_probabilities
     from training.model.recipe import fold_config
 
     started = time.perf_counter()
-    probabilities = out_of_fold_probabilities(
+    found = out_of_fold_probabilities(
         x_train,
         [r.label for r in records],
         classes,
         fold_config(config, settings),
         folds=settings.out_of_fold_folds,
+        test_images=x_test,
         progress=progress,
         sink=sink,
     )
-    log.info("out-of-fold probabilities in %.1fs", time.perf_counter() - started)
+    log.info("out-of-fold probabilities and neighbours in %.1fs", time.perf_counter() - started)
     return LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
-        out_of_fold=probabilities,
+        out_of_fold=found.probabilities,
         in_sample=in_sample.probabilities,
         duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
+        neighbours=found.neighbours,
+        similarities=found.similarities,
+        test_ids=np.array([r.image_id for r in test], dtype=str),
+        test_neighbours=found.test_neighbours,
+        test_similarities=found.test_similarities,
     )
