@@ -21,6 +21,7 @@ Zhu, Dong and Liu, ICML 2022), a second signal independent of the probabilities.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,7 @@ class OutOfFold:
     similarities: np.ndarray  # (n, k) float32: their cosine similarity to image i
     test_neighbours: np.ndarray  # (n, k) int32: rows of the (trusted) test images most like image i (-1: none)
     test_similarities: np.ndarray  # (n, k) float32
+    neighbour_seconds: float = 0.0  # what the neighbours cost beyond the probabilities (benchmarks/label_issues.py)
 
 
 def out_of_fold_probabilities(
@@ -88,11 +90,13 @@ def out_of_fold_probabilities(
     near = np.full((len(images), neighbours), -1, dtype=np.int32)
     similar = np.zeros((len(images), neighbours), dtype=np.float32)
     near_test, similar_test = near.copy(), similar.copy()
+    started, neighbour_seconds = time.perf_counter(), 0.0
     if features is not None:  # one space for all: no label touched the frozen backbone
         near, similar = nearest(features, features, neighbours)
         if len(test_images):
             test_features = _backbone_features(test_images, config)
             near_test, similar_test = nearest(features, test_features, neighbours, query_rows=_outside(features))
+        neighbour_seconds = time.perf_counter() - started
     for fold, (fit_idx, held_idx) in enumerate(splits, start=1):
         label = f"out-of-fold model {fold}/{folds}"
         if progress is not None and sink is not None:
@@ -110,17 +114,20 @@ def out_of_fold_probabilities(
             sink=sink,
             label=label,
         )
-        logits, embedded = _logits_and_embeddings(trained.model, images)
-        probabilities[held_idx] = _softmax(logits[held_idx])
-        near[held_idx], similar[held_idx] = nearest(embedded[held_idx], embedded, neighbours, query_rows=held_idx)
+        logits, queries = _logits_and_embeddings(trained.model, images[held_idx])
+        probabilities[held_idx] = _softmax(logits)
+        started = time.perf_counter()  # the neighbours' own cost: embedding the rest, and the searches
+        embedded = np.zeros((len(images), queries.shape[1]), np.float32)
+        embedded[held_idx], embedded[fit_idx] = queries, _logits_and_embeddings(trained.model, images[fit_idx])[1]
+        near[held_idx], similar[held_idx] = nearest(queries, embedded, neighbours, query_rows=held_idx)
         if len(test_images):
-            _, test_embedded = _logits_and_embeddings(trained.model, test_images)
-            queries = embedded[held_idx]
+            test_embedded = _logits_and_embeddings(trained.model, test_images)[1]
             near_test[held_idx], similar_test[held_idx] = nearest(
                 queries, test_embedded, neighbours, query_rows=_outside(queries)
             )
+        neighbour_seconds += time.perf_counter() - started
         log.info("%s: %d held out, %d epochs", label, len(held_idx), trained.epochs_run)
-    return OutOfFold(probabilities, near, similar, near_test, similar_test)
+    return OutOfFold(probabilities, near, similar, near_test, similar_test, neighbour_seconds)
 
 
 def _outside(queries: np.ndarray) -> np.ndarray:

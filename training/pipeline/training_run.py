@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ class TrainingResult:
     epochs_run: int
     train_wall_time_s: float
     total_wall_time_s: float
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # out_of_fold, neighbours (within it)
 
     @property
     def beats_baseline(self) -> bool | None:
@@ -76,6 +77,7 @@ class TrainingResult:
             "epochs_run": self.epochs_run,
             "train_wall_time_s": round(self.train_wall_time_s, 1),
             "total_wall_time_s": round(self.total_wall_time_s, 1),
+            "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()},
         }
 
 
@@ -121,11 +123,11 @@ def run_training(
         embedder, index = _embed(settings, data, train_predictions, test_predictions)
         report_phase(progress, sink, "ood", f"fitting the {settings.ood_method} OOD score and the drift reference")
         ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder)
-        audit = None
+        audit, phase_seconds = None, {}
         if settings.out_of_fold_folds >= 2:
             folds = settings.out_of_fold_folds
             report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
-            audit = _label_audit(
+            audit, phase_seconds = _label_audit(
                 settings,
                 recipe.config,
                 x_train,
@@ -156,6 +158,7 @@ def run_training(
         epochs_run=trained.epochs_run,
         train_wall_time_s=trained.wall_time_s,
         total_wall_time_s=time.perf_counter() - started,
+        phase_seconds=phase_seconds,
     )
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +403,7 @@ def _label_audit(
     sink: ProgressSink,
     x_test: np.ndarray,
     test: list[ImageRecord],
-) -> LabelAudit:
+) -> tuple[LabelAudit, dict[str, float]]:
     from training.curation.duplicates import near_duplicate_groups
     from training.model.out_of_fold import out_of_fold_probabilities
     from training.model.recipe import fold_config
@@ -416,8 +419,9 @@ def _label_audit(
         progress=progress,
         sink=sink,
     )
-    log.info("out-of-fold probabilities and neighbours in %.1fs", time.perf_counter() - started)
-    return LabelAudit(
+    seconds = {"out_of_fold": time.perf_counter() - started, "neighbours": found.neighbour_seconds}
+    log.info("out-of-fold probabilities in %.1fs, of which neighbours %.1fs", *seconds.values())
+    audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
         out_of_fold=found.probabilities,
         in_sample=in_sample.probabilities,
@@ -430,3 +434,4 @@ def _label_audit(
         test_neighbours=found.test_neighbours,
         test_similarities=found.test_similarities,
     )
+    return audit, seconds
