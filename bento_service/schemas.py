@@ -135,14 +135,15 @@ class SuspectOut(Out):
     path: str
     label: str
     suggested_label: str = Field(
-        description="Where the evidence points: the likeliest other class when score >= 0.5, else the likeliest class."
+        description="Where the evidence points (both witnesses averaged): the likeliest other class when score >= "
+        "0.5, else the likeliest class."
     )
     score: float = Field(
         description=(
-            "0..1, higher = more likely mislabelled, the order of the list: 1 - the geometric mean of the "
-            "probabilities its evidence gives the label (the out-of-fold models', and the k-NN votes of its train "
-            "neighbours and of its nearest test images); at least 0.9 for a duplicate whose label disagrees "
-            "with its group. See docs/label-errors.md."
+            "0..1, higher = more likely mislabelled, the order of the list: the stronger of two witnesses, "
+            "1 - the out-of-fold models' probability of its label and 1 - the k-NN probability of it among its "
+            "nearest test images (trusted labels; its nearest train images when there are none); at least 0.9 "
+            "for a duplicate whose label disagrees with its group. See docs/label-errors.md."
         )
     )
     flagged: bool = Field(
