@@ -114,14 +114,15 @@ def out_of_fold_probabilities(
             sink=sink,
             label=label,
         )
-        logits, queries = _logits_and_embeddings(trained.model, images[held_idx])
+        both = keras.Model(trained.model.input, [trained.model.output, trained.model.get_layer(EMBEDDING_LAYER).output])
+        logits, queries = _logits_and_embeddings(both, images[held_idx])
         probabilities[held_idx] = _softmax(logits)
         started = time.perf_counter()  # the neighbours' own cost: embedding the rest, and the searches
         embedded = np.zeros((len(images), queries.shape[1]), np.float32)
-        embedded[held_idx], embedded[fit_idx] = queries, _logits_and_embeddings(trained.model, images[fit_idx])[1]
+        embedded[held_idx], embedded[fit_idx] = queries, _logits_and_embeddings(both, images[fit_idx])[1]
         near[held_idx], similar[held_idx] = nearest(queries, embedded, neighbours, query_rows=held_idx)
         if len(test_images):
-            test_embedded = _logits_and_embeddings(trained.model, test_images)[1]
+            test_embedded = _logits_and_embeddings(both, test_images)[1]
             near_test[held_idx], similar_test[held_idx] = nearest(
                 queries, test_embedded, neighbours, query_rows=_outside(queries)
             )
@@ -135,11 +136,10 @@ def _outside(queries: np.ndarray) -> np.ndarray:
     return np.full(len(queries), -1)
 
 
-def _logits_and_embeddings(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fold network's logits and penultimate embedding of every image, in one pass."""
-    both = keras.Model(model.input, [model.output, model.get_layer(EMBEDDING_LAYER).output])
-    logits = [np.zeros((0, model.output.shape[-1]), np.float32)]
-    embedded = [np.zeros((0, model.get_layer(EMBEDDING_LAYER).output.shape[-1]), np.float32)]
+def _logits_and_embeddings(both: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fold network's logits and penultimate embedding (``both``: a model with the two outputs) of ``images``."""
+    logits = [np.zeros((0, both.outputs[0].shape[-1]), np.float32)]
+    embedded = [np.zeros((0, both.outputs[1].shape[-1]), np.float32)]
     for start in range(0, len(images), PREDICT_CHUNK):  # float32 copies of a chunk at a time, not of all
         chunk = images[start : start + PREDICT_CHUNK].astype(np.float32)
         found = both.predict(chunk, batch_size=FEATURE_BATCH, verbose=0)
