@@ -222,11 +222,13 @@ def print_tables(rows: list[Row]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("datasets", nargs="*", default=None, choices=DATASETS, help="default: all four")
+    parser.add_argument("datasets", nargs="*", help=f"some of {', '.join(DATASETS)} (default: all four)")
     parser.add_argument("--quick", action="store_true", help="a smaller silhouette demo (400 per class, 80 impostors)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the settings' recipe")
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: a temp dir)")
     args = parser.parse_args()
+    if unknown := sorted(set(args.datasets) - set(DATASETS)):
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(DATASETS)}")
     with workspace(args.workdir, prefix="bouncer-issues-") as root:
         os.environ.update(isolated_env(root), BOUNCER_BUILD_BENTO="false")
         rows = [run_dataset(name, root, quick=args.quick, epochs=args.epochs) for name in args.datasets or DATASETS]
