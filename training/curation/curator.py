@@ -341,9 +341,10 @@ class Curator:
     def suspect_ranking(self) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
-        cleanlab label quality on the out-of-fold probabilities stored with the version
-        (and, for train images imported after it, the version's own probabilities from
-        ``bouncer score`` shards), plus exact/near duplicates that disagree. Images a person already reviewed
+        The out-of-fold probabilities and feature-space neighbours stored with the version
+        (:mod:`training.curation.ranking`; for train images imported after it, the version's own
+        probabilities from ``bouncer score`` shards, without neighbours), plus exact/near
+        duplicates that disagree. Images a person already reviewed
         (relabelled or confirmed) are left out: they are settled.
         """
         if self.model.audit is None:
