@@ -146,11 +146,16 @@ class SuspectOut(Out):
     image_id: str
     path: str
     label: str
-    suggested_label: str
+    suggested_label: str = Field(
+        description="Where the evidence points (both witnesses averaged): the likeliest other class when score >= "
+        "0.5, else the likeliest class."
+    )
     score: float = Field(
         description=(
-            "0..1, higher = more likely mislabelled: (flagged + 1 - label_quality) / 2, so above 0.5 exactly when "
-            "flagged; at least 0.9 for a duplicate whose label disagrees with its group."
+            "0..1, higher = more likely mislabelled, the order of the list: the stronger of two witnesses, "
+            "1 - the out-of-fold models' probability of its label and 1 - the k-NN probability of it among its "
+            "nearest test images (trusted labels; its nearest train images when there are none); at least 0.9 "
+            "for a duplicate whose label disagrees with its group. See docs/label-errors.md."
         )
     )
     flagged: bool = Field(
@@ -162,8 +167,23 @@ class SuspectOut(Out):
     reasons: list[str] = Field(
         description=(
             "out_of_fold (cleanlab flags it) and/or duplicate_conflict (an exact or near copy of it carries "
-            "another label; the one agreeing with the group's consensus keeps its score)."
+            "another label; the one agreeing with the group's consensus keeps its score), then the evidence in "
+            "words: what the out-of-fold models give its label, and how many of its nearest neighbours and "
+            "nearest test images carry its label (e.g. '3 of its 10 nearest neighbours are labelled cat, 7 dog')."
         )
+    )
+    out_of_fold_probability: float | None = Field(
+        None, description="The probability the fold models that never saw it give its label."
+    )
+    neighbour_agreement: float | None = Field(
+        None,
+        description=(
+            "Share of its nearest train images (in the embedding of a fold model that never saw it), weighted by "
+            "similarity, labelled as it is now; null when none were searched (images imported after training)."
+        ),
+    )
+    test_neighbour_agreement: float | None = Field(
+        None, description="Likewise among its nearest test images, whose labels are trusted; null without them."
     )
 
 

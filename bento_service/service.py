@@ -314,8 +314,9 @@ class Bouncer:
     ) -> list[SuspectOut]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
-        cleanlab label quality on the out-of-fold probabilities stored with the serving
-        version, plus exact/near duplicates that disagree. Current labels, and reviewed
+        The stronger of two witnesses stored with the serving version: the out-of-fold probabilities
+        and the labels of its nearest test images (in a fold model's embedding that never saw it),
+        plus exact/near duplicates that disagree; ``reasons`` gives the evidence. Current labels, and reviewed
         (relabelled or confirmed) images are left out: a decision takes an image off the list at once.
         ``offset`` pages through the ranking; the ``X-Total-Count`` header says how long it is.
         """

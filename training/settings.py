@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 EmbedderKind = Literal["pca", "umap"]
-BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
+BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0", "auto"]
 AugmentSetting = Literal["auto", "none", "light", "photo"]
 
 
@@ -152,7 +152,12 @@ class Settings(BaseSettings):
         ),
     )
     backbone: BackboneName = Field(
-        "cnn", description="cnn (small CNN from scratch) or a keras.applications backbone with a new head."
+        "cnn",
+        description=(
+            "cnn (small CNN from scratch) or a keras.applications backbone with a new head; auto: a pretrained "
+            "backbone when its ImageNet weights are in Keras's cache or BOUNCER_BACKBONE_WEIGHTS names its file "
+            "(never downloaded), else cnn; the run records which (recipe backbone_from)."
+        ),
     )
     backbone_weights: str = Field(
         "imagenet",

@@ -63,6 +63,21 @@ def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedD
     # held-out scores are not the final model's memory of its own training images
     assert not np.allclose(model.audit.out_of_fold, model.audit.in_sample, atol=1e-3)
     assert len(model.audit.duplicate_groups) == len(model.audit.sha256s) == len(train)
+    # each image's neighbours: other train images and test images, nearest first, never itself
+    audit, n = model.audit, len(train)
+    with open_store(trained_demo.settings) as store:
+        test = store.images(split="test")
+    assert audit.neighbours.shape == audit.test_neighbours.shape == (n, 10)
+    assert sorted(audit.test_ids.tolist()) == sorted(r.image_id for r in test)
+    assert ((audit.neighbours >= 0) & (audit.neighbours < n)).all() and (audit.test_neighbours >= 0).all()
+    assert (audit.neighbours != np.arange(n)[:, None]).all()
+    assert (np.diff(audit.similarities, axis=1) <= 1e-6).all() and (
+        np.diff(audit.test_similarities, axis=1) <= 1e-6
+    ).all()
+    # and they look alike more often than chance: most share the label (5% of the demo's labels are wrong)
+    labels = dict(zip([r.image_id for r in train], [r.label for r in train], strict=True))
+    own = np.array([labels[i] for i in audit.image_ids.tolist()])
+    assert (own[audit.neighbours] == own[:, None]).mean() > 1.5 / len(set(own))
 
 
 def test_out_of_fold_can_be_switched_off(shapes_dataset, settings: Settings) -> None:

@@ -44,6 +44,10 @@ COVERED_ELSEWHERE = {
         " extra declares what benchmarks/ imports"
     ),
     "benchmarks/ood.py": "a benchmark (two trainings and load for minutes), not a test",
+    "benchmarks/label_issues.py": (
+        "a benchmark (four datasets, about an hour on 2 cores), not a test; tests/code/test_label_issues.py and"
+        " tests/model/test_suspect_ranking.py test the ranking it measures"
+    ),
     "export BOUNCER_DATA_DIR=/path/to/my/images": (
         "a user's own folder: import is tests/code/test_cli.py, training tests/model/test_pipeline.py,"
         " a tiny folder tests/model/test_small_folders.py, `serve --no-demo` tests/code/test_cli.py"

@@ -6,6 +6,7 @@ browser. Screenshots of every page go to ``test-artifacts/ui/`` (git-ignored).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,11 @@ def test_a_deep_queue_opens_at_any_position(page: object, site: Deployment) -> N
     shown = [c.get_attribute("title") for c in page.locator(".card").all()[:5]]  # type: ignore[attr-defined]
     assert shown == [s["path"] for s in ranking[50:55]]
     assert page.inner_text("#selection-count").startswith("0 selected · #51–")  # type: ignore[attr-defined]
+    # each suspect shows its evidence: the two agreements under the thumbnail, the reasons on hover
+    first = page.locator(".card .caption span[title]").first  # type: ignore[attr-defined]
+    test_share = ranking[50]["test_neighbour_agreement"]
+    assert f"test {math.floor(100 * test_share + 0.5)}%" in first.inner_text() and " · nn " in first.inner_text()
+    assert first.get_attribute("title") == "\n".join(ranking[50]["reasons"])
 
 
 def test_confusion_matrix_cell_shows_its_images(page: object, site: Deployment) -> None:

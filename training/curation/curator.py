@@ -158,7 +158,7 @@ _RANKING_LOCK = threading.Lock()
 class _Ranking:
     revision: int  # the label revision it is right for
     ranked: list[Suspect]  # every scored train image, reviewed ones too: a function of labels and pictures alone
-    basis: dict[str, tuple[str, str]]  # image_id -> (label, sha256) that ``ranked`` was computed from
+    basis: dict[str, tuple[str, str, str]]  # image_id -> (split, label, sha256) ``ranked`` was computed from
     ranking: list[Suspect]  # ``ranked`` less the reviewed images: the queue
 
 
@@ -345,9 +345,10 @@ class Curator:
     def suspect_ranking(self) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
-        cleanlab label quality on the out-of-fold probabilities stored with the version
-        (and, for train images imported after it, the version's own probabilities from
-        ``bouncer score`` shards), plus exact/near duplicates that disagree. Images a person already reviewed
+        The out-of-fold probabilities and feature-space neighbours stored with the version
+        (:mod:`training.curation.ranking`; for train images imported after it, the version's own
+        probabilities from ``bouncer score`` shards, without neighbours), plus exact/near
+        duplicates that disagree. Images a person already reviewed
         (relabelled or confirmed) are left out: they are settled.
         """
         if self.model.audit is None:
@@ -381,17 +382,18 @@ class Curator:
             scored = scored_rows(self.settings, self.model, [r for r in train if r.image_id not in audited])
             by_id = {r.image_id: r for r in train}
             audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
-            ranked = find_suspects(audit, train, self.model.class_names)
-            basis = {s.image_id: (by_id[s.image_id].label, by_id[s.image_id].sha256) for s in ranked}
+            test = self.store.images(split=self.settings.test_split)  # their labels vote too: trusted neighbours
+            ranked = find_suspects(audit, train, self.model.class_names, test)
+            basis = {r.image_id: (r.split, r.label, r.sha256) for r in (*(by_id[s.image_id] for s in ranked), *test)}
             ranking = [s for s in ranked if s.image_id not in reviewed]
             cached = _CACHE.put(key, _Ranking(revision, ranked, basis, ranking))
         return cached.ranking
 
-    def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str]]) -> bool:
-        """Whether a changed image changes what cleanlab ranks (its label, picture, or being a train image)."""
-        ranks = present and record.split == self.settings.train_split and record.label in self.model.class_names
+    def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str, str]]) -> bool:
+        """Whether a changed image changes what is ranked or what votes (its split, label or picture)."""
+        counts = present and record.split in self.settings.splits and record.label in self.model.class_names
         was = basis.get(record.image_id)
-        return (was != (record.label, record.sha256)) if ranks else was is not None
+        return (was != (record.split, record.label, record.sha256)) if counts else was is not None
 
     # --- labels ---------------------------------------------------------------------
     def classes(self) -> list[str]:

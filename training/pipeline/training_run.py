@@ -55,6 +55,7 @@ class TrainingResult:
     train_wall_time_s: float
     total_wall_time_s: float
     notes: list[str] = field(default_factory=list)  # steps skipped or figures to doubt (readiness)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # out_of_fold, neighbours (within it)
 
     @property
     def test_accuracy_interval(self) -> list[float] | None:
@@ -85,6 +86,7 @@ class TrainingResult:
             "epochs_run": self.epochs_run,
             "train_wall_time_s": round(self.train_wall_time_s, 1),
             "total_wall_time_s": round(self.total_wall_time_s, 1),
+            "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()},
         }
 
 
@@ -137,12 +139,21 @@ def run_training(
         fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
         report_phase(progress, sink, "ood", f"fitting {fitting}the drift reference")
         ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder, ready.ood)
-        audit = None
+        audit, phase_seconds = None, {}
         if ready.out_of_fold:
             folds = settings.out_of_fold_folds
             report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
-            audit = _label_audit(
-                settings, recipe.config, x_train, data.train, data.classes, train_predictions, progress, sink
+            audit, phase_seconds = _label_audit(
+                settings,
+                recipe.config,
+                x_train,
+                data.train,
+                data.classes,
+                train_predictions,
+                progress,
+                sink,
+                x_test,
+                data.test,
             )
         report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
         metrics = training_metrics(
@@ -164,6 +175,7 @@ def run_training(
         train_wall_time_s=trained.wall_time_s,
         total_wall_time_s=time.perf_counter() - started,
         notes=ready.notes,
+        phase_seconds=phase_seconds,
     )
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -414,27 +426,37 @@ def _label_audit(
     in_sample: Predictions,
     progress: TrainingProgress,
     sink: ProgressSink,
-) -> LabelAudit:
+    x_test: np.ndarray,
+    test: list[ImageRecord],
+) -> tuple[LabelAudit, dict[str, float]]:
     from training.curation.duplicates import near_duplicate_groups
     from training.model.out_of_fold import out_of_fold_probabilities
     from training.model.recipe import fold_config
 
     started = time.perf_counter()
-    probabilities = out_of_fold_probabilities(
+    found = out_of_fold_probabilities(
         x_train,
         [r.label for r in records],
         classes,
         fold_config(config, settings),
         folds=settings.out_of_fold_folds,
+        test_images=x_test,
         progress=progress,
         sink=sink,
     )
-    log.info("out-of-fold probabilities in %.1fs", time.perf_counter() - started)
-    return LabelAudit(
+    seconds = {"out_of_fold": time.perf_counter() - started, "neighbours": found.neighbour_seconds}
+    log.info("out-of-fold probabilities in %.1fs, of which neighbours %.1fs", *seconds.values())
+    audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
-        out_of_fold=probabilities,
+        out_of_fold=found.probabilities,
         in_sample=in_sample.probabilities,
         duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
+        neighbours=found.neighbours,
+        similarities=found.similarities,
+        test_ids=np.array([r.image_id for r in test], dtype=str),
+        test_neighbours=found.test_neighbours,
+        test_similarities=found.test_similarities,
     )
+    return audit, seconds

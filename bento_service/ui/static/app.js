@@ -63,6 +63,7 @@ const $ = (selector, root = document) => root.querySelector(selector);
 const esc = (text) =>
   String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const percent = (x) => (x === null || x === undefined ? "–" : `${Math.round(100 * x)}%`);
 const el = (html) => {
   const template = document.createElement("template");
   template.innerHTML = html.trim();
@@ -122,9 +123,12 @@ const suggestion = (item) =>
 // Where candidates come from; each fetches one page (offset, limit) and says whether there are more.
 const SOURCES = {
   suspects: {
-    title: "Suspects: cleanlab's most likely wrong labels, flagged first",
+    title: "Suspects: most likely wrong labels first, by the out-of-fold models and the labels of each image's nearest neighbours (hover a caption for the evidence)",
     fetch: async (offset, limit) => api("suspects", { k: limit, offset }),
-    caption: (s) => `<span class="label">${esc(s.label)}</span>${suggestion(s)}<br>score ${fmt(s.score, 2)}${s.flagged ? " · flagged" : ""}`,
+    // the evidence: score, then the share of its nearest train neighbours and of its nearest test images labelled as it is
+    caption: (s) =>
+      `<span title="${esc(s.reasons.join("\n"))}"><span class="label">${esc(s.label)}</span>${suggestion(s)}<br>` +
+      `${fmt(s.score, 2)}${s.flagged ? " ⚑" : ""} · nn ${percent(s.neighbour_agreement)} · test ${percent(s.test_neighbour_agreement)}</span>`,
   },
   trace: {
     title: "Traced: training images that pull misclassified test images to the wrong class",
