@@ -60,10 +60,10 @@ def test_bad_uploads_name_the_field(trained_demo: TrainedDemo, live: LiveModel) 
     predictor = Predictor(live, trained_demo.settings.model_copy(update={"max_upload_bytes": 1000}))
     with pytest.raises(BadUpload, match="image: ") as not_image:
         asyncio.run(predictor.predict_uploads([("image", b"not an image at all")]))
-    assert not_image.value.status == HTTPStatus.BAD_REQUEST
+    assert not_image.value.error_code == HTTPStatus.BAD_REQUEST
     with pytest.raises(BadUpload, match="images: upload is 5000 bytes, over the 1000 limit") as too_big:
         asyncio.run(predictor.predict_uploads([("images", b"x" * 5000)]))
-    assert too_big.value.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert too_big.value.error_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 def test_requests_that_cannot_be_served_in_time_are_refused_not_queued(
