@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import bentoml
 
@@ -30,9 +31,13 @@ log = logging.getLogger("bentoml.bouncer")
 
 
 class LiveModel:
-    def __init__(self, store: LabelStore, settings: Settings) -> None:
-        """Serve this dataset's version (a ModelResolutionError, so no start-up, if it has none)."""
+    def __init__(self, store: LabelStore, settings: Settings, *, on_swap: Callable[[str], None] | None = None) -> None:
+        """Serve this dataset's version (a ModelResolutionError, so no start-up, if it has none).
+
+        ``on_swap``: told the tag of a version once it no longer serves (what it cached can go).
+        """
         self._store = store
+        self._on_swap = on_swap
         self._model_name = settings.model_name
         self._lock = threading.Lock()  # one load at a time
         self._follow_lock = threading.Lock()  # requests that saw the signal wait for the one that follows it
@@ -81,6 +86,8 @@ class LiveModel:
                 model = load_registered(fitting_tag(tag, self._store), threads=self._threads, settings=self._settings)
                 previous, self._model = self._model.tag, model
                 log.info("now serving %s (was %s)", model.tag, previous)
+                if self._on_swap is not None:
+                    self._on_swap(previous)
             return self._model
 
     def refresh(self) -> None:

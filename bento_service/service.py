@@ -54,7 +54,7 @@ from bento_service.schemas import (
     TrainProgress,
     TrainResult,
 )
-from training.curation.curator import Curator
+from training.curation.curator import CurationCache, Curator
 from training.data.folders import resolve_inside
 from training.data.images import ImageError, load_model_input
 from training.errors import NotFound, TooLarge
@@ -152,7 +152,8 @@ class Bouncer:
         self.store = open_store(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
         if self.store.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")
-        self.live = LiveModel(self.store, self.settings)  # this dataset's version, following promotions
+        self.cache = CurationCache()  # this worker's evaluations, rankings and probabilities, per serving version
+        self.live = LiveModel(self.store, self.settings, on_swap=self.cache.forget_version)  # following promotions
         # Every served prediction is logged (drift, import-predictions) by a thread of its own.
         self.prediction_log = PredictionLog(self.settings)
         if self.settings.prediction_log:
@@ -188,7 +189,7 @@ class Bouncer:
 
     def curator(self) -> Curator:
         """The façade over the labels and the version serving now: a live swap cannot split a request."""
-        return Curator(self.settings, self.store, self.live.get())
+        return Curator(self.settings, self.store, self.live.get(), self.cache)
 
     async def _label_write(self, write: Callable[[Curator], T]) -> T:
         """One label write of this worker at a time, in the worker's writer thread; the request waits on the event loop.

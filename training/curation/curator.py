@@ -13,12 +13,12 @@ probabilities); callers turn them into 4xx answers or CLI errors.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
@@ -121,37 +121,51 @@ def _relabelled(
     return updated
 
 
-class _Memo:
-    """A small thread-safe LRU of results keyed by (model version, label revision, ...): a new revision is a miss."""
+# Evaluations and suspect rankings a cache keeps, each with the label revision it is right for: a
+# server worker asks about a split or two and one ranking per version, so a few are plenty.
+RESULTS_KEPT = 16
+# Model versions whose per-image probabilities a cache keeps (the serving one, and the one before a swap).
+VERSIONS_KEPT = 2
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[tuple[object, ...], object] = OrderedDict()
-        self.lock = threading.Lock()
+
+class CurationCache:
+    """What a curator remembers between requests: results by (database, version, question), probabilities
+    per version and image content, and one suspects ranking at a time.
+
+    Its owner is whoever serves a dataset (each server worker holds one; a CLI command a fresh one) and
+    tells it when a version stops serving (:meth:`forget_version`): the probabilities of every version
+    ever served stayed in memory before.
+    """
+
+    def __init__(self) -> None:
+        self._results: LRUCache[tuple[object, ...], Any] = LRUCache(maxsize=RESULTS_KEPT)
+        # version tag -> (image id, content hash) -> probabilities: a new label revision costs evaluate only
+        # the inference of images it has not seen (issue 13: 1.5 s -> metrics only)
+        self._probabilities: LRUCache[str, dict[tuple[str, str], np.ndarray]] = LRUCache(maxsize=VERSIONS_KEPT)
+        self._lock = threading.Lock()
+        self.ranking_lock = threading.Lock()  # ranking costs seconds at scale: the warm-up and a request make one
 
     def get(self, key: tuple[object, ...]) -> Any:
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
+        with self._lock:
+            return self._results.get(key)
 
     def put(self, key: tuple[object, ...], value: T) -> T:
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+        with self._lock:
+            self._results[key] = value
         return value
 
+    def probabilities(self, tag: str) -> dict[tuple[str, str], np.ndarray]:
+        with self._lock:
+            if tag not in self._probabilities:
+                self._probabilities[tag] = {}
+            return self._probabilities[tag]
 
-# Kept per process: evaluations and suspect rankings, keyed by (database, model version, what), each
-# with the label revision it is right for.
-_CACHE = _Memo(16)
-# Kept per process: each model version's probabilities per (image id, content hash), so a new label
-# revision costs evaluate only the inference of images it has not seen (issue 13: 1.5 s -> metrics only).
-_PREDICTIONS: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-# Ranking the suspects costs seconds at scale: one at a time per process.
-_RANKING_LOCK = threading.Lock()
+    def forget_version(self, tag: str) -> None:
+        """Drop everything remembered of a version that no longer serves."""
+        with self._lock:
+            self._probabilities.pop(tag, None)
+            for key in [key for key in self._results if tag in key]:
+                del self._results[key]
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,7 @@ class Curator:
     settings: Settings
     store: LabelStore
     model: ModelVersion
+    cache: CurationCache = field(default_factory=CurationCache)  # a server passes its workers' one
 
     # --- checks -------------------------------------------------------------------
     def check_split(self, split: str) -> None:
@@ -208,17 +223,19 @@ class Curator:
         """
         check_evaluable(self.settings, self.store, split)
         key = (str(self.store.engine.url), self.model.tag, "evaluate", split)
-        cached: _Evaluated | None = _CACHE.get(key)
+        cached: _Evaluated | None = self.cache.get(key)
         if cached is not None:
             revision, changed = self.store.records_since(cached.revision)
             records = _relabelled(cached.records, changed, split)
             if records is cached.records:
-                return cached if revision == cached.revision else _CACHE.put(key, replace(cached, revision=revision))
+                return (
+                    cached if revision == cached.revision else self.cache.put(key, replace(cached, revision=revision))
+                )
             if records is not None:
-                return _CACHE.put(key, self._evaluation(revision, records, cached.probabilities))
+                return self.cache.put(key, self._evaluation(revision, records, cached.probabilities))
         revision = self.store.revision()  # first: a change committed after it is read again next time
         records = self.store.images(split=split)
-        return _CACHE.put(key, self._evaluation(revision, records, self._probabilities(records)))
+        return self.cache.put(key, self._evaluation(revision, records, self._probabilities(records)))
 
     def _evaluation(self, revision: int, records: list[ImageRecord], probabilities: np.ndarray) -> _Evaluated:
         report = evaluate_predictions(
@@ -242,7 +259,7 @@ class Curator:
 
     def _probabilities(self, records: Sequence[ImageRecord]) -> np.ndarray:
         """The model's probabilities for these images: inferred once per (model version, image content)."""
-        cache: dict[tuple[str, str], np.ndarray] = _PREDICTIONS.setdefault(self.model.tag, {})
+        cache = self.cache.probabilities(self.model.tag)
         keys = [(r.image_id, r.sha256) for r in records]
         new = [r for r, key in zip(records, keys, strict=True) if key not in cache]
         for start in range(0, len(new), 1024):  # bounded memory for a large split
@@ -356,7 +373,7 @@ class Curator:
                 f"model version {self.model.version} has no out-of-fold probabilities "
                 "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
             )
-        with _RANKING_LOCK:  # the start-up warm-up and a first request wait for one ranking, not make two
+        with self.cache.ranking_lock:  # the start-up warm-up and a first request wait for one ranking, not make two
             return self._suspect_ranking()
 
     def _suspect_ranking(self) -> list[Suspect]:
@@ -366,7 +383,7 @@ class Curator:
         # same list as a fresh process. A confirm (or its undo) changes no label: only the filter.
         key = (str(self.store.engine.url), self.model.tag, "suspects")
         revision = self.store.revision()
-        cached: _Ranking | None = _CACHE.get(key)
+        cached: _Ranking | None = self.cache.get(key)
         if cached is not None and cached.revision != revision:
             _, changed = self.store.records_since(cached.revision)
             if any(self._moves_the_ranking(record, present, cached.basis) for record, present in changed):
@@ -374,7 +391,7 @@ class Curator:
             else:
                 reviewed = self.store.reviewed_ids(self.settings.train_split)
                 ranking = [s for s in cached.ranked if s.image_id not in reviewed]
-                cached = _CACHE.put(key, replace(cached, revision=revision, ranking=ranking))
+                cached = self.cache.put(key, replace(cached, revision=revision, ranking=ranking))
         if cached is None:
             train = self.store.images(split=self.settings.train_split)
             reviewed = self.store.reviewed_ids(self.settings.train_split)
@@ -386,7 +403,7 @@ class Curator:
             ranked = find_suspects(audit, train, self.model.class_names, test)
             basis = {r.image_id: (r.split, r.label, r.sha256) for r in (*(by_id[s.image_id] for s in ranked), *test)}
             ranking = [s for s in ranked if s.image_id not in reviewed]
-            cached = _CACHE.put(key, _Ranking(revision, ranked, basis, ranking))
+            cached = self.cache.put(key, _Ranking(revision, ranked, basis, ranking))
         return cached.ranking
 
     def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str, str]]) -> bool:
