@@ -102,7 +102,9 @@ class LiveModel:
             log.warning("not serving the promoted version %s: %s; still serving %s", promoted.tag, exc, self._model.tag)
 
     def close(self) -> None:
+        """Stop following promotions (at shutdown): the poller ends within one poll."""
         self._stop.set()
+        self._poller.join(timeout=5)
 
     def _poll(self, seconds: float) -> None:
         while not self._stop.wait(seconds):

@@ -124,11 +124,12 @@ def served_at() -> str:
     return json.loads(os.environ.get("BENTOML_RUNNER_MAP", "{}")).get("Bouncer", "").rstrip("/")
 
 
-# Predict's per-request cost, measured (issue 13): an access-log line ~4%, a tracing span ~17%.
 # Paged list answers stay lists (the API contract); how long the whole list is travels in this header.
 TOTAL_HEADER = "X-Total-Count"
 
-# The review page's thumbnails and static files too: a screenful is ~130 requests, noise in the log.
+# Kept out of the access log and traces. Predict's per-request cost, measured (issue 13): an access-log
+# line ~4%, a tracing span ~17%. The review page's thumbnails and static files too: a screenful is ~130
+# requests, noise in the log.
 _QUIET = [
     *([] if _STARTUP.log_predict else ["/predict", "/predict_batch"]),
     f"{ui.PATH}/thumbnail/",
@@ -184,6 +185,7 @@ class Bouncer:
     def _close(self) -> None:
         """Pending label writes, a labels.csv rewrite still due and queued predictions are written first."""
         self._label_writer.shutdown(wait=True)
+        self.live.close()
         self.prediction_log.close()
         self.store.close()
 

@@ -302,6 +302,7 @@ def score(
     """
     from training.model.scores import default_scores_dir
     from training.registry.serving import fitting_tag, resolve_serving_tag
+    from training.registry.store import version_of
     from training.scoring.ray_engine import import_ray
 
     settings = _settings()
@@ -309,7 +310,7 @@ def score(
         import_ray()  # a missing extra is said before any work (EngineUnavailable: one line)
     with _store(settings) as store:
         tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
-    folder = (out or default_scores_dir(settings, tag.split(":", 1)[1])).resolve()
+    folder = (out or default_scores_dir(settings, version_of(tag))).resolve()
     log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
     if engine is ScoreEngine.ray:
         from training.scoring.ray_engine import score_with_ray
@@ -549,11 +550,12 @@ def promote(
     Prints what the `promote` endpoint answers: the version, its tag and the version that served before.
     """
     from training.registry.serving import ModelResolutionError, promote_version, resolve_serving_tag
+    from training.registry.store import version_of
 
     settings = _settings()
     with _store(settings) as store:
         try:
-            previous: str | None = resolve_serving_tag(settings, store).split(":", 1)[1]
+            previous: str | None = version_of(resolve_serving_tag(settings, store))
         except ModelResolutionError:  # nothing could serve before: promoting is how to fix that
             previous = None
         tag = promote_version(settings, store, version, actor=_user(), reason=reason or "cli promote")

@@ -17,7 +17,7 @@ from training.pipeline.training_run import run_training
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.bento import build_bento
 from training.registry.serving import record_promotion
-from training.registry.store import load_registered
+from training.registry.store import load_registered, version_of
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,10 @@ def retrain(
         bento_tag, bento_message = outcome.tag, outcome.message
     report_phase(progress, sink, "done", f"{message}; {bento_message}")
     return RetrainResult(
-        model_version=trained.tag.split(":", 1)[1],
+        model_version=version_of(trained.tag),
         tag=trained.tag,
         metrics=trained.metrics,
-        previous_version=None if serving_tag is None else serving_tag.split(":", 1)[1],
+        previous_version=None if serving_tag is None else version_of(serving_tag),
         previous_metrics=previous_metrics,
         promoted=promoted,
         promotion_message=message,
