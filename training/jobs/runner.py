@@ -78,6 +78,7 @@ class TrainRunner:
             lock.release()
             raise TrainingBusy(REPLICA_BUSY)
         run_id = uuid.uuid4().hex[:12]
+        started = time.time()
         command = [sys.executable, "-m", "training.jobs.child", "--run-id", run_id, "--actor", actor]
         command += ["--epochs", str(epochs)] if epochs else []
         command += ["--force"] if force else []
@@ -96,21 +97,34 @@ class TrainRunner:
                 )
                 write_json_atomic(self.files.job, {"run_id": run_id, "task_id": task_id, "pid": child.pid})
                 code = await child.wait()
+            # Still under the lock: no next training can start and have its run taken for ours.
+            outcome = await asyncio.to_thread(self._outcome, run_id, code, started)
         finally:
             lock.release()
-        outcome = read_json(self.files.result)
-        if (outcome is None or outcome.get("run_id") != run_id) and self._canceled(run_id):
-            outcome = {"run_id": run_id, "state": "canceled", "error": "canceled by request"}
-            write_json_atomic(self.files.result, outcome)
-        if outcome is None or outcome.get("run_id") != run_id:
-            error = f"the training process exited with code {code} without a result"
-            write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
-            raise TrainingFailed(f"{error}\n{self._log_tail()}")
         if outcome["state"] == "canceled":
             raise TrainingCanceled(outcome["error"])
         if outcome["state"] != "succeeded":
             raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
         return outcome["result"]
+
+    def _outcome(self, run_id: str, code: int, started: float) -> dict[str, Any]:
+        """What the child reported, or what its end says if it could not (killed, canceled at start-up).
+
+        A child that did not succeed may have been killed after the cancel's grace period
+        (stuck in a TensorFlow step) and so never closed its MLflow run: it is closed here,
+        before the task reads as ended.
+        """
+        outcome = read_json(self.files.result)
+        if outcome is None or outcome.get("run_id") != run_id:
+            if self._canceled(run_id):
+                outcome = {"run_id": run_id, "state": "canceled", "error": "canceled by request"}
+            else:
+                error = f"the training process exited with code {code} without a result"
+                outcome = {"run_id": run_id, "state": "failed", "error": error}
+            write_json_atomic(self.files.result, outcome)
+        if outcome["state"] != "succeeded":
+            self._fail_orphaned_runs(started)
+        return outcome
 
     def cancelable(self, task_id: str) -> psutil.Process:
         """The running training's process, if task ``task_id`` started it; NotRunning otherwise."""
@@ -163,6 +177,17 @@ class TrainRunner:
         status["task_id"] = job.get("task_id") if job.get("run_id") == progress.get("run_id") else None
         return status
 
+    def _fail_orphaned_runs(self, started_at: float) -> bool:
+        """End as FAILED the MLflow runs a dead child left RUNNING; False if MLflow could not be reached."""
+        try:
+            from training.pipeline.tracking import fail_orphaned_runs
+
+            fail_orphaned_runs(self.settings, started_after=started_at - 5)
+        except Exception:  # noqa: BLE001 - MLflow unreachable: the state is still right here
+            log.exception("could not mark the ended training's MLflow run FAILED")
+            return False
+        return True
+
     def _record_death(self, progress: dict[str, Any]) -> str:
         """A child that died without a result (killed, out of memory): say so once, and end its MLflow run.
 
@@ -170,13 +195,7 @@ class TrainRunner:
         idempotent, so each says the same.
         """
         error = "the training process died without a result (see train.log)"
-        try:
-            from training.pipeline.tracking import fail_orphaned_runs
-
-            fail_orphaned_runs(self.settings, started_after=float(progress.get("started_at", 0)) - 5)
-        except Exception:  # noqa: BLE001 - MLflow unreachable: the state is still right here
-            log.exception("could not mark the killed training's MLflow run FAILED")
-        else:
+        if self._fail_orphaned_runs(float(progress.get("started_at", 0))):
             error += "; its MLflow run is marked FAILED"
         write_json_atomic(self.files.result, {"run_id": progress.get("run_id"), "state": "failed", "error": error})
         return error
