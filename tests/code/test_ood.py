@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from training.model.ood import METHODS, MIN_CALIBRATION, Head, OodScorer, calibration_status, fit_ood, to_unit
 
 DIM = 16
-EARLY = 8  # channel means, then variances, of 4 channels
+EARLY = 8  # channel means, then means of squares, of 4 channels
 
 
 def clusters(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +21,10 @@ def clusters(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.
 
 
 def early_features(rng: np.random.Generator, n: int, scale: float = 1.0) -> np.ndarray:
-    """Channel means and variances as a photo's first layers give them; ``scale`` > 1: a noisier picture."""
+    """Channel means and means of squares as a photo's first layer gives them; ``scale`` > 1: a noisier picture."""
     means = np.abs(rng.normal(1.0, 0.1, size=(n, EARLY // 2))) * scale
     variances = np.abs(rng.normal(0.5, 0.05, size=(n, EARLY // 2))) * scale**2
-    return np.concatenate([means, variances], axis=1).astype(np.float32)
+    return np.concatenate([means, variances + means**2], axis=1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import onnxruntime as ort
 INPUT_NAME = "image"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_EMBEDDING = "embedding"
-# Optional: per-channel spatial means, then variances, of the network's first activations (the OOD
-# score's low-level half, training.model.ood). Versions exported before issue 25 lack it.
+# Optional: per-channel spatial means, then means of squares, of the network's first activation (the
+# OOD score's low-level half, training.model.ood). Versions exported before issue 25 lack it.
 OUTPUT_EARLY = "early_features"
 
 

@@ -8,8 +8,8 @@ held-out class and corrupted images, the worst case first):
 - ``fused`` (default): the larger of two calibrated scores. *Relative Mahalanobis* (``rmds``,
   Ren et al. 2021) on the penultimate embedding tells a class the model never saw (near OOD);
   a Mahalanobis distance on the *early features* (``early``: per-channel means and standard
-  deviations of the first two activations, Lee et al. 2018's feature ensemble at its first
-  layers) tells noise, flat colours and another kind of picture (far OOD), which the embedding
+  deviations of the first activation, Lee et al. 2018's feature ensemble at its first
+  layer) tells noise, flat colours and another kind of picture (far OOD), which the embedding
   maps onto a class with full confidence: uniform noise at the model's own input size scored
   AUROC 0.53-0.88 on the embedding alone, 1.000 on the early features (issue 25).
 - ``rmds``, ``early``: either half alone.
@@ -73,6 +73,7 @@ class Component:
     arrays: dict[str, np.ndarray]
     k: int = 1  # knn: which neighbour
     normalise: bool = True  # mahalanobis: on the L2-normalised embedding
+    derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # computed once, unsaved
 
     def raw(self, embeddings: np.ndarray, early: np.ndarray | None, head: Head | None) -> np.ndarray:
         return _RAW[self.kind](self, np.asarray(embeddings, np.float32), early, head)
@@ -92,9 +93,13 @@ class OodScorer:
     warning: str | None = None  # why not, for people
     held_out_min_per_class: int | None = None  # the fewest held-out images of any class (None: not counted)
     threshold_raw: float = field(init=False)
+    _ranks: Ranks = field(init=False, repr=False, compare=False)
+    _parts: list[Ranks] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.threshold_raw = float(np.quantile(self.calibration, self.quantile))
+        self._ranks = Ranks(self.calibration)
+        self._parts = [Ranks(c) for c in self.parts_calibration]
 
     @property
     def k(self) -> int:
@@ -118,11 +123,11 @@ class OodScorer:
         parts = [c.raw(embeddings, early, self.head) for c in self.components]
         if len(parts) == 1:
             return parts[0]
-        return np.max([surprise(c, p) for c, p in zip(self.parts_calibration, parts, strict=True)], axis=0)
+        return np.max([r.surprise(p) for r, p in zip(self._parts, parts, strict=True)], axis=0)
 
     def to_unit(self, raw: np.ndarray) -> np.ndarray:
         """Rank among the held-out scores, continuous and strictly increasing, tails included."""
-        return to_unit(self.calibration, raw)
+        return self._ranks.unit(raw)
 
     def score(self, embeddings: np.ndarray, early: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ood_score, ood)`` for each row; ``ood`` is the threshold's answer even when uncalibrated
@@ -221,30 +226,46 @@ def to_unit(calibration: np.ndarray, raw: np.ndarray) -> np.ndarray:
     0 or 1 as t / (1 + t), t the distance past the last held-out score in units of their spread,
     so it works for scores of any sign and scale and never reaches 0 or 1.
     """
-    c = np.asarray(calibration, np.float64)
-    raw = np.asarray(raw, np.float64)
-    n = len(c)
-    ranks = np.arange(1, n + 1) / (n + 1)
-    unit = np.interp(raw, c, ranks)
-    spread = max(float(c[-1] - c[0]), 1e-12)
-    high, low = raw > c[-1], raw < c[0]
-    beyond = (raw[high] - c[-1]) / spread
-    unit[high] = ranks[-1] + (1 - ranks[-1]) * beyond / (1 + beyond)
-    unit[low] = ranks[0] / (1 + (c[0] - raw[low]) / spread)
-    return unit
+    return Ranks(calibration).unit(raw)
 
 
 def surprise(calibration: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """-log(1 - rank): the same order as :func:`to_unit`, but far-out scores stay apart instead of all
     rounding to a rank of 1 (so a fusion's largest part still says how far out an image is)."""
-    c = np.asarray(calibration, np.float64)
-    raw = np.asarray(raw, np.float64)
-    n = len(c)
-    top = n / (n + 1)
-    out = -np.log1p(-np.minimum(to_unit(c, raw), top))
-    high = raw > c[-1]
-    out[high] = -np.log1p(-top) + np.log1p((raw[high] - c[-1]) / max(float(c[-1] - c[0]), 1e-12))
-    return out
+    return Ranks(calibration).surprise(raw)
+
+
+class Ranks:
+    """:func:`to_unit` and :func:`surprise` against one sorted calibration, its constants computed once
+    (a prediction of one image scores in tens of microseconds: issue 13's budget)."""
+
+    def __init__(self, calibration: np.ndarray) -> None:
+        self.calibration = np.asarray(calibration, np.float64)
+        n = len(self.calibration)
+        self.ranks = np.arange(1, n + 1) / (n + 1)
+        self.low, self.high = float(self.calibration[0]), float(self.calibration[-1])
+        self.spread = max(self.high - self.low, 1e-12)
+        self.bottom, self.top = float(self.ranks[0]), float(self.ranks[-1])
+
+    def unit(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, np.float64)
+        unit = np.interp(raw, self.calibration, self.ranks)
+        if raw.size and raw.max() > self.high:
+            high = raw > self.high
+            beyond = (raw[high] - self.high) / self.spread
+            unit[high] = self.top + (1 - self.top) * beyond / (1 + beyond)
+        if raw.size and raw.min() < self.low:
+            low = raw < self.low
+            unit[low] = self.bottom / (1 + (self.low - raw[low]) / self.spread)
+        return unit
+
+    def surprise(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, np.float64)
+        out = -np.log1p(-np.minimum(self.unit(raw), self.top))
+        if raw.size and raw.max() > self.high:
+            high = raw > self.high
+            out[high] = -np.log1p(-self.top) + np.log1p((raw[high] - self.high) / self.spread)
+        return out
 
 
 def fit_ood(
@@ -303,10 +324,14 @@ def fit_ood(
         for kind in kinds
     ]
     parts = [np.sort(c.raw(held_out.embeddings, held_out.early, head)) for c in components]
-    scorer = OodScorer(
+    final = parts[0]
+    if len(parts) > 1:  # the fusion's own score on the same held-out images
+        fused = OodScorer(method, components, final, quantile, parts, head)
+        final = np.sort(fused.raw(held_out.embeddings, held_out.early))
+    return OodScorer(
         method,
         components,
-        np.zeros(1),
+        final,
         quantile,
         parts if len(parts) > 1 else [],
         head,
@@ -314,21 +339,18 @@ def fit_ood(
         warning=warning,
         held_out_min_per_class=least,
     )
-    final = parts[0] if len(parts) == 1 else np.sort(scorer.raw(held_out.embeddings, held_out.early))
-    scorer.calibration = final
-    scorer.threshold_raw = float(np.quantile(final, quantile))
-    return scorer
 
 
 def early_statistics(early: np.ndarray) -> np.ndarray:
-    """The graph's early features (channel means, then variances) as means and standard deviations.
+    """The graph's early features (channel means, then means of squares) as means and standard deviations.
 
     Standard deviations, not OpenOOD's variances: on the photos demo, greyscale noise at twice the
     input size scored AUROC 0.994 with variances and 1.000 with deviations (a heavy tail tamed).
     """
     x = np.asarray(early, np.float64)
     half = x.shape[1] // 2
-    return np.concatenate([x[:, :half], np.sqrt(np.maximum(x[:, half:], 0.0))], axis=1)
+    means = x[:, :half]
+    return np.concatenate([means, np.sqrt(np.maximum(x[:, half:] - means * means, 0.0))], axis=1)
 
 
 # --- the components: fit and raw score (higher = further), OpenOOD v1.5's formulas -------------------
@@ -375,9 +397,14 @@ def _fit_rmds(train: _Outputs, labels: np.ndarray, head: Head | None, **options:
 
 def _raw_rmds(c: Component, x: np.ndarray, early: np.ndarray | None, head: Head | None) -> np.ndarray:
     """min over classes of MD_class(x)^2 - MD_background(x)^2 (OpenOOD's RMDSPostprocessor, negated)."""
-    to_class = _squared_to(x @ c.arrays["whitening"], c.arrays["reference"]).min(axis=1)
-    to_all = (((x - c.arrays["centre"]) @ c.arrays["background"]) ** 2).sum(axis=1)
-    return (to_class - to_all).astype(np.float64)
+    if not c.derived:  # both whitenings in one product; the background's centre as an offset
+        c.derived["both"] = np.concatenate([c.arrays["whitening"], c.arrays["background"]], axis=1)
+        c.derived["offset"] = c.arrays["centre"] @ c.arrays["background"]
+    both = x @ c.derived["both"]
+    width = c.arrays["whitening"].shape[1]
+    to_class = _squared_to(both[:, :width], c.arrays["reference"]).min(axis=1)
+    background = both[:, width:] - c.derived["offset"]
+    return (to_class - (background * background).sum(axis=1)).astype(np.float64)
 
 
 def _fit_early(train: _Outputs, labels: np.ndarray, head: Head | None, **options: Any) -> Component:
@@ -391,7 +418,10 @@ def _fit_early(train: _Outputs, labels: np.ndarray, head: Head | None, **options
 def _raw_early(c: Component, x: np.ndarray, early: np.ndarray | None, head: Head | None) -> np.ndarray:
     if early is None:
         raise ValueError("this OOD score needs the graph's early features")
-    white = (early_statistics(early) - c.arrays["centre"]) @ c.arrays["whitening"].astype(np.float64)
+    if not c.derived:
+        c.derived["whitening"] = c.arrays["whitening"].astype(np.float64)
+        c.derived["offset"] = c.arrays["centre"].astype(np.float64) @ c.derived["whitening"]
+    white = early_statistics(early) @ c.derived["whitening"] - c.derived["offset"]
     return (white * white).sum(axis=1)
 
 
