@@ -282,7 +282,9 @@ class DriftWindow(Out):
     n: int = Field(description="Predictions logged in the window.")
     verdict: str = Field(description="drift, no drift, or too few predictions.")
     reasons: list[str] = Field(default_factory=list)
-    ood: dict[str, Any] = Field(description="share, expected, count, p_value, drift.")
+    ood: dict[str, Any] = Field(
+        description="share, expected, count, p_value, drift; note: why share is null (no prediction had a flag)."
+    )
     labels: dict[str, Any] = Field(description="shares, reference_shares, js_distance, p_value, drift.")
     embedding: dict[str, Any] = Field(description="n_compared, ks_max, dimension, p_value, dimensions_shifted, drift.")
 

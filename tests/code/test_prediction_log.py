@@ -169,6 +169,7 @@ def test_an_uncalibrated_version_answers_no_ood_share_rather_than_no_drift(tmp_p
     log.flush()
     window = drift_report(log, reference, "v1", window="1h", windows=1)["windows"][0]
     assert window["n"] == 100 and window["ood"]["share"] is None and not window["ood"]["drift"]
+    assert "uncalibrated" in window["ood"]["note"]
     log.close()
 
 
