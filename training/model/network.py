@@ -244,19 +244,19 @@ def feature_extractor(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.input, network(classifier.input, training=False), name="features")
 
 
-def inference_model(classifier: keras.Model) -> keras.Model:
-    """Same weights, three named outputs: class probabilities, the penultimate embedding and the early features."""
-    probabilities = layers.Softmax(name=OUTPUT_PROBABILITIES)(classifier.output)
-    embedding = classifier.get_layer(EMBEDDING_LAYER).output
-    return keras.Model(
-        classifier.input,
-        {
-            OUTPUT_PROBABILITIES: probabilities,
-            OUTPUT_EMBEDDING: embedding,
-            OUTPUT_EARLY: early_features(classifier),
-        },
-        name="bouncer_inference",
-    )
+def inference_model(classifier: keras.Model, *, early: bool = True) -> keras.Model:
+    """Same weights, named outputs: class probabilities, the penultimate embedding and (``early``) the early features.
+
+    Without them for the saved ``model.keras``: a backbone's early features come from a second model
+    over its first layers, and Keras 3 cannot load a file whose layers two nested models share.
+    """
+    outputs = {
+        OUTPUT_PROBABILITIES: layers.Softmax(name=OUTPUT_PROBABILITIES)(classifier.output),
+        OUTPUT_EMBEDDING: classifier.get_layer(EMBEDDING_LAYER).output,
+    }
+    if early:
+        outputs[OUTPUT_EARLY] = early_features(classifier)
+    return keras.Model(classifier.input, outputs, name="bouncer_inference")
 
 
 def early_features(classifier: keras.Model) -> keras.KerasTensor:

@@ -213,7 +213,8 @@ class _Dataset:
 
 @dataclass(frozen=True)
 class _Exported:
-    keras_inference: Any  # keras.Model with the two named outputs
+    keras_inference: Any  # keras.Model with the named outputs the ONNX graph has
+    keras_saved: Any  # the same without the early features: what model.keras holds
     onnx_model: Any  # onnx.ModelProto
     classifier: OnnxClassifier
     parity: dict[str, float]
@@ -272,7 +273,8 @@ def _export(settings: Settings, model: Any, classes: list[str], size: int, image
     if parity.max_abs_diff_early is not None:
         figures["max_rel_diff_early_features"] = parity.max_abs_diff_early
     kernel, bias = keras_inference.get_layer("logits").get_weights()
-    return _Exported(keras_inference, onnx_model, classifier, figures, Head(np.asarray(kernel), np.asarray(bias)))
+    head = Head(np.asarray(kernel), np.asarray(bias))
+    return _Exported(keras_inference, inference_model(model, early=False), onnx_model, classifier, figures, head)
 
 
 def _evaluate(data: _Dataset, predictions: Predictions) -> EvaluationReport:
@@ -388,7 +390,7 @@ def _register(
         index,
         metadata=metadata,
         labels={"data_version": data.version},
-        keras_model=exported.keras_inference,
+        keras_model=exported.keras_saved,
         audit=audit,
         ood=ood,
         reference=reference,
