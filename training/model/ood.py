@@ -123,7 +123,8 @@ class OodScorer:
         parts = [c.raw(embeddings, early, self.head) for c in self.components]
         if len(parts) == 1:
             return parts[0]
-        return np.max([r.surprise(p) for r, p in zip(self._parts, parts, strict=True)], axis=0)
+        surprises = [r.surprise(p) for r, p in zip(self._parts, parts, strict=True)]
+        return np.maximum(*surprises) if len(surprises) == 2 else np.max(surprises, axis=0)
 
     def to_unit(self, raw: np.ndarray) -> np.ndarray:
         """Rank among the held-out scores, continuous and strictly increasing, tails included."""
@@ -418,10 +419,16 @@ def _fit_early(train: _Outputs, labels: np.ndarray, head: Head | None, **options
 def _raw_early(c: Component, x: np.ndarray, early: np.ndarray | None, head: Head | None) -> np.ndarray:
     if early is None:
         raise ValueError("this OOD score needs the graph's early features")
-    if not c.derived:
-        c.derived["whitening"] = c.arrays["whitening"].astype(np.float64)
-        c.derived["offset"] = c.arrays["centre"].astype(np.float64) @ c.derived["whitening"]
-    white = early_statistics(early) @ c.derived["whitening"] - c.derived["offset"]
+    if not c.derived:  # the whitening split into its rows for the means and for the deviations
+        whitening = c.arrays["whitening"].astype(np.float64)
+        half = whitening.shape[0] // 2
+        c.derived |= {"of_means": whitening[:half], "of_deviations": whitening[half:]}
+        c.derived["offset"] = c.arrays["centre"].astype(np.float64) @ whitening
+    x = np.asarray(early, np.float64)
+    half = x.shape[1] // 2
+    means = x[:, :half]
+    deviations = np.sqrt(np.maximum(x[:, half:] - means * means, 0.0))
+    white = means @ c.derived["of_means"] + deviations @ c.derived["of_deviations"] - c.derived["offset"]
     return (white * white).sum(axis=1)
 
 
