@@ -249,3 +249,32 @@ def test_a_model_belongs_to_its_dataset(
     assert refused.exit_code == 2
     assert "predicts the classes ['cross', 'ring', 'square'], but this dataset's classes are ['bear'," in refused.output
     assert "train a model on this dataset" in refused.output
+
+
+def test_eighteen_training_photos_answer_an_unseen_picture_with_ood_null(tmp_path: Path, settings: Settings) -> None:
+    """Issue 25's tiny folder: 18 training photos, 3 test photos. It used to answer a cat, a city and a cup with
+    ~0.98 confidence and `ood: false`; with 3 held-out images the threshold means nothing, so `ood` is null."""
+    from PIL import Image
+
+    from bento_service.predictor import answer_rows, infer
+
+    rng = np.random.default_rng(0)
+    for split, colour, count in (("train", "red", 9), ("train", "blue", 9), ("test", "red", 2), ("test", "blue", 1)):
+        folder = settings.data_dir / split / colour
+        folder.mkdir(parents=True, exist_ok=True)
+        tint = np.array([200, 40, 40] if colour == "red" else [40, 40, 200])
+        for i in range(count):
+            pixels = np.clip(tint + rng.normal(0, 25, (48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"IMG_{i:03d}.jpg", quality=90)
+    result = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=2)
+    assert result.ood_calibrated is False and result.ood_warning is not None
+    model = load_registered(result.tag)
+    assert model.ood is not None  # fitted (a tenth of the train split ranks), but not calibrated
+    size = model.image_size
+    unseen = np.stack(
+        [np.full((size, size, 3), (60, 170, 60), np.uint8), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
+    )
+    found = infer(model, unseen, want_embeddings=False)
+    for answer in answer_rows(found.probabilities, model.class_names, model.version, found.ood, found.ood_warning):
+        assert answer["ood"] is None and answer["ood_warning"] == result.ood_warning
+        assert 0.0 < answer["ood_score"] < 1.0
