@@ -162,7 +162,7 @@ class Predictor:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood)
+        answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood, outputs.ood_warning)
         if self.log is not None and outputs.embeddings is not None:
             uploads = None if any(job.uploads is None for job in jobs) else [u for job in jobs for u in job.uploads]
             self.log.record(model, answers, outputs.embeddings, uploads)
@@ -188,18 +188,27 @@ def pixel_count(data: bytes) -> int:
 class Outputs:
     probabilities: np.ndarray  # (n, K)
     embeddings: np.ndarray | None  # (n, D), when the OOD score or the log needs them
-    ood: tuple[list[float], list[bool]] | None  # (ood_score, ood) per row; None for a version without a scorer
+    ood: tuple[list[float], list[bool | None]] | None  # (ood_score, ood) per row; None for a version without a scorer
+    ood_warning: str | None = None  # why `ood` is null: the version's threshold is uncalibrated
 
 
 def infer(model: RegisteredModel, pixels: np.ndarray, want_embeddings: bool, score: bool = True) -> Outputs:
-    """One ONNX run and the OOD score over its embedding (in the run's thread, off the event loop)."""
+    """One ONNX run and the OOD score over its outputs (in the run's thread, off the event loop).
+
+    An uncalibrated scorer (too few held-out images per class) still ranks, but answers ``ood``
+    null rather than a confident false (issue 25).
+    """
     scorer = model.ood if score else None
     if scorer is None and not want_embeddings:
         return Outputs(model.classifier.probabilities(pixels), None, None)
     outputs = model.classifier.outputs(pixels)
     if scorer is None:
         return Outputs(outputs.probabilities, outputs.embeddings, None)
-    scores, flags = scorer.score(outputs.embeddings)
+    scores, flags = scorer.score(outputs.embeddings, outputs.early)
+    if scorer.calibrated is False:
+        return Outputs(
+            outputs.probabilities, outputs.embeddings, (scores.tolist(), [None] * len(scores)), scorer.warning
+        )
     return Outputs(outputs.probabilities, outputs.embeddings, (scores.tolist(), flags.tolist()))
 
 
@@ -207,7 +216,8 @@ def answer_rows(
     probabilities: np.ndarray,
     class_names: list[str],
     version: str,
-    ood: tuple[list[float], list[bool]] | None = None,
+    ood: tuple[list[float], list[bool | None]] | None = None,
+    ood_warning: str | None = None,
 ) -> list[dict[str, Any]]:
     """The documented Prediction for each row of class probabilities."""
     best = probabilities.argmax(axis=1)
@@ -221,6 +231,7 @@ def answer_rows(
             "model_version": version,
             "ood_score": score,
             "ood": flag,
+            "ood_warning": ood_warning,
         }
         for b, row, score, flag in zip(best.tolist(), rows, scores, flags, strict=True)
     ]

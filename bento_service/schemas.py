@@ -29,7 +29,14 @@ class Prediction(Out):
         description="0..1, higher = less like the training data: the share of held-out training-like images "
         "that look more usual (null for a version trained before OOD scores).",
     )
-    ood: bool | None = Field(None, description="ood_score above the version's threshold (BOUNCER_OOD_QUANTILE).")
+    ood: bool | None = Field(
+        None,
+        description="ood_score above the version's threshold (BOUNCER_OOD_QUANTILE); null when the version has no "
+        "OOD score or its threshold is uncalibrated (see ood_warning): it cannot tell.",
+    )
+    ood_warning: str | None = Field(
+        None, description="Why `ood` is null: too few held-out images per class to calibrate the threshold."
+    )
 
 
 class ImageInfo(Out):
@@ -119,6 +126,13 @@ class Evaluation(Out):
     accuracy_interval: list[float] | None = Field(
         None, description="[low, high]: where the accuracy lies, 95% (Wilson score interval); null without images."
     )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class ModelVersion(Out):
@@ -140,6 +154,13 @@ class ModelVersion(Out):
     test_accuracy_interval: list[float] | None = Field(
         None, description="[low, high]: its test accuracy, 95% (Wilson); null without test figures."
     )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class SuspectOut(Out):
@@ -228,6 +249,13 @@ class TrainResult(Out):
     promotion_warning: str | None = Field(
         None, description="Set when the test split is too small to tell the new and the serving model apart."
     )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class TrainProgress(Out):
@@ -254,7 +282,9 @@ class DriftWindow(Out):
     n: int = Field(description="Predictions logged in the window.")
     verdict: str = Field(description="drift, no drift, or too few predictions.")
     reasons: list[str] = Field(default_factory=list)
-    ood: dict[str, Any] = Field(description="share, expected, count, p_value, drift.")
+    ood: dict[str, Any] = Field(
+        description="share, expected, count, p_value, drift; note: why share is null (no prediction had a flag)."
+    )
     labels: dict[str, Any] = Field(description="shares, reference_shares, js_distance, p_value, drift.")
     embedding: dict[str, Any] = Field(description="n_compared, ks_max, dimension, p_value, dimensions_shifted, drift.")
 

@@ -61,6 +61,7 @@ from training.errors import NotFound, TooLarge
 from training.jobs.runner import TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
+from training.model.ood import calibration_status
 from training.monitoring.drift import DURATION_PATTERN
 from training.monitoring.prediction_log import PredictionLog
 from training.registry.serving import describe_versions, promote_version
@@ -238,7 +239,12 @@ class Bouncer:
         curator = self.curator()
         report = curator.evaluate(split)
         return Evaluation.model_validate(
-            {**report.as_dict(), "model_version": curator.model.version, "data_version": self.store.data_version()}
+            {
+                **report.as_dict(),
+                "model_version": curator.model.version,
+                "data_version": self.store.data_version(),
+                **calibration_status(curator.model.ood),
+            }
         )
 
     @bentoml.api

@@ -250,8 +250,9 @@ def train(
         metrics_file=metrics_file,
     )
     _print_json(result.summary())  # with beats_baseline and warning, as the train task's result
-    if result.warning:
-        typer.secho(f"warning: {result.warning}", err=True, fg=typer.colors.YELLOW)
+    for warning in (result.warning, result.ood_warning):
+        if warning:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -263,13 +264,14 @@ def evaluate(
 ) -> None:
     """Evaluate the serving model (its ONNX graph) on the current labels of a split, as the `evaluate` endpoint."""
     from training.curation.curator import check_evaluable
+    from training.model.ood import calibration_status
 
     settings = _settings()
     with _store(settings) as store:  # the request's own mistakes first, before looking for a model
         check_evaluable(settings, store, split)
     with _curator(model) as curator:
         report = curator.evaluate(split)
-        payload = {"model": curator.model.tag, **report.as_dict()}
+        payload = {"model": curator.model.tag, **report.as_dict(), **calibration_status(curator.model.ood)}
     payload["misclassified"] = payload["misclassified"][:show]
     _print_json(payload)
 

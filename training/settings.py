@@ -225,13 +225,22 @@ class Settings(BaseSettings):
         256, ge=0, description="Images imported after training embedded during a search; more go to a background job."
     )
     # --- out-of-distribution score, prediction log, drift ----------------------------
-    ood_method: Literal["mahalanobis", "knn"] = Field(
-        "mahalanobis",
-        description="How ood_score is computed from the embedding (benchmarks/ood.py compares them).",
+    ood_method: Literal["fused", "rmds", "early", "mahalanobis", "knn", "knn+norm", "vim", "energy", "max_logit"] = (
+        Field(
+            "fused",
+            description="How ood_score is computed (training.model.ood; benchmarks/ood.py compares them). fused: "
+            "relative Mahalanobis on the embedding or Mahalanobis on the first layers' statistics, the more unusual.",
+        )
     )
     ood_scoring: bool = Field(True, description="Score every prediction (false: ood_score and ood are null).")
     ood_quantile: float = Field(
         0.99, gt=0.5, lt=1.0, description="`ood` is true above this quantile of held-out in-distribution scores."
+    )
+    ood_min_held_out_per_class: int = Field(
+        10,
+        ge=0,
+        description="Fewer held-out (test split) images of any class leave the OOD threshold uncalibrated: "
+        "predictions answer ood: null with ood_warning, models/evaluate/train say so.",
     )
     ood_k: int = Field(1, ge=1, le=100, description="knn: the neighbour whose distance is the score.")
     ood_reference_max: int = Field(

@@ -43,7 +43,7 @@ COVERED_ELSEWHERE = {
         "a benchmark (load for minutes), not a test; tests/code/test_packaging.py checks that the bench"
         " extra declares what benchmarks/ imports"
     ),
-    "benchmarks/ood.py": "a benchmark (two trainings and load for minutes), not a test",
+    "benchmarks/ood.py": "a benchmark (four trainings and load for minutes), not a test",
     "benchmarks/label_issues.py": (
         "a benchmark (four datasets, about an hour on 2 cores), not a test; tests/code/test_label_issues.py and"
         " tests/model/test_suspect_ranking.py test the ranking it measures"

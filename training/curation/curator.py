@@ -30,6 +30,7 @@ from training.errors import BouncerError, Conflict, Invalid
 from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
+from training.model.ood import OodScorer
 from training.model.reference import DriftReference
 from training.monitoring.drift import DriftInputError, drift_report, parse_window
 from training.monitoring.importer import ImportedImage, ImportInputError, import_predictions
@@ -62,6 +63,7 @@ class ModelVersion(Protocol):
     index: VectorIndex
     audit: LabelAudit | None
     reference: DriftReference | None
+    ood: OodScorer | None
 
     @property
     def version(self) -> str: ...

@@ -5,6 +5,9 @@ thousands of predictions a test alone flags differences too small to matter:
 
 - **OOD share**: more predictions flagged ``ood`` than the expected ``1 - BOUNCER_OOD_QUANTILE``?
   One-sided binomial test; drift when p < alpha and the share is at least twice the expected one.
+  The expected share holds by construction: every OOD method's threshold is that quantile of the
+  held-out test images' scores (``training.model.ood``). Predictions answered ``ood: null`` (a
+  version whose threshold is uncalibrated, or scoring off) are not counted: the share is unknown.
 - **Label shift**: the predicted-label mix against the reference's (the model's predictions
   on held-out data). Chi-square goodness of fit; drift when p < alpha and the Jensen-Shannon
   distance is at least 0.1.
@@ -138,7 +141,14 @@ def compare(
 def _ood_share(counts: WindowCounts, reference: DriftReference, alpha: float) -> dict[str, Any]:
     expected = reference.ood_share
     if counts.scored == 0:
-        return {"share": None, "expected": expected, "p_value": None, "drift": False}
+        note = "no prediction in the window has an ood flag (an uncalibrated OOD threshold, or scoring off)"
+        return {
+            "share": None,
+            "expected": expected,
+            "p_value": None,
+            "drift": False,
+            "note": note if counts.n else None,
+        }
     share = counts.ood / counts.scored
     p = float(stats.binomtest(counts.ood, counts.scored, expected, alternative="greater").pvalue)
     drift = p < alpha and share >= OOD_RATIO_MIN * expected

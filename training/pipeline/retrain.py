@@ -43,6 +43,8 @@ class RetrainResult:
     warning: str | None  # for people: the new model is no better than that baseline, or there was no test split
     test_accuracy_interval: list[float] | None = None  # 95% interval of the new model's test accuracy
     promotion_warning: str | None = None  # the test split cannot tell the new and the serving model apart
+    ood_calibrated: bool | None = None  # False: too few held-out images per class; predictions answer ood: null
+    ood_warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +140,8 @@ def retrain(
         warning=trained.warning,
         test_accuracy_interval=trained.test_accuracy_interval,
         promotion_warning=promotion_warning,
+        ood_calibrated=trained.ood_calibrated,
+        ood_warning=trained.ood_warning,
     )
 
 

@@ -22,7 +22,7 @@ from training.labels.store import ImageRecord, open_store
 from training.labels.sync import import_folder
 from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
-from training.model.ood import OodScorer, fit_ood
+from training.model.ood import Head, OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
 from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
@@ -56,6 +56,8 @@ class TrainingResult:
     total_wall_time_s: float
     notes: list[str] = field(default_factory=list)  # steps skipped or figures to doubt (readiness)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # out_of_fold, neighbours (within it)
+    ood_calibrated: bool | None = None  # False: too few held-out images per class; predictions answer ood: null
+    ood_warning: str | None = None
 
     @property
     def test_accuracy_interval(self) -> list[float] | None:
@@ -87,6 +89,8 @@ class TrainingResult:
             "train_wall_time_s": round(self.train_wall_time_s, 1),
             "total_wall_time_s": round(self.total_wall_time_s, 1),
             "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()},
+            "ood_calibrated": self.ood_calibrated,
+            "ood_warning": self.ood_warning,
         }
 
 
@@ -138,7 +142,9 @@ def run_training(
         embedder, index = _embed(settings, data, train_predictions, test_predictions)
         fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
         report_phase(progress, sink, "ood", f"fitting {fitting}the drift reference")
-        ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder, ready.ood)
+        ood, reference = _baseline(
+            settings, data, train_predictions, test_predictions, embedder, ready.ood, exported.head
+        )
         audit, phase_seconds = None, {}
         if ready.out_of_fold:
             folds = settings.out_of_fold_folds
@@ -176,6 +182,8 @@ def run_training(
         total_wall_time_s=time.perf_counter() - started,
         notes=ready.notes,
         phase_seconds=phase_seconds,
+        ood_calibrated=None if ood is None else ood.calibrated,
+        ood_warning=None if ood is None else ood.warning,
     )
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +213,12 @@ class _Dataset:
 
 @dataclass(frozen=True)
 class _Exported:
-    keras_inference: Any  # keras.Model with the two named outputs
+    keras_inference: Any  # keras.Model with the named outputs the ONNX graph has
+    keras_saved: Any  # the same without the early features: what model.keras holds
     onnx_model: Any  # onnx.ModelProto
     classifier: OnnxClassifier
     parity: dict[str, float]
+    head: Head  # the last layer's weights, for OOD scores that read logits
 
 
 def _import(settings: Settings) -> _Dataset:
@@ -260,7 +270,11 @@ def _export(settings: Settings, model: Any, classes: list[str], size: int, image
         "max_abs_diff_probabilities": parity.max_abs_diff_probabilities,
         "max_abs_diff_embedding": parity.max_abs_diff_embedding,
     }
-    return _Exported(keras_inference, onnx_model, classifier, figures)
+    if parity.max_abs_diff_early is not None:
+        figures["max_rel_diff_early_features"] = parity.max_abs_diff_early
+    kernel, bias = keras_inference.get_layer("logits").get_weights()
+    head = Head(np.asarray(kernel), np.asarray(bias))
+    return _Exported(keras_inference, inference_model(model, early=False), onnx_model, classifier, figures, head)
 
 
 def _evaluate(data: _Dataset, predictions: Predictions) -> EvaluationReport:
@@ -289,7 +303,13 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
 
 
 def _baseline(
-    settings: Settings, data: _Dataset, train: Predictions, test: Predictions, embedder: Pipeline, with_ood: bool
+    settings: Settings,
+    data: _Dataset,
+    train: Predictions,
+    test: Predictions,
+    embedder: Pipeline,
+    with_ood: bool,
+    head: Head,
 ) -> tuple[OodScorer | None, DriftReference]:
     """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline.
 
@@ -302,14 +322,22 @@ def _baseline(
             train.embeddings,
             targets,
             test.embeddings,
+            held_out_labels=np.array([data.classes.index(r.label) for r in data.test], dtype=np.int64),
+            train_early=train.early,
+            held_out_early=test.early,
+            head=head,
             k=settings.ood_k,
             reference_max=settings.ood_reference_max,
             quantile=settings.ood_quantile,
             seed=settings.seed,
+            min_held_out_per_class=settings.ood_min_held_out_per_class,
+            class_names=data.classes,
         )
         if with_ood
         else None
     )
+    if ood is not None and not ood.calibrated:
+        log.warning("OOD score uncalibrated: %s", ood.warning)
     held_out, source = (test, settings.test_split) if len(data.test) else (train, settings.train_split)
     vectors = embedder.transform(held_out.embeddings).astype(np.float32)
     reference = fit_reference(
@@ -362,7 +390,7 @@ def _register(
         index,
         metadata=metadata,
         labels={"data_version": data.version},
-        keras_model=exported.keras_inference,
+        keras_model=exported.keras_saved,
         audit=audit,
         ood=ood,
         reference=reference,
@@ -395,7 +423,13 @@ def _track(
     mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
     if ood is not None:
         mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
-        mlflow.log_metrics({"ood_threshold_raw": ood.threshold_raw, "ood_calibration_size": len(ood.calibration)})
+        mlflow.log_metrics(
+            {
+                "ood_threshold_raw": ood.threshold_raw,
+                "ood_calibration_size": len(ood.calibration),
+                "ood_calibrated": float(bool(ood.calibrated)),
+            }
+        )
     mlflow.log_dict(reference.statistics(), "drift_reference.json")  # what `bouncer drift` compares with
 
 

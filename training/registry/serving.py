@@ -152,6 +152,8 @@ class VersionInfo:
     warning: str | None
     recipe: dict[str, Any] | None
     test_accuracy_interval: list[float] | None = None  # 95%, from test_accuracy and n_test
+    ood_calibrated: bool | None = None  # False: `ood` is answered null; None: not recorded (older versions)
+    ood_warning: str | None = None
 
 
 def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -> list[VersionInfo]:
@@ -189,6 +191,8 @@ def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
         ),
         recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
         test_accuracy_interval=list(interval) if interval else None,
+        ood_calibrated=bool(metadata["ood_calibrated"]) if "ood_calibrated" in metadata else None,
+        ood_warning=metadata.get("ood_warning"),
     )
 
 
