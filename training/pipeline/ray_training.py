@@ -1,0 +1,191 @@
+"""The Ray engine of ``bouncer train``: the out-of-fold models as Ray tasks, the main model on Ray Train.
+
+Each fold model is one task (``BOUNCER_TRAIN_TASK_CPUS`` CPUs, TensorFlow held to that
+many threads) that any node may run; the tasks get the fold's row numbers and the
+decoded files' paths (a :class:`~training.data.decoded.DecodedFile` pickles as its
+path), so on a cluster STATE_DIR must be mounted at the same path on every node, as
+DATA_DIR is for ``bouncer score --engine ray``. Results come back through the object
+store in the order the tasks finish; each says the node it ran on (``fold_nodes`` in
+the version's metadata).
+
+With ``BOUNCER_TRAIN_WORKERS`` > 1 the main model is trained data-parallel by Ray
+Train's ``TensorflowTrainer`` (``MultiWorkerMirroredStrategy``): each worker reads its
+share of the train rows; worker 0 saves the model in STATE_DIR, where the driver reads
+it. With one worker (the default) the main model is trained in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from training.scoring.ray_engine import ray_session
+from training.settings import Settings
+
+if TYPE_CHECKING:
+    import keras
+
+    from training.data.decoded import DecodedImages
+    from training.model.fit import TrainConfig, TrainedClassifier
+    from training.model.out_of_fold import FoldInputs, FoldJob, FoldResult, FoldRunner
+    from training.progress import ProgressSink, TrainingProgress
+
+log = logging.getLogger(__name__)
+
+ENGINE = "ray"
+
+
+def _thread_env(cpus: int) -> dict[str, str]:
+    """TensorFlow in a task uses the CPUs Ray gave it, not every core (two tasks on 2 cores would fight)."""
+    return {
+        "TF_NUM_INTRAOP_THREADS": str(cpus),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(cpus),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
+    }
+
+
+def _fold_task(inputs: FoldInputs, job: FoldJob) -> FoldResult:
+    """One fold model, on whichever node Ray chose; the result names that node."""
+    import ray
+
+    from training.model.out_of_fold import fit_fold
+
+    return fit_fold(inputs, job, node=ray.get_runtime_context().get_node_id())
+
+
+class RayEngine:
+    """Fold models as Ray tasks; the main model here, or on Ray Train's workers."""
+
+    name = ENGINE
+    needs_files = True
+
+    def __init__(self, ray: ModuleType, settings: Settings) -> None:
+        self.ray, self.settings = ray, settings
+
+    def describe(self) -> dict[str, Any]:
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return {
+            "train_engine": self.name,
+            "train_workers": self.settings.train_workers,
+            "train_task_cpus": self.settings.train_task_cpus,
+            "ray_nodes": len(nodes),
+        }
+
+    def fold_runner(self) -> FoldRunner:
+        return self.run_folds
+
+    def run_folds(self, inputs: FoldInputs, jobs: list[FoldJob]) -> Iterator[FoldResult]:
+        """Every fold job submitted at once; results yielded as they finish (a resumed run saves each then)."""
+        cpus = self.settings.train_task_cpus
+        task = self.ray.remote(num_cpus=cpus, max_retries=0)(_fold_task).options(
+            runtime_env={"env_vars": _thread_env(cpus)}
+        )
+        shared = self.ray.put(inputs)  # paths and small arrays: the images stay in their files
+        pending = [task.remote(shared, job) for job in jobs]
+        try:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1)
+                result = self.ray.get(done[0])
+                log.info("out-of-fold model %d/%d done on node %s", result.fold, inputs.folds, result.node[:12])
+                yield result
+        finally:
+            for ref in pending:  # the run failed or was stopped: no fold keeps training for nobody
+                self.ray.cancel(ref, force=True)
+
+    def fit(
+        self,
+        images: DecodedImages,
+        labels: Sequence[str],
+        class_names: Sequence[str],
+        config: TrainConfig,
+        *,
+        progress: TrainingProgress,
+        sink: ProgressSink,
+        extra_callbacks: Sequence[keras.callbacks.Callback],
+    ) -> TrainedClassifier:
+        from training.model.fit import train_classifier
+
+        if self.settings.train_workers == 1:
+            return train_classifier(
+                images, labels, class_names, config, progress=progress, sink=sink, extra_callbacks=extra_callbacks
+            )
+        return self._fit_distributed(images, labels, class_names, config)
+
+    def _fit_distributed(
+        self, images: DecodedImages, labels: Sequence[str], class_names: Sequence[str], config: TrainConfig
+    ) -> TrainedClassifier:
+        """Ray Train's TensorflowTrainer: ``train_workers`` data-parallel replicas; worker 0 saves the model."""
+        import keras
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.tensorflow import TensorflowTrainer
+
+        from training.model.fit import TrainedClassifier
+
+        out = self.settings.runtime_dir / "ray-train"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cpus, workers = self.settings.train_task_cpus, self.settings.train_workers
+        trainer = TensorflowTrainer(
+            _train_worker,
+            train_loop_config={
+                "images": images,
+                "labels": list(labels),
+                "class_names": list(class_names),
+                "config": config,
+                "out": str(out),
+            },
+            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(storage_path=str(out / "runs"), name="main"),
+        )
+        log.info("training the main model on %d Ray Train workers", workers)
+        trainer.fit()
+        facts = json.loads((out / "main.json").read_text())
+        model = keras.models.load_model(out / "main.keras", compile=False)
+        shutil.rmtree(out, ignore_errors=True)
+        return TrainedClassifier(model, **facts)
+
+
+def _train_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker: its share of the rows (every ``world``-th), the network under the strategy."""
+    import numpy as np
+    import ray.train
+    import tensorflow as tf
+
+    from training.data.decoded import subset
+    from training.model.fit import train_classifier
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    images, labels = loop["images"], loop["labels"]
+    rows = np.arange(rank, len(images), world)
+    trained = train_classifier(
+        subset(images, rows), [labels[i] for i in rows], loop["class_names"], loop["config"], strategy=strategy
+    )
+    if rank == 0:
+        out = Path(loop["out"])
+        trained.model.save(out / "main.keras")
+        facts = {
+            "class_names": trained.class_names,
+            "history": trained.history,
+            "epochs_run": trained.epochs_run,
+            "wall_time_s": trained.wall_time_s,
+            "epochs_planned": trained.epochs_planned,
+            "validation_accuracy": trained.validation_accuracy,
+        }
+        (out / "main.json").write_text(json.dumps(facts))
+
+
+@contextmanager
+def ray_engine(settings: Settings) -> Iterator[RayEngine]:
+    """Ray for the run (the caller's, RAY_ADDRESS's cluster, or a local one shut down after)."""
+    with ray_session() as ray:
+        yield RayEngine(ray, settings)
