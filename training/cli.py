@@ -244,10 +244,6 @@ def train(
         TrainEngine | None,
         typer.Option(help="local, or ray: the out-of-fold models as Ray tasks (BOUNCER_TRAIN_ENGINE)."),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="ray: data-parallel Ray Train workers for the main model (BOUNCER_TRAIN_WORKERS)."),
-    ] = None,
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
     from training.pipeline.training_run import run_training
@@ -258,7 +254,6 @@ def train(
         embedder=embedder,
         seed=seed,
         train_engine=engine.value if engine else None,
-        train_workers=workers,
     )
     import_tensorflow_quietly()
     sink = console_progress(log)  # a line that updates in a terminal; a line per phase (and every 30 s) in a log

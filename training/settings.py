@@ -225,19 +225,11 @@ class Settings(BaseSettings):
         description="local: this machine; ray: the out-of-fold models as Ray tasks on any node (pip install -e "
         '".[ray]"; RAY_ADDRESS for a cluster, DATA_DIR and STATE_DIR mounted at the same path on every node).',
     )
-    train_workers: int = Field(
-        1,
-        ge=1,
-        le=256,
-        description="train_engine ray: data-parallel workers for the main model (Ray Train, TensorFlow's "
-        "MultiWorkerMirroredStrategy); 1 trains it in this process.",
-    )
     train_task_cpus: int = Field(
         1,
         ge=1,
         le=256,
-        description="train_engine ray: CPUs each fold task and each Ray Train worker asks for (and TensorFlow's "
-        "thread count in it).",
+        description="train_engine ray: CPUs each fold task asks for (and TensorFlow's thread count in it).",
     )
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")

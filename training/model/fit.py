@@ -9,7 +9,6 @@ validation loss (20 validation images make the raw one jump between epochs).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -256,13 +255,11 @@ def train_classifier(
     sink: ProgressSink | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     label: str | None = None,
-    strategy: tf.distribute.Strategy | None = None,
 ) -> TrainedClassifier:
     """Train from decoded images (n, s, s, 3) uint8 (an array, or a :class:`DecodedImages` source) and string labels.
 
     ``label``: names a helper model (e.g. an out-of-fold one) in progress messages; its
-    epochs do not count as the run's epochs. ``strategy``: a ``tf.distribute`` strategy the
-    network is built under (Ray Train's workers); the data is then this worker's share.
+    epochs do not count as the run's epochs.
 
     Long on purpose: one recipe read top to bottom (data, augmentation, network, schedule, callbacks).
     """
@@ -286,10 +283,9 @@ def train_classifier(
     # Only a pretrained backbone is frozen first and then fine-tuned; one from scratch learns from the start.
     fine_tune_epochs = config.fine_tune_epochs if is_pretrained(config.backbone, config.backbone_weights) else 0
     total = epochs + fine_tune_epochs
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_classifier(
-            len(class_names), config.image_size, backbone=config.backbone, weights=config.backbone_weights
-        )
+    model = build_classifier(
+        len(class_names), config.image_size, backbone=config.backbone, weights=config.backbone_weights
+    )
     callbacks: list[keras.callbacks.Callback] = [*extra_callbacks]
     if validation is not None:
         stopper = SmoothedEarlyStopping(
@@ -304,7 +300,7 @@ def train_classifier(
 
     train_data = make_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     started = time.perf_counter()
-    history = _fit(model, train_data, validation, config.learning_rate, epochs, callbacks, config.verbose, strategy)
+    history = _fit(model, train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
     if fine_tune_epochs:
         unfreeze_backbone(model)
         rate = config.learning_rate * FINE_TUNE_RATE_FACTOR
@@ -316,7 +312,6 @@ def train_classifier(
             fine_tune_epochs,
             callbacks,
             config.verbose,
-            strategy,
             first_epoch=len(history),
         )
     # on augmented images, as in training: "Rethinking Batch in BatchNorm" (Wu & Johnson, 2021)
@@ -372,7 +367,6 @@ def _fit(
     epochs: int,
     callbacks: list[keras.callbacks.Callback],
     verbose: int,
-    strategy: tf.distribute.Strategy | None = None,
     *,
     first_epoch: int = 0,
 ) -> list[dict[str, float]]:
@@ -380,12 +374,11 @@ def _fit(
     # get exported have settled (with a flat rate, validation accuracy swung by 0.1-0.2 late on).
     steps = int(train_data.cardinality()) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps), alpha=0.02)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     fit = model.fit(
         train_data,
         validation_data=validation,

@@ -51,7 +51,7 @@ class LocalEngine:
     needs_files = False
 
     def describe(self) -> dict[str, Any]:
-        return {"train_engine": self.name, "train_workers": 1}
+        return {"train_engine": self.name}
 
     def fold_runner(self) -> FoldRunner | None:
         return None  # out_of_fold_probabilities' own: one after another, with progress

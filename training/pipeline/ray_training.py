@@ -1,4 +1,4 @@
-"""The Ray engine of ``bouncer train``: the out-of-fold models as Ray tasks, the main model on Ray Train.
+"""The Ray engine of ``bouncer train``: the out-of-fold models as Ray tasks on any node.
 
 Each fold model is one task (``BOUNCER_TRAIN_TASK_CPUS`` CPUs, TensorFlow held to that
 many threads) that any node may run; the tasks get the fold's row numbers and the
@@ -8,21 +8,20 @@ DATA_DIR is for ``bouncer score --engine ray``. Results come back through the ob
 store in the order the tasks finish; each says the node it ran on (``fold_nodes`` in
 the version's metadata).
 
-With ``BOUNCER_TRAIN_WORKERS`` > 1 the main model is trained data-parallel by Ray
-Train's ``TensorflowTrainer`` (``MultiWorkerMirroredStrategy``): each worker reads its
-share of the train rows; worker 0 saves the model in STATE_DIR, where the driver reads
-it. With one worker (the default) the main model is trained in this process.
+The main model is trained in the driver's process. Not on Ray Train's
+``TensorflowTrainer``: it runs ``model.fit`` under ``MultiWorkerMirroredStrategy``, which
+Keras 3 does not support (tried here with Keras 3.15 / TF 2.21 / Ray 2.60: every worker
+fails in ``fit`` with "Attempt to convert a value (PerReplica...)"; keras-team/keras#20585
+and ray-project/ray#47464, both open). Data-parallel training of the main model waits
+for that, or for a custom training loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ def _fold_task(inputs: FoldInputs, job: FoldJob) -> FoldResult:
 
 
 class RayEngine:
-    """Fold models as Ray tasks; the main model here, or on Ray Train's workers."""
+    """Fold models as Ray tasks; the main model here."""
 
     name = ENGINE
     needs_files = True
@@ -74,7 +73,6 @@ class RayEngine:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         return {
             "train_engine": self.name,
-            "train_workers": self.settings.train_workers,
             "train_task_cpus": self.settings.train_task_cpus,
             "ray_nodes": len(nodes),
         }
@@ -111,77 +109,12 @@ class RayEngine:
         sink: ProgressSink,
         extra_callbacks: Sequence[keras.callbacks.Callback],
     ) -> TrainedClassifier:
+        """The main model in this process (see the module's note on Ray Train)."""
         from training.model.fit import train_classifier
 
-        if self.settings.train_workers == 1:
-            return train_classifier(
-                images, labels, class_names, config, progress=progress, sink=sink, extra_callbacks=extra_callbacks
-            )
-        return self._fit_distributed(images, labels, class_names, config)
-
-    def _fit_distributed(
-        self, images: DecodedImages, labels: Sequence[str], class_names: Sequence[str], config: TrainConfig
-    ) -> TrainedClassifier:
-        """Ray Train's TensorflowTrainer: ``train_workers`` data-parallel replicas; worker 0 saves the model."""
-        import keras
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.tensorflow import TensorflowTrainer
-
-        from training.model.fit import TrainedClassifier
-
-        out = self.settings.runtime_dir / "ray-train"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        cpus, workers = self.settings.train_task_cpus, self.settings.train_workers
-        trainer = TensorflowTrainer(
-            _train_worker,
-            train_loop_config={
-                "images": images,
-                "labels": list(labels),
-                "class_names": list(class_names),
-                "config": config,
-                "out": str(out),
-            },
-            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
-            run_config=RunConfig(storage_path=str(out / "runs"), name="main"),
+        return train_classifier(
+            images, labels, class_names, config, progress=progress, sink=sink, extra_callbacks=extra_callbacks
         )
-        log.info("training the main model on %d Ray Train workers", workers)
-        trainer.fit()
-        facts = json.loads((out / "main.json").read_text())
-        model = keras.models.load_model(out / "main.keras", compile=False)
-        shutil.rmtree(out, ignore_errors=True)
-        return TrainedClassifier(model, **facts)
-
-
-def _train_worker(loop: dict[str, Any]) -> None:
-    """One Ray Train worker: its share of the rows (every ``world``-th), the network under the strategy."""
-    import numpy as np
-    import ray.train
-    import tensorflow as tf
-
-    from training.data.decoded import subset
-    from training.model.fit import train_classifier
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    images, labels = loop["images"], loop["labels"]
-    rows = np.arange(rank, len(images), world)
-    trained = train_classifier(
-        subset(images, rows), [labels[i] for i in rows], loop["class_names"], loop["config"], strategy=strategy
-    )
-    if rank == 0:
-        out = Path(loop["out"])
-        trained.model.save(out / "main.keras")
-        facts = {
-            "class_names": trained.class_names,
-            "history": trained.history,
-            "epochs_run": trained.epochs_run,
-            "wall_time_s": trained.wall_time_s,
-            "epochs_planned": trained.epochs_planned,
-            "validation_accuracy": trained.validation_accuracy,
-        }
-        (out / "main.json").write_text(json.dumps(facts))
 
 
 @contextmanager
