@@ -27,7 +27,7 @@ from bento_service.live_model import LiveModel
 from training.data.images import ImageError, load_model_input
 from training.errors import Invalid, Unavailable
 from training.monitoring.prediction_log import PredictionLog
-from training.registry.store import RegisteredModel
+from training.registry.serving import RegisteredModel
 from training.settings import Settings
 
 # A single upload this small is decoded on the event loop: a thread hop costs more than

@@ -18,7 +18,8 @@ import numpy as np
 
 from training.curation.audit import LabelAudit
 from training.data.folders import load_records
-from training.labels.store import ImageRecord, open_store
+from training.labels.records import ImageRecord
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
