@@ -112,14 +112,14 @@ def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None) -> Ro
     total = time.perf_counter() - started
     print(f"{name}: trained {before.tag} in {total:.0f} s, {before.phase_seconds}", flush=True)
     with open_curator(settings) as curator:
-        store, model = curator.store, curator.model
+        curated, model = curator.labels, curator.model
         assert model.tag == before.tag and model.audit is not None
         audit, classes = model.audit, model.class_names
         started = time.perf_counter()
         suspects = curator.suspect_ranking()
         ranking_seconds = time.perf_counter() - started
-        train = {r.image_id: r for r in store.images(split=settings.train_split)}
-        test = store.images(split=settings.test_split)
+        train = {r.image_id: r for r in curated.images(split=settings.train_split)}
+        test = curated.images(split=settings.test_split)
         truth = {p.path: p for p in read_ground_truth(settings.data_dir)}
         ids = audit.image_ids.tolist()  # every array below is in the audit's order
         labels = np.array([classes.index(train[i].label) for i in ids])
@@ -157,7 +157,7 @@ def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None) -> Ro
         for image_id in fix:
             by_label.setdefault(truth[train[image_id].path].true_label, []).append(image_id)
         for label, image_ids in by_label.items():
-            store.relabel(image_ids, label, reason="benchmark: fixed from the first k suspects", actor="benchmark")
+            curated.relabel(image_ids, label, reason="benchmark: fixed from the first k suspects", actor="benchmark")
     after = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=epochs)
     seconds = {
         "training (fit)": before.train_wall_time_s,

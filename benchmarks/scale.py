@@ -187,7 +187,7 @@ def fold_speedup(root: Path, env: dict[str, str], args: argparse.Namespace) -> N
     code = f"""
 import json, time, numpy as np
 from training.data.decoded import decode_records
-from training.labels.store import open_store
+from training.curation.labels import Labels
 from training.model.fit import TrainConfig
 from training.model.out_of_fold import out_of_fold_probabilities
 from training.pipeline.ray_training import RayEngine
@@ -195,8 +195,8 @@ from training.scoring.ray_engine import ray_session
 from training.settings import get_settings
 
 settings = get_settings()
-with open_store(settings) as store:
-    records, classes = store.images(split=settings.train_split), store.classes()
+with Labels.open(settings) as labels:
+    records, classes = labels.images(split=settings.train_split), labels.classes()
 x = decode_records(settings, records, 28, to_file=True)
 config = TrainConfig(image_size=28, epochs=1, batch_size=64, augment="none", min_steps=0)
 for cpus in {[c for _ in range(args.repeats) for c in (1, 2)]}:

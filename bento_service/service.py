@@ -1,12 +1,16 @@
-"""Bouncer's HTTP API: a table of endpoints, each a few lines over the curation façade.
+"""Bouncer's HTTP API: a table of endpoints, each a few lines over the three façades.
 
-Serves the version :func:`training.registry.serving.resolve_serving_tag` picks for this
-dataset and follows promotions live (``live_model``). ``predict`` runs in the worker
-that took the request, batched with concurrent ones (``predictor``; answered by the raw
-route in ``predict_route`` unless BOUNCER_FAST_PREDICT=false); everything else asks a
-:class:`~training.curation.curator.Curator` made per request with the model serving
-at that moment. Schemas: ``schemas``; errors: ``errors``; what stands in front of
-BentoML: ``middleware``; fixes to BentoML itself: ``bentoml_fixes``.
+- :class:`~training.curation.labels.Labels` (held for the worker's life): images, relabel,
+  confirm, undo, history; label writes one at a time in the worker's writer thread.
+- :class:`~training.curation.curator.Curator`, made per request with the version serving
+  at that moment: evaluate, similar, trace, expand, suspects, drift, import_predictions.
+- :class:`~training.registry.serving.Registry`: models, promote; the live model
+  (``live_model``) follows promotions through it.
+
+``predict`` runs in the worker that took the request, batched with concurrent ones
+(``predictor``; answered by the raw route in ``http.predict_route`` unless
+BOUNCER_FAST_PREDICT=false). Schemas: ``schemas``; everything in front of BentoML and
+every patch to it: the ``http`` package; the train task's process: ``training.jobs.runner``.
 """
 
 from __future__ import annotations
@@ -55,16 +59,16 @@ from bento_service.schemas import (
     TrainResult,
 )
 from training.curation.curator import CurationCache, Curator
+from training.curation.labels import Labels
 from training.data.folders import resolve_inside
 from training.data.images import ImageError, load_model_input
 from training.errors import NotFound, TooLarge
 from training.jobs.runner import TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
-from training.labels.store import open_store
 from training.model.ood import calibration_status
 from training.monitoring.drift import DURATION_PATTERN
 from training.monitoring.prediction_log import PredictionLog
-from training.registry.serving import describe_versions, promote_version
+from training.registry.serving import Registry
 from training.settings import Settings, get_settings
 from training.tf_logs import quiet_tensorflow
 
@@ -151,11 +155,12 @@ class Bouncer:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.store = open_store(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
-        if self.store.repair_labels_csv():  # a crash came between a label commit and its export
+        self.labels = Labels.open(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
+        if self.labels.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")
+        self.registry = Registry(self.labels)
         self.cache = CurationCache()  # this worker's evaluations, rankings and probabilities, per serving version
-        self.live = LiveModel(self.store, self.settings, on_swap=self.cache.forget_version)  # following promotions
+        self.live = LiveModel(self.registry, on_swap=self.cache.forget_version)  # following promotions
         # Every served prediction is logged (drift, import-predictions) by a thread of its own.
         self.prediction_log = PredictionLog(self.settings)
         if self.settings.prediction_log:
@@ -188,13 +193,13 @@ class Bouncer:
         self._label_writer.shutdown(wait=True)
         self.live.close()
         self.prediction_log.close()
-        self.store.close()
+        self.labels.close()
 
     def curator(self) -> Curator:
         """The façade over the labels and the version serving now: a live swap cannot split a request."""
-        return Curator(self.settings, self.store, self.live.get(), self.cache)
+        return Curator(self.labels, self.live.get(), self.cache)
 
-    async def _label_write(self, write: Callable[[Curator], T]) -> T:
+    async def _label_write(self, write: Callable[[Labels], T]) -> T:
         """One label write of this worker at a time, in the worker's writer thread; the request waits on the event loop.
 
         Sync endpoints share BOUNCER_THREADS threads per worker: writers queued for the database's
@@ -203,8 +208,7 @@ class Bouncer:
         the next one as soon as it is done (an asyncio lock around a thread handed over through
         the busy event loop: 100 ms waits at p50). The store orders the workers' writers.
         """
-        curator = self.curator()
-        return await asyncio.get_running_loop().run_in_executor(self._label_writer, write, curator)
+        return await asyncio.get_running_loop().run_in_executor(self._label_writer, write, self.labels)
 
     def _pixels(self, upload: Path, field: str, image_size: int) -> np.ndarray:
         """The model's input from an upload, judged by its bytes (whatever content type the client declared)."""
@@ -242,7 +246,7 @@ class Bouncer:
             {
                 **report.as_dict(),
                 "model_version": curator.model.version,
-                "data_version": self.store.data_version(),
+                "data_version": self.labels.data_version(),
                 **calibration_status(curator.model.ood),
             }
         )
@@ -343,15 +347,14 @@ class Bouncer:
         offset: Offset = 0,
     ) -> list[ImageInfo]:
         """List images with their ids and curated labels, sorted by path; ``X-Total-Count`` says how many match."""
-        curator = self.curator()
-        records = curator.images(split=split, label=label, limit=limit, offset=offset)
-        ctx.response.headers[TOTAL_HEADER] = str(curator.image_count(split=split, label=label))
+        records = self.labels.images(split=split, label=label, limit=limit, offset=offset)
+        ctx.response.headers[TOTAL_HEADER] = str(self.labels.image_count(split=split, label=label))
         return [ImageInfo.model_validate(r) for r in records]
 
     @bentoml.api
     def image(self, image_id: str) -> Path:
         """The bytes of one image, as stored under DATA_DIR."""
-        record = self.curator().image(image_id)
+        record = self.labels.image(image_id)
         try:
             return resolve_inside(self.settings.data_dir, record.path)
         except PermissionError as exc:
@@ -379,21 +382,19 @@ class Bouncer:
         self, image_id: str | None = None, limit: Annotated[int, Field(ge=1, le=10_000)] = 50
     ) -> list[HistoryEvent]:
         """Label events newest first, each with its ``event_id``."""
-        events = self.curator().history(image_id=image_id, limit=limit)
+        events = self.labels.history(image_id=image_id, limit=limit)
         return [HistoryEvent.model_validate(e.as_dict()) for e in events]
 
     @bentoml.api
     def models(self) -> list[ModelVersion]:
         """This dataset's registered versions, newest first, with their metrics and whether they serve."""
-        return [
-            ModelVersion.model_validate(v) for v in describe_versions(self.settings, self.store, self.live.get().tag)
-        ]
+        return [ModelVersion.model_validate(v) for v in self.registry.versions(self.live.get().tag)]
 
     @bentoml.api
     def promote(self, version: str, reason: Reason = "") -> PromoteResult:
         """Serve ``version`` (e.g. roll back): every worker here from its next request, replicas on their poll."""
         previous = self.live.get()
-        tag = promote_version(self.settings, self.store, version, actor=ACTOR, reason=reason)  # UnknownVersion: 404
+        tag = self.registry.promote(version, actor=ACTOR, reason=reason)  # UnknownVersion: 404
         self.live.swap_to(tag)  # the other workers on this machine follow from their next request, others on their poll
         return PromoteResult(version=version, tag=tag, previous_version=previous.version)
 
@@ -419,9 +420,9 @@ class Bouncer:
                 raise  # a 409, as TrainingBusy (training.errors.Conflict)
             log.error("training failed: %s", exc)
             raise TrainingError(str(exc)) from exc
-        if result["promoted"]:  # the training announced it: every worker on this machine already follows
-            self.live.swap_to(result["tag"])
-        return TrainResult(**result)
+        if result.promoted:  # the training announced it: every worker on this machine already follows
+            self.live.swap_to(result.tag)
+        return TrainResult.model_validate(result.as_dict())
 
     @bentoml.api
     def drift(
@@ -458,7 +459,7 @@ class Bouncer:
 
 def _classes() -> list[str]:
     """The served dataset's class names (the OpenAPI page lists them as the values a class field takes)."""
-    return bentoml.get_current_service().store.classes()
+    return bentoml.get_current_service().labels.classes()
 
 
 REVIEW_PAGE = ui.create_app()  # its data attached by each worker's Bouncer (__init__)

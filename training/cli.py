@@ -24,7 +24,7 @@ from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
 
 if TYPE_CHECKING:
     from training.curation.curator import Curator
-    from training.labels.store import LabelStore
+    from training.curation.labels import Labels
 
 
 class GlobalOptionsAnywhere(TyperGroup):
@@ -126,11 +126,12 @@ def _curator(model_tag: str | None) -> Iterator[Curator]:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[LabelStore]:
-    from training.labels.store import open_store
+def _labels(settings: Settings) -> Iterator[Labels]:
+    """The labels façade the service holds: the CLI's label commands and the API agree."""
+    from training.curation.labels import Labels
 
-    with open_store(settings) as store:
-        yield store
+    with Labels.open(settings) as labels:
+        yield labels
 
 
 def _print_json(payload: Any) -> None:
@@ -191,13 +192,10 @@ def import_(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List skipped files.")] = False,
 ) -> None:
     """Scan DATA_DIR into the label store (keeps relabels) and export labels.csv."""
-    from training.labels.store import open_store
-    from training.labels.sync import import_folder
-
     settings = _settings()
-    with open_store(settings) as store:
-        report = import_folder(settings, store)
-        counts = {s: store.count(split=s) for s in settings.splits}
+    with _labels(settings) as labels:
+        report = labels.import_folder()
+        counts = {s: labels.image_count(split=s) for s in settings.splits}
     typer.echo(
         f"{report.added} added, {report.removed} removed, {report.moved} moved, {report.restored} restored, "
         f"{report.unchanged} unchanged; {len(report.skipped)} skipped; images per split: {counts}; "
@@ -213,11 +211,11 @@ def readiness_notes(settings: Settings) -> list[str]:
     """What a training of the imported labels will and will not fit (before anyone waits for one)."""
     from training.pipeline.readiness import NotEnoughImages, assess
 
-    with _store(settings) as store:
-        labels = [record.label for record in store.images(split=settings.train_split)]
-        n_test = store.count(split=settings.test_split)
+    with _labels(settings) as labels:
+        train_labels = [record.label for record in labels.images(split=settings.train_split)]
+        n_test = labels.image_count(split=settings.test_split)
     try:
-        ready = assess(settings, labels, n_test)
+        ready = assess(settings, train_labels, n_test)
     except NotEnoughImages as exc:
         return [f"cannot train yet: {exc}"]
     typer.echo(f"a training will fit: {', '.join(ready.fitted())}")
@@ -277,12 +275,11 @@ def evaluate(
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
     """Evaluate the serving model (its ONNX graph) on the current labels of a split, as the `evaluate` endpoint."""
-    from training.curation.curator import check_evaluable
     from training.model.ood import calibration_status
 
     settings = _settings()
-    with _store(settings) as store:  # the request's own mistakes first, before looking for a model
-        check_evaluable(settings, store, split)
+    with _labels(settings) as labels:  # the request's own mistakes first, before looking for a model
+        labels.check_evaluable(split)
     with _curator(model) as curator:
         report = curator.evaluate(split)
         payload = {"model": curator.model.tag, **report.as_dict(), **calibration_status(curator.model.ood)}
@@ -317,15 +314,15 @@ def score(
     once; unreadable files are counted and skipped. Prints where the shards are and how fast.
     """
     from training.model.scores import default_scores_dir
-    from training.registry.serving import fitting_tag, resolve_serving_tag
-    from training.registry.store import version_of
+    from training.registry.serving import Registry, version_of
     from training.scoring.ray_engine import import_ray
 
     settings = _settings()
     if engine is ScoreEngine.ray:
         import_ray()  # a missing extra is said before any work (EngineUnavailable: one line)
-    with _store(settings) as store:
-        tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
+    with _labels(settings) as labels:
+        registry = Registry(labels)
+        tag = registry.fitting_tag(model) if model else registry.serving_tag()
     folder = (out or default_scores_dir(settings, version_of(tag))).resolve()
     log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
     if engine is ScoreEngine.ray:
@@ -487,11 +484,10 @@ def import_predictions(
 @_friendly
 def models() -> None:
     """This dataset's model versions, newest first, with metrics and which one serves (as `models`)."""
-    from training.registry.serving import describe_versions, resolve_serving_tag
+    from training.registry.serving import Registry
 
-    settings = _settings()
-    with _store(settings) as store:
-        _print_json([asdict(v) for v in describe_versions(settings, store, resolve_serving_tag(settings, store))])
+    with _labels(_settings()) as labels:
+        _print_json([asdict(v) for v in Registry(labels).versions()])
 
 
 @app.command("export-labels")
@@ -501,8 +497,8 @@ def export_labels(
 ) -> None:
     """Write the curated labels to a sorted, deterministic CSV for git/DVC."""
     settings = _settings()
-    with _store(settings) as store:
-        version = store.export_csv(output or settings.labels_csv)
+    with _labels(settings) as labels:
+        version = labels.export_csv(output)
     typer.echo(f"wrote {output or settings.labels_csv} (data version {version})")
 
 
@@ -515,8 +511,8 @@ def relabel(
     actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Change the label of images in one transaction (recorded, undoable)."""
-    with _store(_settings()) as store:
-        _print_json(asdict(store.relabel(image_ids, label, reason=reason, actor=actor or _user())))
+    with _labels(_settings()) as labels:
+        _print_json(asdict(labels.relabel(image_ids, label, reason=reason, actor=actor or _user())))
 
 
 @app.command()
@@ -526,8 +522,8 @@ def undo(
     actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Revert one relabel event by recording its inverse."""
-    with _store(_settings()) as store:
-        _print_json(asdict(store.undo(event_id, actor=actor or _user())))
+    with _labels(_settings()) as labels:
+        _print_json(asdict(labels.undo(event_id, actor=actor or _user())))
 
 
 @app.command()
@@ -537,8 +533,8 @@ def history(
     limit: Annotated[int, typer.Option(min=1, help="How many events.")] = 20,
 ) -> None:
     """List label events, newest first."""
-    with _store(_settings()) as store:
-        _print_json([e.as_dict() for e in store.history(image_id=image_id, limit=limit)])
+    with _labels(_settings()) as labels:
+        _print_json([e.as_dict() for e in labels.history(image_id=image_id, limit=limit)])
 
 
 @app.command()
@@ -550,8 +546,8 @@ def images(
     offset: Annotated[int, typer.Option(min=0, help="Skip this many first (sorted by path).")] = 0,
 ) -> None:
     """List images with their ids and curated labels."""
-    with _store(_settings()) as store:
-        records = store.images(split=split, label=label, limit=limit, offset=offset)
+    with _labels(_settings()) as labels:
+        records = labels.images(split=split, label=label, limit=limit, offset=offset)
     _print_json([{"image_id": r.image_id, "path": r.path, "split": r.split, "label": r.label} for r in records])
 
 
@@ -565,16 +561,15 @@ def promote(
 
     Prints what the `promote` endpoint answers: the version, its tag and the version that served before.
     """
-    from training.registry.serving import ModelResolutionError, promote_version, resolve_serving_tag
-    from training.registry.store import version_of
+    from training.registry.serving import ModelResolutionError, Registry, version_of
 
-    settings = _settings()
-    with _store(settings) as store:
+    with _labels(_settings()) as labels:
+        registry = Registry(labels)
         try:
-            previous: str | None = version_of(resolve_serving_tag(settings, store))
+            previous: str | None = version_of(registry.serving_tag())
         except ModelResolutionError:  # nothing could serve before: promoting is how to fix that
             previous = None
-        tag = promote_version(settings, store, version, actor=_user(), reason=reason or "cli promote")
+        tag = registry.promote(version, actor=_user(), reason=reason or "cli promote")
     _print_json({"version": version, "tag": tag, "previous_version": previous})
 
 
@@ -647,11 +642,9 @@ def serve(
     demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
     """Get ready and serve: demo data into an empty ./data, import, train if this dataset has no model, serve."""
-    from training.labels.store import open_store
-    from training.labels.sync import import_folder
     from training.pipeline.training_run import run_training
     from training.progress import console_progress
-    from training.registry.serving import resolve_serving_tag, versions_for_dataset
+    from training.registry.serving import Registry
 
     settings = _settings()
     check_port_free(host, port)  # before minutes of training, not after
@@ -660,16 +653,16 @@ def serve(
         _write_demo(settings.data_dir, demo_kind)
     elif demo:
         typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
-    with open_store(settings) as store:
-        import_folder(settings, store)
-        untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
+    with _labels(settings) as labels:
+        labels.import_folder()
+        untrained = not settings.pinned_model_tag and not Registry(labels).version_tags()
     if untrained:
         typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
         import_tensorflow_quietly()
         result = run_training(settings, epochs=epochs, sink=console_progress(log))
         typer.echo(json.dumps(result.summary(), indent=2))
-    with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
-        typer.echo(f"model: {resolve_serving_tag(settings, store)}")
+    with _labels(settings) as labels:  # a version that cannot serve this dataset: one line here, not a crash there
+        typer.echo(f"model: {Registry(labels).serving_tag()}")
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
     command += ["--host", host]

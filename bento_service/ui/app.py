@@ -37,7 +37,7 @@ from training.data.folders import resolve_inside
 from training.data.images import ImageError, open_image, to_rgb
 from training.errors import BouncerError
 from training.labels.errors import NotFoundError
-from training.labels.store import ImageRecord
+from training.labels.records import ImageRecord
 from training.settings import Settings
 
 
@@ -83,7 +83,7 @@ async def info(request: Request) -> JSONResponse:
     def read() -> dict[str, Any]:
         curator = data.curator()
         return {
-            "classes": curator.classes(),
+            "classes": curator.labels.classes(),
             "splits": list(data.settings.splits),
             "token_required": bool(data.settings.api_token),
             "serving": curator.model.version,
@@ -95,7 +95,7 @@ async def info(request: Request) -> JSONResponse:
 async def record(request: Request) -> JSONResponse:
     data = _data(request)
     try:
-        found = await run_in_threadpool(lambda: data.curator().image(request.path_params["image_id"]))
+        found = await run_in_threadpool(lambda: data.curator().labels.image(request.path_params["image_id"]))
     except BouncerError as exc:  # the one table: an unknown id is a 404
         return _refused(exc)
     return JSONResponse(
@@ -174,7 +174,7 @@ async def thumbnails(request: Request) -> Response:
     if len(ids) > THUMBNAIL_BATCH:
         return JSONResponse({"error": f"ids: at most {THUMBNAIL_BATCH} a request, got {len(ids)}"}, status_code=400)
     data = _data(request)
-    records = await run_in_threadpool(lambda: data.curator().image_records(ids))
+    records = await run_in_threadpool(lambda: data.curator().labels.image_records(ids))
     # named by content: the same ids with the same pictures are the same answer
     contents = ",".join(records[i].sha256 if i in records else "-" for i in ids)
     etag = f'"{hashlib.sha256(f"{size}:{contents}".encode()).hexdigest()[:32]}"'
@@ -216,7 +216,7 @@ def _locate(request: Request) -> tuple[Path, ImageRecord] | Response:
     """The file of ``image_id`` (only under DATA_DIR) and its record, or the 404 to answer (blocking: a thread's)."""
     data = _data(request)
     try:
-        found = data.curator().image(request.path_params["image_id"])
+        found = data.curator().labels.image(request.path_params["image_id"])
         path = _file_of(found, data.settings.data_dir)
     except NotFoundError as exc:
         return _refused(exc)

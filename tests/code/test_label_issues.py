@@ -12,7 +12,8 @@ from training.curation.duplicates import duplicate_conflicts, near_duplicate_gro
 from training.curation.neighbours import nearest_to_any
 from training.curation.ranking import DUPLICATE_FLOOR, find_suspects, in_sample_ranking, label_quality_ranking
 from training.curation.tracing import trace_votes
-from training.labels.store import ImageRecord, ImageState, open_store
+from training.labels.records import ImageRecord, ImageState
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.settings import Settings
 from training.vectors.base import Where

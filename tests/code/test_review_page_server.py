@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 
 from bento_service import ui
 from training.curation.curator import Curator
+from training.curation.labels import Labels
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import import_folder
 from training.settings import Settings
@@ -48,7 +49,7 @@ def store(settings: Settings, shapes_dataset: Path) -> Iterator[LabelStore]:
 def _site(settings: Settings, store: Any) -> Starlette:
     """The page mounted beside a 'predict' that answers at once, on one event loop, as in a worker."""
     page = ui.create_app()
-    ui.attach(page, ui.PageData(curator=lambda: Curator(settings, store, model=None), settings=settings))  # type: ignore[arg-type]
+    ui.attach(page, ui.PageData(curator=lambda: Curator(Labels(settings, store), model=None), settings=settings))  # type: ignore[arg-type]
 
     async def predict(_: object) -> JSONResponse:
         return JSONResponse({"label": "ring"})

@@ -20,17 +20,19 @@ from PIL import Image
 from bento_service.live_model import LiveModel
 from bento_service.predictor import BadUpload, Overloaded, Predictor, answer_rows, infer
 from tests.conftest import TrainedDemo
+from training.curation.labels import Labels
 from training.data.folders import load_records
 from training.labels.store import open_store
 from training.model.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
 from training.model.ood import fit_ood
+from training.registry.serving import Registry
 from training.registry.store import MODEL_FILE, OOD_FILE, load_registered
 
 
 @pytest.fixture
 def live(trained_demo: TrainedDemo) -> Iterator[LiveModel]:
     with open_store(trained_demo.settings) as store:
-        model = LiveModel(store, trained_demo.settings)
+        model = LiveModel(Registry(Labels(trained_demo.settings, store)))
         yield model
         model.close()
 
@@ -131,7 +133,7 @@ def test_a_version_registered_before_issue_25_keeps_serving_with_its_own_score(t
     tag = registered_before_issue_25(trained_demo)
     settings = trained_demo.settings.model_copy(update={"model_tag": tag})
     with open_store(settings) as store:
-        live = LiveModel(store, settings)
+        live = LiveModel(Registry(Labels(settings, store)))
         try:
             model = live.get()
             assert model.tag == tag and not model.classifier.has_early and model.ood is not None

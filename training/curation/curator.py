@@ -1,8 +1,10 @@
-"""The curation façade: every question a reviewer asks, over one label store and one model version.
+"""The curation façade: every question a reviewer asks of one model version over the curated labels.
 
 The service's endpoints, the ``bouncer`` CLI, the notebooks and the benchmarks all
 call these methods, so they cannot drift apart. A :class:`Curator` is cheap: make
-one per request with the model version serving at that moment.
+one per request with the model version serving at that moment. Questions and
+decisions that need no model (images, relabel, undo, history) are its
+:attr:`Curator.labels` (:class:`~training.curation.labels.Labels`).
 
 Errors are the domain's: :class:`~training.labels.errors.NotFoundError` (unknown
 ids), :class:`InvalidRequest` (a split, label or argument that cannot be), and
@@ -22,12 +24,14 @@ from cachetools import LRUCache
 from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
+from training.curation.labels import CurationError, InvalidRequest, Labels, check_split
 from training.curation.neighbours import Neighbour, nearest_neighbours, nearest_to_any
 from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
-from training.data.folders import MissingSplitError, load_records
-from training.errors import BouncerError, Conflict, Invalid
-from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
+from training.data.folders import load_records
+from training.errors import Conflict
+from training.labels.records import ImageRecord
+from training.labels.store import LabelStore
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
 from training.model.ood import OodScorer
@@ -40,14 +44,6 @@ from training.vectors.base import VectorIndex, Where
 from training.vectors.updates import add_missing_vectors, scored_rows
 
 T = TypeVar("T")
-
-
-class CurationError(BouncerError):
-    """Base for the façade's own refusals."""
-
-
-class InvalidRequest(CurationError, Invalid):
-    """An argument that cannot be (unknown split or class, nothing to work from): a 400."""
 
 
 class NotAvailable(CurationError, Conflict):
@@ -75,18 +71,6 @@ class ModelVersion(Protocol):
     def image_size(self) -> int: ...
 
     def reduce(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def check_split(settings: Settings, split: str) -> None:
-    if split not in settings.splits:
-        raise InvalidRequest(f"unknown split {split!r}; use one of {list(settings.splits)}")
-
-
-def check_evaluable(settings: Settings, store: LabelStore, split: str) -> None:
-    """A known split with images: an accuracy of 0.0 over no images would be a lie."""
-    check_split(settings, split)
-    if store.count(split=split) == 0:
-        raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
 
 
 @dataclass(frozen=True)
@@ -186,18 +170,26 @@ class Similar:
 
 @dataclass(frozen=True)
 class Curator:
-    settings: Settings
-    store: LabelStore
+    """Questions over one model version; the label-only ones are :attr:`labels`' (no model needed)."""
+
+    labels: Labels
     model: ModelVersion
     cache: CurationCache = field(default_factory=CurationCache)  # a server passes its workers' one
+
+    @property
+    def settings(self) -> Settings:
+        return self.labels.settings
+
+    @property
+    def store(self) -> LabelStore:
+        return self.labels.store
 
     # --- checks -------------------------------------------------------------------
     def check_split(self, split: str) -> None:
         check_split(self.settings, split)
 
     def check_label(self, label: str | None) -> None:
-        if label is not None and label not in (classes := self.store.classes()):
-            raise InvalidRequest(f"unknown label {label!r}; known classes: {', '.join(classes)}")
+        self.labels.check_label(label)
 
     # --- the model's view -----------------------------------------------------------
     def evaluate(self, split: str) -> EvaluationReport:
@@ -223,7 +215,7 @@ class Curator:
         recomputes the metrics from the kept probabilities; anything else reads the split again.
         Recomputing per revision cost ~250 ms of CPU while reads waited (issue 14's soak).
         """
-        check_evaluable(self.settings, self.store, split)
+        self.labels.check_evaluable(split)
         key = (str(self.store.engine.url), self.model.tag, "evaluate", split)
         cached: _Evaluated | None = self.cache.get(key)
         if cached is not None:
@@ -413,40 +405,6 @@ class Curator:
         counts = present and record.split in self.settings.splits and record.label in self.model.class_names
         was = basis.get(record.image_id)
         return (was != (record.split, record.label, record.sha256)) if counts else was is not None
-
-    # --- labels ---------------------------------------------------------------------
-    def classes(self) -> list[str]:
-        return self.store.classes()
-
-    def image(self, image_id: str) -> ImageRecord:
-        """One image's record (NotFoundError when no present image has that id)."""
-        return self.store.get(image_id)
-
-    def image_records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
-        """The present images among ``image_ids``, by id (unknown ones are left out)."""
-        return self.store.records(image_ids)
-
-    def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
-        """A page of images in path order; an unknown split or class is an error, not an empty page."""
-        if split is not None:
-            self.check_split(split)
-        self.check_label(label)
-        return self.store.images(split=split, label=label, limit=limit, offset=offset)
-
-    def image_count(self, *, split: str | None, label: str | None) -> int:
-        return self.store.count(split=split, label=label)
-
-    def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
-        return self.store.relabel(image_ids, label, reason=reason, actor=actor)
-
-    def confirm(self, image_ids: Sequence[str], *, reason: str, actor: str) -> ConfirmResult:
-        return self.store.confirm(image_ids, reason=reason, actor=actor)
-
-    def undo(self, event_id: int, *, actor: str) -> RelabelResult:
-        return self.store.undo(event_id, actor=actor)
-
-    def history(self, *, image_id: str | None, limit: int) -> list[LabelEvent]:
-        return self.store.history(image_id=image_id, limit=limit)
 
     # --- what is served -------------------------------------------------------------------
     def drift(self, log: PredictionLog, *, window: str, windows: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from training.curation.audit import LabelAudit
 from training.curation.duplicates import duplicate_conflicts
-from training.labels.store import ImageRecord
+from training.labels.records import ImageRecord
 
 DUPLICATE_FLOOR = 0.9  # an image that disagrees with its own duplicate ranks at least this high
 # Neighbour votes are smoothed by this much prior mass, spread evenly over the classes: 10 neighbours

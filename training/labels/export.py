@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.labels.store import ImageRecord
+    from training.labels.records import ImageRecord
 
 CSV_COLUMNS = ("path", "image_id", "split", "label", "sha256")
 

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,67 +45,19 @@ from training.labels.errors import (
 )
 from training.labels.export import CSV_HEADER, data_version_of, labels_csv_line, write_labels_csv
 from training.labels.migrate import upgrade_to_head
+from training.labels.records import (
+    ConfirmResult,
+    ImageRecord,
+    ImageState,
+    LabelChange,
+    LabelEvent,
+    Promotion,
+    RelabelResult,
+)
 from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: str
-    path: str
-    split: str
-    label: str
-    folder_label: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class LabelChange:
-    image_id: str
-    old_label: str
-    new_label: str
-
-
-@dataclass(frozen=True)
-class LabelEvent:
-    event_id: int
-    kind: str
-    created_at: datetime
-    actor: str
-    reason: str
-    reverts_event_id: int | None
-    reverted_by_event_id: int | None
-    changes: list[LabelChange]
-
-    def as_dict(self) -> dict[str, Any]:
-        """As the API and the CLI print it: ``created_at`` in ISO 8601."""
-        return {**asdict(self), "created_at": self.created_at.isoformat()}
-
-
-@dataclass(frozen=True)
-class RelabelResult:
-    event_id: int | None  # None when nothing changed
-    changed: list[LabelChange]
-    unchanged: list[str]
-
-
-@dataclass(frozen=True)
-class ConfirmResult:
-    event_id: int
-    confirmed: list[LabelChange]  # each image with the label a person confirmed (old = new)
-
-
-@dataclass(frozen=True)
-class ImageState:
-    """What searches filter on, for one image: see :meth:`LabelStore.changed_since`."""
-
-    image_id: str
-    split: str
-    label: str
-    present: bool
-    reviewed: bool
 
 
 @dataclass
@@ -118,14 +70,6 @@ class _CsvLines:
     lines: dict[str, str]  # image id -> its CSV line
     text: str
     version: str
-
-
-@dataclass(frozen=True)
-class Promotion:
-    tag: str
-    created_at: datetime
-    actor: str
-    reason: str
 
 
 def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:

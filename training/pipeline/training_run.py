@@ -27,7 +27,8 @@ from training.data.decoded import (
     decode_records,
     streams,
 )
-from training.labels.store import ImageRecord, open_store
+from training.labels.records import ImageRecord
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
@@ -37,6 +38,7 @@ from training.pipeline.checkpoints import Checkpoints, run_key
 from training.pipeline.engines import Engine, open_engine
 from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
+from training.registry.metadata import VersionMetadata
 from training.registry.store import register_model
 from training.settings import Settings
 from training.vectors.faiss_index import FaissIndex
@@ -488,24 +490,24 @@ def _register(
 
     ``how_trained``: the input path and the engine (``train_input``, ``train_engine``, ``fold_nodes``...).
     """
-    metadata = {
-        "class_names": data.classes,
-        "image_size": recipe.config.image_size,
-        "recipe": recipe.params(),
-        "data_version": data.version,
-        "dataset_id": data.dataset_id,  # whose model this is: see registry.serving
-        "data_dir": str(settings.data_dir),  # for humans reading `bentoml models get`
-        "metrics": metrics,
-        "parity": exported.parity,
-        "embedder": settings.embedder,
-        "embedding_dim": index.dim,
-        "epochs_run": epochs_run,
-        "mlflow_run_id": run.info.run_id,
-        "onnx_opset": exported.onnx_model.opset_import[0].version,
-        "out_of_fold_folds": 0 if audit is None else audit.folds,
-        **(ood.describe() if ood is not None else {}),
+    metadata = VersionMetadata(
+        class_names=data.classes,
+        image_size=recipe.config.image_size,
+        recipe=recipe.params(),
+        data_version=data.version,
+        dataset_id=data.dataset_id,
+        data_dir=str(settings.data_dir),
+        metrics=metrics,
+        parity=exported.parity,
+        embedder=settings.embedder,
+        embedding_dim=index.dim,
+        epochs_run=epochs_run,
+        mlflow_run_id=run.info.run_id,
+        onnx_opset=exported.onnx_model.opset_import[0].version,
+        out_of_fold_folds=0 if audit is None else audit.folds,
+        ood=ood.describe() if ood is not None else {},
         **how_trained,
-    }
+    )
     return register_model(
         settings.model_name,
         exported.onnx_model,

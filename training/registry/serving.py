@@ -1,4 +1,9 @@
-"""Which stored version serves a dataset: one resolution for the service, the CLI, notebooks and benchmarks.
+"""The serving façade: which stored version serves a dataset, its versions, promotions, loading one.
+
+:class:`Registry` is the door the service, the page, the CLI, the notebooks and the
+benchmarks use; the functions below are its parts. Promotion has one owner here
+(:meth:`Registry.promote`): the label database keeps its record, and a server's live
+model only follows it.
 
 The model store is shared by every dataset trained on this machine: a version's
 metadata names its dataset (``dataset_id``), and :func:`resolve_serving_tag` picks
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +22,26 @@ from typing import Any
 
 import bentoml
 
-from training.curation.curator import Curator
+from training.curation.curator import CurationCache, Curator
+from training.curation.labels import Labels
 from training.errors import Invalid, NotFound
-from training.labels.store import LabelStore, open_store
+from training.labels.store import LabelStore
 from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
-from training.registry.store import list_versions, load_registered
+from training.registry.bento import BuildOutcome, build_bento
+from training.registry.metadata import VersionMetadata
+from training.registry.store import RegisteredModel, list_versions, load_registered, version_of
 from training.settings import Settings
+
+__all__ = [
+    "BuildOutcome",
+    "ModelResolutionError",
+    "RegisteredModel",
+    "Registry",
+    "UnknownVersion",
+    "VersionInfo",
+    "open_curator",
+    "version_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,31 +50,30 @@ class ModelResolutionError(Invalid):
     """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
 
 
-def dataset_matches(metadata: Mapping[str, Any], dataset_id: str, classes: list[str]) -> bool:
+def dataset_matches(metadata: VersionMetadata, dataset_id: str, classes: list[str]) -> bool:
     """Was the version with this metadata trained on this dataset?"""
-    recorded = metadata.get("dataset_id")
-    if recorded is None:
+    if metadata.dataset_id is None:
         # Registered before datasets had an identity: it is this dataset's when it predicts
         # exactly this dataset's classes (the best evidence such a version carries).
-        return list(metadata.get("class_names", [])) == classes
-    return recorded == dataset_id
+        return metadata.class_names == classes
+    return metadata.dataset_id == dataset_id
 
 
 def versions_for_dataset(name: str, store: LabelStore) -> list[bentoml.Model]:
     """The stored versions of ``name`` trained on the dataset ``store`` curates, newest first."""
     classes = store.classes()
-    return [m for m in list_versions(name) if dataset_matches(m.info.metadata, store.dataset_id, classes)]
+    return [m for m in list_versions(name) if dataset_matches(metadata_of(m), store.dataset_id, classes)]
 
 
 def check_classes(
-    tag: str, metadata: Mapping[str, Any], store: LabelStore, *, chosen_as: str = "", then: str = ""
+    tag: str, metadata: VersionMetadata, store: LabelStore, *, chosen_as: str = "", then: str = ""
 ) -> None:
     """Refuse a version whose classes are not this dataset's: its answers would name the wrong classes.
 
     ``chosen_as`` says how the version was picked (" (the promoted version)"), ``then`` what to
     do after training; both go into the message.
     """
-    model_classes, classes = list(metadata.get("class_names", [])), store.classes()
+    model_classes, classes = metadata.class_names, store.classes()
     if not classes:
         raise ModelResolutionError(
             f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
@@ -75,7 +93,7 @@ def fitting_tag(tag: str, store: LabelStore, *, chosen_as: str = "") -> str:
     except bentoml.exceptions.NotFound:
         message = f"model {tag}{chosen_as} is not in the model store (see `bentoml models list`)"
         raise ModelResolutionError(message) from None
-    check_classes(str(model.tag), model.info.metadata, store, chosen_as=chosen_as)
+    check_classes(str(model.tag), metadata_of(model), store, chosen_as=chosen_as)
     return str(model.tag)
 
 
@@ -96,7 +114,7 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
         else:
             check_classes(
                 str(model.tag),
-                model.info.metadata,
+                metadata_of(model),
                 store,
                 chosen_as=" (the promoted version)",
                 then=", then promote it (`bouncer promote VERSION`)",
@@ -114,21 +132,19 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
             + (f"; the {others} stored version(s) belong to other datasets" if others else "")
             + "): train one with `bouncer train`"
         )
-    check_classes(str(matching[0].tag), matching[0].info.metadata, store, chosen_as=" (the newest of this dataset)")
+    check_classes(str(matching[0].tag), metadata_of(matching[0]), store, chosen_as=" (the newest of this dataset)")
     return str(matching[0].tag)
 
 
 @contextmanager
 def open_curator(settings: Settings, *, model_tag: str | None = None) -> Iterator[Curator]:
-    """The curation façade over this dataset's label store and the version serving it.
+    """The curation façade over this dataset's labels and the version serving it (or ``model_tag``).
 
-    ``model_tag`` picks another version (it must predict this dataset's classes). The
-    CLI, notebooks and benchmarks use this; the service builds a Curator per request
+    The CLI, notebooks and benchmarks use this; the service builds a Curator per request
     with the version its live model serves, resolved the same way.
     """
-    with open_store(settings) as store:
-        tag = fitting_tag(model_tag, store) if model_tag else resolve_serving_tag(settings, store)
-        yield Curator(settings, store, load_registered(tag, settings=settings))
+    with Labels.open(settings) as labels:
+        yield Registry(labels).curator(model_tag)
 
 
 class UnknownVersion(NotFound):
@@ -171,29 +187,33 @@ def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -
 
 
 def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
-    metadata = model.info.metadata
-    metrics = {k: v if isinstance(v, int) else float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+    metadata = metadata_of(model)
+    metrics = {k: v if isinstance(v, int) else float(v) for k, v in metadata.metrics.items()}
     baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
     known = baseline is not None and accuracy is not None
-    n_test = int(metrics.get("n_test", 0))
+    n_test = metadata.n_test()
     interval = accuracy_interval(round(accuracy * n_test), n_test) if accuracy is not None and n_test else None
     return VersionInfo(
         version=model.tag.version,
         tag=str(model.tag),
         created_at=model.info.creation_time.isoformat(),
         metrics=metrics,
-        data_version=metadata.get("data_version"),
+        data_version=metadata.data_version,
         serving=str(model.tag) == serving_tag,
         beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
         warning=join_warnings(
             weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
             small_test_warning(accuracy, n_test) if accuracy is not None else None,
         ),
-        recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+        recipe=metadata.recipe,
         test_accuracy_interval=list(interval) if interval else None,
-        ood_calibrated=bool(metadata["ood_calibrated"]) if "ood_calibrated" in metadata else None,
-        ood_warning=metadata.get("ood_warning"),
+        ood_calibrated=metadata.ood_calibrated,
+        ood_warning=metadata.ood_warning,
     )
+
+
+def metadata_of(model: bentoml.Model) -> VersionMetadata:
+    return VersionMetadata.of(model.info.metadata)
 
 
 def promotion_signal(settings: Settings) -> Path:
@@ -225,3 +245,59 @@ def promote_version(settings: Settings, store: LabelStore, version: str, *, acto
     fitting_tag(tag, store)  # another dataset's model: its answers would name other classes
     record_promotion(settings, store, tag, actor=actor, reason=reason or "promote")
     return tag
+
+
+@dataclass(frozen=True)
+class Registry:
+    """This dataset's model versions: the serving façade over the model store and the promotion record."""
+
+    labels: Labels
+
+    @property
+    def settings(self) -> Settings:
+        return self.labels.settings
+
+    def serving_tag(self) -> str:
+        """The version that serves (promoted, else pinned, else the newest of this dataset): see resolve_serving_tag."""
+        return resolve_serving_tag(self.settings, self.labels.store)
+
+    def promoted_tag(self) -> str | None:
+        """The tag of the last promotion recorded for this dataset, if any."""
+        promoted = self.labels.store.serving(self.settings.model_name)
+        return None if promoted is None else promoted.tag
+
+    def fitting_tag(self, tag: str, *, chosen_as: str = "") -> str:
+        """``tag`` in full, refused (ModelResolutionError) unless its classes are this dataset's."""
+        return fitting_tag(tag, self.labels.store, chosen_as=chosen_as)
+
+    def versions(self, serving_tag: str | None = None) -> list[VersionInfo]:
+        """This dataset's versions, newest first, ``serving_tag`` (default: the one that serves) marked."""
+        return describe_versions(self.settings, self.labels.store, serving_tag or self.serving_tag())
+
+    def version_tags(self) -> list[str]:
+        """The tags of this dataset's versions, newest first."""
+        return [str(m.tag) for m in versions_for_dataset(self.settings.model_name, self.labels.store)]
+
+    def promote(self, version: str, *, actor: str, reason: str) -> str:
+        """Serve ``version`` from now on (every worker and replica follows); its tag. See promote_version."""
+        return promote_version(self.settings, self.labels.store, version, actor=actor, reason=reason)
+
+    def keep_serving(self, tag: str, *, actor: str, reason: str) -> None:
+        """Put on record that ``tag``, which serves now by default (the newest), goes on serving."""
+        record_promotion(self.settings, self.labels.store, tag, actor=actor, reason=reason)
+
+    def promotion_signal(self) -> Path:
+        return promotion_signal(self.settings)
+
+    def load(self, tag: str, *, threads: int = 0) -> RegisteredModel:
+        """A stored version ready to answer (ONNX session, embedder, index, OOD score)."""
+        return load_registered(tag, threads=threads, settings=self.settings)
+
+    def build_bento(self, tag: str) -> BuildOutcome:
+        """``bentoml build`` of the service with ``tag`` packed (what ``bentoml containerize`` ships)."""
+        return build_bento(tag)
+
+    def curator(self, model_tag: str | None = None, *, cache: CurationCache | None = None) -> Curator:
+        """The curation façade over ``model_tag`` (default: the version that serves), loaded now."""
+        tag = self.fitting_tag(model_tag) if model_tag else self.serving_tag()
+        return Curator(self.labels, self.load(tag), cache or CurationCache())
