@@ -21,7 +21,7 @@ CPU and with 2 (two fold tasks, each asking for one), interleaved, and prints th
     .venv/bin/python benchmarks/scale.py --images 10000
     .venv/bin/python benchmarks/scale.py --images 100000 --workdir /tmp/scale-100k
     .venv/bin/python benchmarks/scale.py --images 10000 --engine ray
-    .venv/bin/python benchmarks/scale.py --images 10000 --fold-speedup
+    .venv/bin/python benchmarks/scale.py --images 10000 --fold-speedup --fold-epochs 5
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ settings = get_settings()
 with Labels.open(settings) as labels:
     records, classes = labels.images(split=settings.train_split), labels.classes()
 x = decode_records(settings, records, 28, to_file=True)
-config = TrainConfig(image_size=28, epochs=1, batch_size=64, augment="none", min_steps=0)
+config = TrainConfig(image_size=28, epochs={args.fold_epochs}, batch_size=64, augment="none", min_steps=0)
 for cpus in {[c for _ in range(args.repeats) for c in (1, 2)]}:
     with ray_session(cpus) as ray:
         engine = RayEngine(ray, settings)
@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--fold-speedup", action="store_true", help="time the fold stage on Ray at 1 and 2 CPUs")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--fold-epochs", type=int, default=1, help="--fold-speedup: epochs per fold model")
     parser.add_argument("--dataset", choices=("silhouettes", "photos"), default="silhouettes")
     parser.add_argument("--image-size", type=int, help="default: auto (28 px silhouettes)")
     parser.add_argument("--folds", type=int, default=2, help="out-of-fold models (0: none)")

@@ -51,11 +51,18 @@ def _thread_env(cpus: int) -> dict[str, str]:
     }
 
 
-def _fold_task(inputs: FoldInputs, job: FoldJob) -> FoldResult:
+def _fold_task(inputs: FoldInputs, job: FoldJob, cpus: int) -> FoldResult:
     """One fold model, on whichever node Ray chose; the result names that node."""
     import ray
+    import tensorflow as tf
 
     from training.model.out_of_fold import fit_fold
+
+    try:  # besides the environment (_thread_env): the task's CPUs bound TensorFlow's threads however it starts
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # a reused worker whose TensorFlow already started: set by its first task
+        pass
 
     return fit_fold(inputs, job, node=ray.get_runtime_context().get_node_id())
 
@@ -87,7 +94,7 @@ class RayEngine:
             runtime_env={"env_vars": _thread_env(cpus)}
         )
         shared = self.ray.put(inputs)  # paths and small arrays: the images stay in their files
-        pending = [task.remote(shared, job) for job in jobs]
+        pending = [task.remote(shared, job, cpus) for job in jobs]
         try:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
