@@ -51,7 +51,8 @@ def test_the_bento_holds_every_file_of_both_packages() -> None:
     packed = set(bento_source_files())
     missing = [path for path in tracked_package_files() if path not in packed]
     assert not missing, f"bentofile.yaml or .bentoignore leaves these out of every bento: {missing}"
-    assert not [path for path in packed if path.split("/")[0] in {"data", "tests", "notebooks", "mlruns"}]
+    strays = [path for path in packed if path != "README.md" and path.split("/")[0] not in PACKAGES]
+    assert not strays, f"the bento would carry more than the packages and the README: {strays}"
 
 
 @pytest.fixture(scope="module")
