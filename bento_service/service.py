@@ -60,7 +60,9 @@ from training.jobs.runner import TrainingBusy, TrainingCanceled, TrainingFailed,
 from training.labels.errors import REASON_MAX
 from training.labels.store import open_store
 from training.monitoring.prediction_log import PredictionLog
+from training.registry.preflight import EXIT_CODE, CannotServe, check_can_serve
 from training.registry.serving import UnknownVersion, describe_versions, promote_version
+from training.registry.store import use_home_model_store
 from training.settings import get_settings
 from training.tf_logs import quiet_tensorflow
 
@@ -113,8 +115,18 @@ _QUIET = [
 class Bouncer:
     bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)  # what `bentoml build` packs
 
+    @bentoml.on_deployment
+    def _preflight() -> None:
+        """Once, in BentoML's main process, before any worker: a server that cannot serve says why and exits."""
+        try:
+            log.info("will serve %s", check_can_serve(get_settings()))
+        except CannotServe as exc:
+            log.error("Bouncer cannot start: %s", exc)
+            raise SystemExit(EXIT_CODE) from None
+
     def __init__(self) -> None:
         self.settings = get_settings()
+        use_home_model_store()  # in an image: the bento's models and those trained since, in BENTOML_HOME's store
         self.store = open_store(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
         if self.store.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")

@@ -31,12 +31,19 @@ def bento_source_files(project: Path = PROJECT) -> list[str]:
     config = BentoBuildConfig.from_file(str(project / "bentofile.yaml")).with_defaults()
     specs = BentoPathSpec(config.include, config.exclude, str(project))
     found = []
-    for root, _, files in os.walk(project):  # as Bento.create walks it
+    for root, dirs, files in os.walk(project):  # as Bento.create walks it, minus folders nothing is taken from
+        here = os.path.relpath(root, project)
+        dirs[:] = [d for d in dirs if not _excluded_folder(specs, os.path.normpath(os.path.join(here, d)))]
         for name in files:
             path = os.path.join(os.path.relpath(root, project), name).replace(os.sep, "/")
             if specs.includes(path):
                 found.append(os.path.normpath(path))
     return sorted(found)
+
+
+def _excluded_folder(specs: object, folder: str) -> bool:
+    """A folder an exclude pattern drops whole (.venv, .git, /data/...): nothing under it is packed."""
+    return specs.exclude.match_file(f"{folder}/") or specs.extra.match_file(f"{folder}/")  # type: ignore[attr-defined]
 
 
 def tracked_package_files(project: Path = PROJECT) -> list[str]:
