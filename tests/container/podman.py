@@ -42,6 +42,13 @@ events_logger = "file"
 """
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")  # Debian's folder for locally added CAs
 IMAGE_USER_UID = 1034  # BentoML's user in the images it makes
+# The layout docs/container.md, deploy/compose.yaml and deploy/kubernetes/ give a container, and
+# the tier runs (tests/code/test_deploy_files.py checks that the files agree): the dataset at
+# /data, BENTOML_HOME (the model store) at /bentoml, and with replicas sharing /data, each one's
+# train task files at /state.
+DATA, HOME, STATE = "/data", "/bentoml", "/state"
+CONTAINER_ENV = {"BENTOML_HOME": HOME}
+REPLICA_ENV = {**CONTAINER_ENV, "BOUNCER_STATE_DIR": STATE}
 
 
 def missing_tools() -> str | None:

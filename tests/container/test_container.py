@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -30,7 +31,12 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import TrainedDemo, digest_tree, eventually
 from tests.container.podman import (
+    CONTAINER_ENV,
+    DATA,
+    HOME,
     IMAGE_USER_UID,
+    REPLICA_ENV,
+    STATE,
     Podman,
     make_base_image,
     missing_tools,
@@ -52,9 +58,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.container]
 KEEP_STORE = "BOUNCER_TEST_PODMAN_ROOT"
 TOKEN = "container-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-HOME = "/bentoml"  # where BENTOML_HOME goes in a container (docs/container.md)
 # One worker per container (two cores, shared with the other test process); tiny trainings.
-SERVE_ENV = {"BOUNCER_WORKERS": "1", "BENTOML_HOME": HOME, "BOUNCER_API_TOKEN": TOKEN}
+SERVE_ENV = {**CONTAINER_ENV, "BOUNCER_WORKERS": "1", "BOUNCER_API_TOKEN": TOKEN}
 TRAIN_ENV = {"BOUNCER_IMAGE_SIZE": "32", "BOUNCER_MIN_TRAIN_STEPS": "0", "BOUNCER_OUT_OF_FOLD_FOLDS": "0"}
 
 
@@ -111,13 +116,14 @@ def image(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -
 
 @dataclass
 class Volumes:
-    """A user's two folders: the dataset (with its labels.db) and a model store, owned by the image's user."""
+    """A user's folders: the dataset (with its labels.db), a model store, a replica's own state; the image's user's."""
 
     data: Path
     home: Path
+    state: Path | None = None
 
     def mounts(self) -> list[tuple[Path, str]]:
-        return [(self.data, "/data"), (self.home, HOME)]
+        return [(self.data, DATA), (self.home, HOME), *([(self.state, STATE)] if self.state else [])]
 
 
 def volumes(trained_demo: TrainedDemo, root: Path) -> Volumes:
@@ -173,8 +179,8 @@ def test_the_image_runs_as_bentomls_user_and_bakes_in_no_secret(image: BuiltImag
     ids = image.podman("run", "--rm", "--entrypoint", "id", image.name).stdout.split()
     assert ids[0] == f"uid={IMAGE_USER_UID}(bentoml)"
     # the volumes' mount points belong to that user, so a new named volume is writable as it is
-    owners = image.podman("run", "--rm", "--entrypoint", "stat", image.name, "-c", "%u %n", "/data", HOME).stdout
-    assert owners.split() == [str(IMAGE_USER_UID), "/data", str(IMAGE_USER_UID), HOME]
+    stat = image.podman("run", "--rm", "--entrypoint", "stat", image.name, "-c", "%u %n", DATA, HOME, STATE)
+    assert stat.stdout.split() == [str(IMAGE_USER_UID), DATA, str(IMAGE_USER_UID), HOME, str(IMAGE_USER_UID), STATE]
 
 
 def test_with_its_volumes_a_container_answers_every_endpoint(
@@ -344,7 +350,7 @@ def test_two_replicas_on_one_postgresql_agree(
     postgres_server: str | None,
     pgvector_server: str | None,
 ) -> None:
-    """Two containers (their own data folders, one model store volume) on one PostgreSQL, each on its own port."""
+    """deploy/compose.yaml's layout: two containers sharing /data and /bentoml, each its own /state and port."""
     server = pgvector_server if index == "pgvector" else postgres_server
     if not server:
         pytest.skip(f"no PostgreSQL{' with pgvector' if index == 'pgvector' else ''} (see tests/postgres.py)")
@@ -352,19 +358,23 @@ def test_two_replicas_on_one_postgresql_agree(
         if index == "pgvector":
             with create_engine(database).begin() as connection:
                 connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-        folders = [copy_demo_data(trained_demo, tmp_path / name / "data") for name in ("a", "b")]
-        settings = trained_demo.settings.model_copy(update={"data_dir": folders[0], "database_url": database})
+        data = copy_demo_data(trained_demo, tmp_path / "data")
+        (data / "labels.db").unlink()  # the labels live in the database
+        settings = trained_demo.settings.model_copy(update={"data_dir": data, "database_url": database})
         with open_store(settings) as store:
             import_folder(settings, store)
         store_folder = tmp_path / "bentoml"
         second = _register_copy(store_folder, image.model_tag)
+        for name in ("a", "b"):
+            (tmp_path / f"state-{name}").mkdir()
         owned_by_image_user(tmp_path)
         env = {
+            **REPLICA_ENV,
             "BOUNCER_DATABASE_URL": database,
             "BOUNCER_VECTOR_INDEX": index,
             "BOUNCER_MODEL_POLL_SECONDS": "1",
         }
-        a_volumes, b_volumes = (Volumes(folder, store_folder) for folder in folders)
+        a_volumes, b_volumes = (Volumes(data, store_folder, tmp_path / f"state-{name}") for name in ("a", "b"))
         with (
             served(image, f"bouncer-{index}-a", a_volumes, BENTOML_PORT=str(free_port()), **env) as a,
             served(image, f"bouncer-{index}-b", b_volumes, BENTOML_PORT=str(free_port()), **env) as b,
@@ -374,8 +384,6 @@ def test_two_replicas_on_one_postgresql_agree(
             ok(a, "relabel", {"image_ids": [moved], "label": "cow", "reason": "r"}, headers=AUTH)
             assert ok(b, "history", {"image_id": moved, "limit": 1})[0]["changes"][0]["new_label"] == "cow"
             for url in (a, b):
-                hits = ok(url, "similar", {"image_id": moved, "k": 1000, "split": "train", "label": "cow"})
-                assert moved not in {r["image_id"] for r in hits["results"]}  # the query itself is excluded
                 query = ok(url, "images", {"split": "train", "label": "cow", "limit": 2})
                 other = next(i["image_id"] for i in query if i["image_id"] != moved)
                 found = ok(url, "similar", {"image_id": other, "k": 1000, "split": "train", "label": "cow"})
@@ -385,10 +393,11 @@ def test_two_replicas_on_one_postgresql_agree(
             # a promotion through one is served by both
             version = second.split(":", 1)[1]
             ok(a, "promote", {"version": version, "reason": "replicas"}, headers=AUTH)
-            picture = sorted(folders[1].glob("test/dog/*.png"))[0]
+            picture = sorted(data.glob("test/dog/*.png"))[0]
             assert eventually(
                 lambda: all(predict(url, picture).json()["model_version"] == version for url in (a, b)), timeout=15
             )
+            assert not (data / ".bouncer").exists()  # each replica's train task files are in its own /state
 
 
 FAULTS = ["no volumes", "data folder of another user", "label database from a newer Bouncer", "PostgreSQL unreachable"]
@@ -428,3 +437,90 @@ def test_a_container_that_cannot_serve_says_why_in_one_line_and_exits(
     assert len(lines) == 1 and expected in lines[0], log[-3000:]
     assert "Traceback" not in log
     assert digest_tree(vols.data) == before  # nothing half-written: nothing written at all
+
+
+def test_a_dataset_never_imported_is_imported_with_the_documented_command(
+    image: BuiltImage, trained_demo: TrainedDemo, tmp_path: Path
+) -> None:
+    """A data folder without labels.db: one line saying how to import it; that command, run in the image, does."""
+    vols = volumes(trained_demo, tmp_path)
+    (vols.data / "labels.db").unlink()
+    run_container(image.podman, image.name, "bouncer-unimported", env=SERVE_ENV, volumes=vols.mounts())
+    try:
+        assert image.podman.exit_code("bouncer-unimported") == EXIT_CODE
+        log = image.podman.logs("bouncer-unimported")
+    finally:
+        image.podman("rm", "--force", "bouncer-unimported", check=False)
+    assert "/data has no labels.db: its images were never imported" in log and "-w /home/bentoml/bento/src" in log
+    volume_args = [arg for host, inside in vols.mounts() for arg in ("-v", f"{host}:{inside}")]
+    env_args = [arg for key, value in SERVE_ENV.items() for arg in ("-e", f"{key}={value}")]
+    command = ["python", "-m", "training.cli", "import"]
+    source = ["-w", "/home/bentoml/bento/src"]
+    imported = image.podman("run", "--rm", *source, *volume_args, *env_args, image.name, *command)
+    assert " added, 0 removed" in imported.stdout, imported.stdout + imported.stderr
+    with served(image, "bouncer-imported", vols) as url:  # the bento's pinned model fits the classes
+        assert ok(url, "images", {"split": "train", "limit": 1})
+
+
+KUBERNETES = PROJECT / "deploy" / "kubernetes" / "bouncer.yaml"
+
+
+def test_the_kubernetes_manifests_play_with_podman(
+    image: BuiltImage, trained_demo: TrainedDemo, tmp_path: Path
+) -> None:
+    """deploy/kubernetes/bouncer.yaml through `podman kube play`, as far as podman 4.3 can run it.
+
+    Played as written: both PersistentVolumeClaims (podman makes them named volumes; the dataset is
+    then copied into ``bouncer-data``) and the Deployment (non-root securityContext, the env, the
+    three volumes, the emptyDir). Changed for podman, and only that: the image (the one built here);
+    one replica (podman publishes containerPort on the host, so a second would collide), on a free
+    host port; the Secret's two values as plain env values (podman 4.3.1 stores a played Secret so
+    that secretKeyRef cannot read it, containers/podman#17071), the database a SQLite file on the
+    data volume (PostgreSQL replicas: test_two_replicas_on_one_postgresql_agree). Not played: the
+    Secret and the Service (podman has no Service). The probes are polled here: podman turns the
+    liveness probe into a healthcheck that needs curl and systemd, and ignores readiness.
+    """
+    import yaml
+
+    documents = list(yaml.safe_load_all(KUBERNETES.read_text()))
+    secret = next(d for d in documents if d["kind"] == "Secret")
+    values = {**secret["stringData"], "api-token": TOKEN, "database-url": "sqlite:////data/labels.db"}
+    claims = [d for d in documents if d["kind"] == "PersistentVolumeClaim"]
+    (deployment,) = (d for d in documents if d["kind"] == "Deployment")
+    deployment["spec"]["replicas"] = 1
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    container["image"] = f"localhost/{image.name}"
+    port = free_port()
+    container["ports"][0]["hostPort"] = port
+    for variable in container["env"]:
+        if "valueFrom" in variable:
+            variable["value"] = values[variable.pop("valueFrom")["secretKeyRef"]["key"]]
+        if variable["name"] == "BOUNCER_WORKERS":
+            variable["value"] = "1"
+    (tmp_path / "claims.yaml").write_text(yaml.safe_dump_all(claims))
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    podman = image.podman
+    podman("kube", "play", str(tmp_path / "claims.yaml"))
+    try:
+        data = volumes(trained_demo, tmp_path / "source").data
+        archive = tmp_path / "data.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(data, arcname=".")  # owned by the image's user, as volumes() left it
+        podman("volume", "import", "bouncer-data", str(archive))
+        podman("kube", "play", str(tmp_path / "deployment.yaml"), check=False)  # healthchecks need systemd: logged
+        names = podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        (name,) = [n for n in names if n.startswith("bouncer-pod")]
+        url = f"http://127.0.0.1:{port}"
+        print(f"kube play: {name} ready in {wait_ready(podman, name, url):.1f} s")
+        assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+        assert podman("exec", name, "id", "-u").stdout.strip() == str(IMAGE_USER_UID)
+        picture = sorted(data.glob("test/dog/*.png"))[0]
+        assert predict(url, picture).json()["model_version"] == image.model_tag.split(":", 1)[1]
+        first = ok(url, "images", {"split": "train", "label": "cat", "limit": 1})[0]["image_id"]
+        assert post(url, "relabel", {"image_ids": [first], "label": "dog"}).status_code == 401
+        ok(url, "relabel", {"image_ids": [first], "label": "dog"}, headers=AUTH)
+        models = podman("run", "--rm", "-v", "bouncer-models:/m", "--entrypoint", "ls", image.name, "/m/models/bouncer")
+        assert image.model_tag.split(":", 1)[1] in models.stdout.split()  # the store is the claimed volume
+    finally:
+        podman("kube", "down", str(tmp_path / "deployment.yaml"), check=False)
+        podman("volume", "rm", "--force", "bouncer-data", "bouncer-models", check=False)
