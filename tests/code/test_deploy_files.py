@@ -80,3 +80,12 @@ def test_the_image_makes_every_mount_point_its_users() -> None:
     script = (DEPLOY / "image-setup.sh").read_text()
     assert f"mkdir -p {DATA} {HOME} {STATE}" in script
     assert f'chown "$BENTO_USER:$BENTO_USER" {DATA} {HOME} {STATE}' in script
+
+
+def test_the_container_page_shows_the_commands_the_tier_runs() -> None:
+    """docs/container.md repeats the README's Container commands, which tests/container/ runs as written."""
+    from tests.container.test_container import readme_commands
+
+    page = (DEPLOY.parent / "docs" / "container.md").read_text()
+    for command in readme_commands().values():
+        assert command.split("  #")[0].rstrip() in page, command

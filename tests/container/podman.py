@@ -51,9 +51,15 @@ CONTAINER_ENV = {"BENTOML_HOME": HOME}
 REPLICA_ENV = {**CONTAINER_ENV, "BOUNCER_STATE_DIR": STATE}
 
 
+def with_sbin() -> str:
+    """PATH with the sbin folders (chroot, iptables, runuser live there), which CI's narrowed PATH may leave out."""
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join([*path, *(d for d in ("/usr/sbin", "/sbin") if d not in path)])
+
+
 def missing_tools() -> str | None:
     """Why the container tier cannot run here, or None."""
-    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
+    absent = [tool for tool in TOOLS if shutil.which(tool, path=with_sbin()) is None]
     if absent:
         return f"{', '.join(absent)} not installed: {HOW}"
     if os.geteuid() != 0:
@@ -71,6 +77,7 @@ class Podman:
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
+            "PATH": with_sbin(),
             "CONTAINERS_CONF": str(self.root / "containers.conf"),
             "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
         }
@@ -157,7 +164,7 @@ def make_base_image(podman: Podman, work: Path) -> None:
         str(rootfs),
         *apt_sources(),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env=podman.env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"mmdebstrap exited {done.returncode}:\n{done.stderr[-4000:]}")
     changes = ["ENV PIP_BREAK_SYSTEM_PACKAGES=1", "ENV UV_NATIVE_TLS=1", 'CMD ["/bin/bash"]']

@@ -12,6 +12,7 @@ is left behind (the tier's podman has its own store, removed at the end).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -47,6 +48,7 @@ from tests.container.podman import (
 )
 from tests.postgres import fresh_database
 from tests.service.conftest import PROJECT, copy_demo_data
+from tests.service.test_readme import bash_blocks, commands
 from training.jobs.processes import free_port
 from training.labels.store import open_store
 from training.labels.sync import import_folder
@@ -71,9 +73,42 @@ class BuiltImage:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+README = PROJECT / "README.md"
+# The README's Container block, command by command (what each one starts with).
+BUILD, CONTAINERIZE, CHOWN, RUN = (
+    ".venv/bin/bentoml build",
+    ".venv/bin/bentoml containerize",
+    "mkdir -p bentoml-store",
+    "podman run",
+)
+
+
+def readme_commands() -> dict[str, str]:
+    """The commands of the README's Container section, which the tier runs as written (but for :func:`fill`)."""
+    (block,) = [b for b in bash_blocks(README.read_text()) if "bentoml containerize" in b]
+    lines = commands(block)
+    found = {start: [line for line in lines if line.startswith(start)] for start in (BUILD, CONTAINERIZE, CHOWN, RUN)}
+    assert all(len(matches) == 1 for matches in found.values()) and len(lines) == 4, lines
+    return {start: matches[0] for start, matches in found.items()}
+
+
+def fill(command: str, **values: str) -> str:
+    """``command`` with each placeholder (a key: its text) replaced; a placeholder it lacks is an error."""
+    for placeholder, value in values.items():
+        assert placeholder in command, f"{placeholder!r} not in the README's {command!r}"
+        command = command.replace(placeholder, value)
+    return command
+
+
+def bash(command: str, *, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{command}\nexit {done.returncode}:\n{(done.stdout + done.stderr)[-6000:]}"
+    return done
+
+
 @pytest.fixture(scope="module")
 def image(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
-    """The real bento with the demo model, containerized with podman; every image and container removed after."""
+    """The README's build and containerize, of the real project with the demo model; all removed after."""
     if why := missing_tools():
         pytest.skip(why)
     root = tmp_path_factory.mktemp("podman")
@@ -84,34 +119,22 @@ def image(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -
         make_base_image(podman, root)
         seconds["base image"] = time.monotonic() - started
         env = {key: value for key, value in podman.env.items() if key != "BOUNCER_MODEL_TAG"}
+        readme = readme_commands()
+        venv = f"{Path(sys.executable).parent}/"  # the README's .venv/bin/, wherever this venv is
         started = time.monotonic()
-        pin = f"model_tag={trained_demo.result.tag}"  # the version the bento carries and serves (docs/container.md)
-        build = subprocess.run(
-            [sys.executable, "-m", "bentoml", "build", "--arg", pin, "--output", "tag", str(PROJECT)],
-            env=env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert build.returncode == 0, build.stderr[-4000:]
-        bento = build.stdout.strip().split("__tag__:")[-1]
+        build = readme[BUILD].replace(".venv/bin/", venv)
+        version = trained_demo.result.tag.split(":", 1)[1]
+        built = bash(fill(build, **{"<version>": version}), cwd=PROJECT, env=env, timeout=900)
+        (bento,) = re.findall(r'Successfully built Bento\(tag="([^"]+)"\)', built.stdout)
         seconds["bentoml build"] = time.monotonic() - started
         started = time.monotonic()
-        containerize = subprocess.run(
-            [sys.executable, "-m", "bentoml", "containerize", "--backend", "podman", bento],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        assert containerize.returncode == 0, (containerize.stdout + containerize.stderr)[-6000:]
+        containerize = readme[CONTAINERIZE].replace(".venv/bin/", venv)
+        bash(fill(containerize, **{"<bento version>": bento.split(":", 1)[1]}), cwd=PROJECT, env=env, timeout=1800)
         seconds["bentoml containerize"] = time.monotonic() - started
-        built = BuiltImage(podman, bento, trained_demo.result.tag, seconds)
         size = podman.inspect("image", bento)["Size"]
         timings = ", ".join(f"{step} {s:.0f} s" for step, s in seconds.items())
         print(f"\ncontainer tier: image {bento} {size / 1e9:.2f} GB; {timings}")
-        yield built
+        yield BuiltImage(podman, bento, trained_demo.result.tag, seconds)
 
 
 @dataclass
@@ -183,11 +206,23 @@ def test_the_image_runs_as_bentomls_user_and_bakes_in_no_secret(image: BuiltImag
     assert stat.stdout.split() == [str(IMAGE_USER_UID), DATA, str(IMAGE_USER_UID), HOME, str(IMAGE_USER_UID), STATE]
 
 
-def test_with_its_volumes_a_container_answers_every_endpoint(
+def test_the_readme_container_answers_every_endpoint(
     image: BuiltImage, trained_demo: TrainedDemo, tmp_path: Path
 ) -> None:
-    vols = volumes(trained_demo, tmp_path)
-    with served(image, "bouncer-endpoints", vols) as url:
+    """The README's chown and `podman run` as written (but its name and host port), then every endpoint."""
+    readme = readme_commands()
+    vols = Volumes(copy_demo_data(trained_demo, tmp_path / "data"), tmp_path / "bentoml-store")
+    bash(readme[CHOWN], cwd=tmp_path, env=dict(os.environ), timeout=60)
+    port, name = free_port(), "bouncer-readme"
+    values = {
+        "--name bouncer ": f"--name {name} ",
+        "-p 3000:3000": f"-p 127.0.0.1:{port}:3000",
+        "<bento version>": image.name.split(":", 1)[1],
+    }
+    bash(fill(readme[RUN], **values), cwd=tmp_path, env={**image.podman.env, "BOUNCER_API_TOKEN": TOKEN}, timeout=120)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        print(f"{name} ready in {wait_ready(image.podman, name, url):.1f} s")
         picture = sorted((vols.data / "test" / "dog").glob("*.png"))[0]
         answer = predict(url, picture)
         assert answer.status_code == 200, answer.text
@@ -208,6 +243,8 @@ def test_with_its_volumes_a_container_answers_every_endpoint(
         openapi = httpx.get(f"{url}/", timeout=30)
         assert openapi.status_code == 200 and "swagger" in openapi.text.lower()
         assert httpx.get(f"{url}/docs.json", timeout=30).json()["info"]["title"] == "Bouncer"
+    finally:
+        image.podman("rm", "--force", "--time", "30", name, check=False)
     # what the server wrote belongs to the image's user, in the mounted folders
     assert (vols.data / "labels.db").stat().st_uid == IMAGE_USER_UID
     assert (vols.home / "models" / "bouncer" / image.model_tag.split(":", 1)[1]).is_dir()
