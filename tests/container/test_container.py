@@ -289,6 +289,14 @@ def test_a_training_inside_the_container_serves_and_survives_a_new_container(
         history = ok(url, "history", {"image_id": target, "limit": 5})
         assert history[0]["event_id"] == decision["event_id"]
         assert ok(url, "train_progress", {})["state"] == "succeeded"
+    # what the result says to do instead of a rebuild: a bento of the new version, from the source, with that store
+    build = [sys.executable, "-m", "bentoml", "build", "--arg", f"model_tag={trained['tag']}", "--output", "tag"]
+    env = {**os.environ, "BENTOML_HOME": str(vols.home)}
+    done = subprocess.run(build, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bento = done.stdout.strip().split("__tag__:")[-1]
+    shipped = vols.home / "bentos" / bento.replace(":", "/") / "bento.yaml"
+    assert f"tag: {trained['tag']}" in shipped.read_text()
 
 
 def test_sigterm_loses_no_acknowledged_relabel_and_flushes_the_prediction_log(
