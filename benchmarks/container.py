@@ -12,7 +12,9 @@ On this machine and in this one run, with podman (as root) and the container tie
 4. predict under ``--clients`` concurrent clients (benchmarks/loadgen.py, real test images):
    ``bentoml serve`` of the project on the host, the container with ``--network host`` and the
    container behind a published port (``-p``), in interleaved rounds, same model, same worker
-   count; prints each round, the medians and the container's ratios to the host.
+   count; prints each round, the medians and the container's ratios to the host: of throughput,
+   and of the CPU the server's processes spend per request (what other jobs on a shared machine
+   hardly move, unlike throughput).
 
     .venv/bin/python benchmarks/container.py                     # ~12 min on 2 cores, cold
     .venv/bin/python benchmarks/container.py --podman-root /var/tmp/bouncer-podman   # kept: reruns build warm
@@ -21,6 +23,7 @@ On this machine and in this one run, with podman (as root) and the container tie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -31,6 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+import psutil
 
 T = TypeVar("T")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -89,8 +94,8 @@ def build_and_containerize(env: dict[str, str], model_tag: str) -> tuple[str, fl
 @contextmanager
 def container(
     podman: Podman, image: str, data: Path, home: Path, *, host_network: bool, env: dict[str, str]
-) -> Iterator[tuple[str, float]]:
-    """A container of ``image`` with the two volumes; its URL and seconds from `podman run` to ready."""
+) -> Iterator[tuple[str, float, int]]:
+    """A container of ``image`` with the two volumes: its URL, seconds from `podman run` to ready, its main pid."""
     port = free_port()
     name = f"bouncer-bench-{port}"
     settings = {**CONTAINER_ENV, **env, **({"BENTOML_PORT": str(port)} if host_network else {})}
@@ -107,23 +112,45 @@ def container(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(podman, name, url)
-        yield url, time.monotonic() - started
+        ready = time.monotonic() - started
+        yield url, ready, podman.inspect("container", name)["State"]["Pid"]
     finally:
         podman("rm", "--force", "--time", "30", name, check=False)
 
 
-def load(name: str, url: str, images: list[bytes], args: argparse.Namespace) -> LoadResult:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and every process under it (a server's workers)."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def load(name: str, url: str, pid: int, images: list[bytes], args: argparse.Namespace) -> tuple[LoadResult, float]:
+    """The load's result and the server's CPU milliseconds per answered request (its processes' own time).
+
+    Throughput on a machine other jobs share swings with their load; the CPU a request costs the
+    server's processes hardly does, so it tells a container's overhead apart from the noise
+    (what the kernel spends forwarding a published port is not in it).
+    """
     port = int(url.rsplit(":", 1)[1])
     requests = [multipart_request("127.0.0.1", port, "/predict", [("image", "x.png", image)]) for image in images]
-    return run(drive(name, "127.0.0.1", port, requests, clients=args.clients, seconds=args.seconds, warmup=args.warmup))
+    run(drive(name, "127.0.0.1", port, requests, clients=args.clients, seconds=args.warmup, warmup=0))
+    before = cpu_seconds(pid)
+    result = run(drive(name, "127.0.0.1", port, requests, clients=args.clients, seconds=args.seconds, warmup=0))
+    answered = result.ok + result.non_2xx
+    return result, (cpu_seconds(pid) - before) * 1000 / max(answered, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per server and round")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per server and round")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each server; container starts")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each server; container starts")
     parser.add_argument("--workers", default="2", help="BOUNCER_WORKERS for every server")
     parser.add_argument("--podman-root", type=Path, help="keep the podman store here (default: a temp dir, removed)")
     parser.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
@@ -138,12 +165,15 @@ def main() -> None:
         tag = train_throwaway(env, 2, demo=SMALL_DEMO)
         data = Path(env["BOUNCER_DATA_DIR"])
         images = [p.read_bytes() for p in sorted((data / "test").glob("*/*.png"))[:256]]
+        kept = args.podman_root is not None and (args.podman_root / "storage").is_dir()
+        cache = "kept from an earlier run" if kept else "empty"
         with private_podman(args.podman_root or root / "podman", keep=args.podman_root is not None) as podman:
             env.update({key: podman.env[key] for key in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")})
             _, base_s = timed(lambda: make_base_image(podman, root))
             print(f"base image (the test's stand-in for python:3.11-slim): {base_s:.0f} s", flush=True)
             image, cold_build, cold_containerize = build_and_containerize(env, tag)
-            print(f"first build: bentoml build {cold_build:.0f} s, containerize {cold_containerize:.0f} s", flush=True)
+            first = f"bentoml build {cold_build:.0f} s, containerize {cold_containerize:.0f} s"
+            print(f"first build (layer cache {cache}): {first}", flush=True)
             _, warm_build, warm_containerize = build_and_containerize(env, tag)  # a new bento, same requirements
             print(f"second build: bentoml build {warm_build:.0f} s, containerize {warm_containerize:.0f} s", flush=True)
             size = podman.inspect("image", image)["Size"]
@@ -155,35 +185,42 @@ def main() -> None:
             serve_env = {"BOUNCER_WORKERS": args.workers}
             starts: list[float] = []
             labels = ("bentoml serve", "container, host network", "container, -p")
-            results: dict[str, list[LoadResult]] = {label: [] for label in labels}
+            results: dict[str, list[tuple[LoadResult, float]]] = {label: [] for label in labels}
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds}", flush=True)
                 port = free_port()
                 host_env = {**env, **serve_env, "BOUNCER_MODEL_TAG": tag}
-                with serving(port, host_env, root / f"serve-{round_}.log"):
-                    results["bentoml serve"].append(load("bentoml serve", f"http://127.0.0.1:{port}", images, args))
+                with serving(port, host_env, root / f"serve-{round_}.log") as process:
+                    answer = load("bentoml serve", f"http://127.0.0.1:{port}", process.pid, images, args)
+                    results["bentoml serve"].append(answer)
                 for label, host_network in (("container, host network", True), ("container, -p", False)):
                     vols = (volumes / "data", volumes / "bentoml")
-                    with container(podman, image, *vols, host_network=host_network, env=serve_env) as (url, ready):
+                    with container(podman, image, *vols, host_network=host_network, env=serve_env) as started:
+                        url, ready, pid = started
                         starts.append(ready)
-                        results[label].append(load(label, url, images, args))
+                        results[label].append(load(label, url, pid, images, args))
                 for rounds in results.values():
-                    print(f"  {rounds[-1].line()}", flush=True)
+                    result, cpu_ms = rounds[-1]
+                    print(f"  {result.line()}   server CPU {cpu_ms:.2f} ms/request", flush=True)
 
-    host = statistics.median(r.throughput for r in results["bentoml serve"])
+    host = statistics.median(r.throughput for r, _ in results["bentoml serve"])
+    host_cpu = statistics.median(cpu for _, cpu in results["bentoml serve"])
     print(f"\nmodel {tag}; image {image}")
     print(f"image size: {size / 1e9:.2f} GB")
-    print(f"build, empty layer cache: bentoml build {cold_build:.0f} s + containerize {cold_containerize:.0f} s")
+    print(f"build, layer cache {cache}: bentoml build {cold_build:.0f} s + containerize {cold_containerize:.0f} s")
     print(f"build, warm layer cache (a new bento): bentoml build {warm_build:.0f} s + {warm_containerize:.0f} s")
     print(f"start to ready: median {statistics.median(starts):.1f} s, worst {max(starts):.1f} s ({len(starts)} starts)")
     print(f"predict, {args.clients} clients, {args.workers} workers, median of {args.rounds} interleaved rounds:")
     for label, rounds in results.items():
-        throughput = statistics.median(r.throughput for r in rounds)
-        p99 = statistics.median(r.percentile(99) for r in rounds)
-        non_2xx = sum(r.non_2xx for r in rounds)
+        loads = [r for r, _ in rounds]
+        throughput = statistics.median(r.throughput for r in loads)
+        spread = f"{min(r.throughput for r in loads):.0f}-{max(r.throughput for r in loads):.0f}"
+        cpu = statistics.median(c for _, c in rounds)
+        cpu_spread = f"{min(c for _, c in rounds):.2f}-{max(c for _, c in rounds):.2f}"
         print(
-            f"  {label:<26} {throughput:8.1f} req/s  x{throughput / host:.3f} of bentoml serve  "
-            f"p99 {p99:6.1f} ms  non-2xx {non_2xx}"
+            f"  {label:<26} {throughput:7.1f} req/s (rounds {spread}) x{throughput / host:.2f};  "
+            f"server CPU {cpu:.2f} ms/request ({cpu_spread}) x{cpu / host_cpu:.2f};  "
+            f"p99 {statistics.median(r.percentile(99) for r in loads):.0f} ms;  non-2xx {sum(r.non_2xx for r in loads)}"
         )
 
 
