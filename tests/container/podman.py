@@ -30,8 +30,13 @@ import httpx
 BASE_IMAGE = "docker.io/library/python:3.11-slim"  # what BentoML's generated Dockerfile starts FROM
 TOOLS = ("podman", "mmdebstrap", "runc")
 HOW = "apt-get install podman runc fuse-overlayfs slirp4netns uidmap mmdebstrap (README, command 2), as root"
-# What made podman work in CI's sandbox: crun could not set RLIMIT_NOFILE there and cgroups are v1.
-CONTAINERS_CONF = """\
+
+
+def containers_conf(root: Path) -> str:
+    """The tier's containers.conf: runc, cgroupfs, file events and explicit ulimits made podman work in
+    CI's sandbox (crun could not set RLIMIT_NOFILE there, and cgroups are v1); podman's runtime state
+    and network definitions under ``root``, so that nothing of the machine's podman is shared or removed."""
+    return f"""\
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
@@ -39,7 +44,13 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+tmp_dir = "{root / "tmp"}"
+
+[network]
+network_config_dir = "{root / "networks"}"
 """
+
+
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")  # Debian's folder for locally added CAs
 IMAGE_USER_UID = 1034  # BentoML's user in the images it makes
 # The layout docs/container.md, deploy/compose.yaml and deploy/kubernetes/ give a container, and
@@ -111,7 +122,7 @@ def private_podman(root: Path, *, keep: bool = False) -> Iterator[Podman]:
     ``keep``: leave the images (not the containers) for the next run, whose build then starts warm.
     """
     root.mkdir(parents=True, exist_ok=True)
-    (root / "containers.conf").write_text(CONTAINERS_CONF)
+    (root / "containers.conf").write_text(containers_conf(root))
     (root / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "storage"}"\nrunroot = "{root / "run"}"\n'
     )
@@ -119,9 +130,11 @@ def private_podman(root: Path, *, keep: bool = False) -> Iterator[Podman]:
     try:
         yield podman
     finally:
+        podman("pod", "rm", "--all", "--force", "--time", "0", check=False)
         podman("rm", "--all", "--force", "--time", "0", check=False)
-        if not keep:
-            podman("system", "reset", "--force", check=False)  # images, volumes, layers: this store only
+        podman("volume", "rm", "--all", "--force", check=False)
+        if not keep:  # this store's images and layers (not `system reset`, which also clears shared state)
+            podman("rmi", "--all", "--force", check=False)
             shutil.rmtree(root, ignore_errors=True)
 
 
