@@ -1,35 +1,36 @@
-"""How well Bouncer finds the planted label errors of the demo data, scored against ground_truth.csv.
+"""How well ``suspects`` finds wrong labels, on several datasets whose wrong labels are known: one table.
 
-One run, in a throw-away workspace (demo data, a full training with out-of-fold
-probabilities, a simulated review, a retraining). Prints:
+Each dataset is written into a throw-away workspace, trained once with the defaults
+(out-of-fold models and their neighbours included), ranked, scored against its
+ground_truth.csv, then the errors the first k suspects hold are fixed and the model
+retrained. Datasets:
 
-- precision/recall at k = number of planted errors for: Bouncer's suspects (cleanlab
-  on out-of-fold probabilities + disagreeing duplicates), plain cleanlab
-  (find_label_issues on the same out-of-fold probabilities) and the in-sample
-  baseline (1 - the final model's own probability of the given label);
-- recall of the planted impostor group found by error tracing from misclassified test images;
-- a simulated user who fixes labels with the API's calls (trace, expand, suspects, relabel),
-  confirming each proposed image against the ground truth (one human decision each):
-  calls and decisions needed, errors fixed; then what it takes to fix every last one
-  by paging on through the suspect ranking;
-- test accuracy before and after retraining on the fixed labels.
+- ``silhouettes``: the demo (a 250-image impostor group, dogs labelled cat, + 5% random noise);
+- ``photos``: the photos demo (40 copies of one photo labelled as another class: a group);
+- ``digits-random``: scikit-learn's handwritten digits, 10% of train labels flipped at random;
+- ``digits-confusable``: the same, flipped to the digit people misread it as (3<->8, 1<->7, 4<->9...).
 
-The simulation calls the same functions the endpoints call (training.curation.ranking,
-training.curation.index, LabelStore.relabel), without HTTP.
+For each: precision = recall at k = the number of wrong labels, AUROC and AUPRC of the score,
+for Bouncer's suspects (the combination) and what it is made of or replaces, all on the same
+training: the previous suspects (cleanlab flags first, on out-of-fold probabilities), plain
+cleanlab (its self-confidence label quality on the same out-of-fold probabilities), the in-sample
+baseline (1 - the final model's own probability of the label), and the neighbours alone (k-NN
+label agreement, train neighbours and nearest test images); images a reviewer must look at, in
+each order, to fix 90% of the errors; group members in the first 500 of the queue; test accuracy
+before and after fixing what the first k suspects held and retraining; the time of each part.
 
-    .venv/bin/python benchmarks/label_issues.py            # ~15 min on 2 cores
-    .venv/bin/python benchmarks/label_issues.py --epochs 5 --per-class-limit 300   # quicker, rougher
+    .venv/bin/python benchmarks/label_issues.py                 # all four, ~40 min on 2 cores
+    .venv/bin/python benchmarks/label_issues.py --quick digits-random photos   # smaller, rougher
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,175 +40,199 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.workspace import isolated_env, workspace  # noqa: E402
 
+DATASETS = ("silhouettes", "photos", "digits-random", "digits-confusable")
+GROUP_WINDOW = 500  # a group's members among the first this many of the queue (issue 24's goal: 200 of 250)
+
+
+def write_dataset(name: str, data_dir: Path, *, quick: bool) -> None:
+    from benchmarks.noisy_digits import DigitsSpec, write_noisy_digits
+    from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset
+    from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
+
+    writers: dict[str, Callable[[], object]] = {
+        "silhouettes": lambda: write_demo_dataset(
+            data_dir, DemoSpec(per_class_limit=400, impostor_count=80) if quick else DemoSpec(), force=True
+        ),
+        "photos": lambda: write_photo_dataset(data_dir, PhotoDemoSpec(), force=True),
+        "digits-random": lambda: write_noisy_digits(data_dir, DigitsSpec(noise="random")),
+        "digits-confusable": lambda: write_noisy_digits(data_dir, DigitsSpec(noise="confusable")),
+    }
+    writers[name]()
+
 
 @dataclass
-class Review:
-    """A simulated user: every image shown to them is one decision; relabels are grouped per class."""
-
-    truth: dict[str, str]  # image_id -> true label, for the planted errors only
-    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    decisions: int = 0
-    seen: set[str] = field(default_factory=set)
-    fixed: set[str] = field(default_factory=set)
-
-    def confirm(self, image_ids: list[str]) -> list[str]:
-        """Look at each new image; return those whose label is wrong."""
-        fresh = [i for i in image_ids if i not in self.seen]
-        self.seen.update(fresh)
-        self.decisions += len(fresh)
-        return [i for i in fresh if i in self.truth and i not in self.fixed]
-
-    def relabel(self, store: object, image_ids: list[str]) -> None:
-        by_label: dict[str, list[str]] = defaultdict(list)
-        for image_id in image_ids:
-            by_label[self.truth[image_id]].append(image_id)
-        for label, ids in by_label.items():
-            if store is not None:  # None: only count (a what-if that must not change the retraining's labels)
-                store.relabel(ids, label, reason="benchmark review", actor="benchmark")  # type: ignore[attr-defined]
-            self.calls["relabel"] += 1
-            self.fixed.update(ids)
+class Measured:
+    precision_at_k: float  # = recall at k, k = the number of wrong labels
+    auroc: float
+    auprc: float
+    to_fix_90: int  # images looked at, in this order, until 90% of the wrong labels were seen
+    group_found: int  # group members (impostors) among the first GROUP_WINDOW
 
 
-def precision_recall(found: list[str], planted: set[str]) -> tuple[float, float]:
-    hits = len(set(found) & planted)
-    return hits / max(len(found), 1), hits / max(len(planted), 1)
+def measure(score: np.ndarray, wrong: np.ndarray, group: np.ndarray) -> Measured:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    order = np.argsort(-score, kind="stable")
+    k = int(wrong.sum())
+    seen = np.cumsum(wrong[order])
+    return Measured(
+        float(wrong[order[:k]].mean()),
+        float(roc_auc_score(wrong, score)),
+        float(average_precision_score(wrong, score)),
+        int(np.searchsorted(seen, np.ceil(0.9 * k)) + 1),
+        int(group[order[:GROUP_WINDOW]].sum()),
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=None, help="default: BOUNCER_EPOCHS (15)")
-    parser.add_argument("--per-class-limit", type=int, default=None, help="fewer images per class (quicker)")
-    parser.add_argument("--batch", type=int, default=50, help="images the user reviews per expand call")
-    parser.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
-    args = parser.parse_args()
+@dataclass
+class Row:
+    dataset: str
+    n_train: int
+    n_wrong: int
+    n_group: int
+    methods: dict[str, Measured]
+    accuracy_before: float
+    accuracy_after: float
+    seconds: dict[str, float]
 
-    with workspace(args.workdir, prefix="bouncer-issues-") as root:
-        os.environ.update(isolated_env(root), BOUNCER_BUILD_BENTO="false")
-        run(args)
 
+def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None) -> Row:
+    from cleanlab.rank import get_label_quality_scores
 
-def run(args: argparse.Namespace) -> None:
-    from cleanlab.filter import find_label_issues
-
-    from training.curation.ranking import in_sample_ranking
-    from training.data.demo_silhouettes import DemoSpec, write_demo_dataset
+    from training.curation.ranking import Neighbourhood, label_quality_ranking, vote_probabilities
     from training.data.ground_truth import read_ground_truth
     from training.pipeline.training_run import run_training
     from training.registry.serving import open_curator
     from training.settings import get_settings
 
-    settings = get_settings()
-    spec = DemoSpec(per_class_limit=args.per_class_limit)
-    write_demo_dataset(settings.data_dir, spec)
+    settings = get_settings(data_dir=root / name / "data")
+    write_dataset(name, settings.data_dir, quick=quick)
     started = time.perf_counter()
-    before = run_training(settings, epochs=args.epochs)
-    print(f"trained {before.tag} in {time.perf_counter() - started:.0f} s (with out-of-fold models)", flush=True)
-    with open_curator(settings) as curator:  # what the service would serve: the version just trained
-        store, model = curator.store, curator.model
+    before = run_training(settings, epochs=epochs)
+    total = time.perf_counter() - started
+    print(f"{name}: trained {before.tag} in {total:.0f} s, {before.phase_seconds}", flush=True)
+    with open_curator(settings) as curator:
+        curated, model = curator.labels, curator.model
         assert model.tag == before.tag and model.audit is not None
-        train = store.images(split=settings.train_split)
-        by_path = {r.path: r for r in train}
-        poisoned = read_ground_truth(settings.data_dir)
-        truth = {by_path[p.path].image_id: p.true_label for p in poisoned if p.path in by_path}
-        impostors = {by_path[p.path].image_id for p in poisoned if p.kind == "impostor" and p.path in by_path}
-        planted, n = set(truth), len(truth)
-        classes = model.class_names
-        labels = np.array([classes.index(r.label) for r in train])
-        rows = model.audit.image_ids.tolist()
-        order = np.array([rows.index(r.image_id) for r in train])
-        oof, in_sample = model.audit.out_of_fold[order], model.audit.in_sample[order]
+        audit, classes = model.audit, model.class_names
+        started = time.perf_counter()
+        suspects = curator.suspect_ranking()
+        ranking_seconds = time.perf_counter() - started
+        train = {r.image_id: r for r in curated.images(split=settings.train_split)}
+        test = curated.images(split=settings.test_split)
+        truth = {p.path: p for p in read_ground_truth(settings.data_dir)}
+        ids = audit.image_ids.tolist()  # every array below is in the audit's order
+        labels = np.array([classes.index(train[i].label) for i in ids])
+        wrong = np.array([train[i].path in truth for i in ids])
+        group = np.array([train[i].path in truth and truth[train[i].path].kind == "impostor" for i in ids])
+        rows = np.arange(len(ids))
 
-        print(
-            f"\nplanted errors: {n} ({len(impostors)} impostors, {n - len(impostors)} random noise) "
-            f"in {len(train)} train images"
-        )
-        ours = [s.image_id for s in curator.suspects(len(train))]
-        cleanlab_ranked = find_label_issues(labels, oof, return_indices_ranked_by="self_confidence", n_jobs=1)
-        cleanlab_all = [train[i].image_id for i in cleanlab_ranked]
-        naive = [train[i.index].image_id for i in in_sample_ranking(labels, in_sample)]
-        m = len(cleanlab_all)  # plain cleanlab's list is only as long as what it flags: compare there too
-        header = "method (first k of its ranking)"
-        print(f"\n{header:<52} precision  recall  impostors found  noise found")
-        for name, found in [
-            (f"Bouncer suspects (cleanlab on OOF + duplicates), k={n}", ours[:n]),
-            (f"plain cleanlab find_label_issues, all {m} it flags", cleanlab_all),
-            (f"in-sample confidence (final model), k={n}", naive[:n]),
-            (f"Bouncer suspects, k={m}", ours[:m]),
-            (f"in-sample confidence, k={m}", naive[:m]),
-        ]:
-            p, r = precision_recall(found, planted)
-            imp = len(set(found) & impostors)
-            noise = len(set(found) & (planted - impostors))
-            print(f"{name:<52} {p:9.3f} {r:7.3f} {imp:8d}/{len(impostors):<6d} {noise:6d}/{n - len(impostors)}")
-
-        errors = curator.evaluate(settings.test_split).misclassified
-        traced = curator.trace(None, k=5, limit=len(train))
-        traced_ids = {t.image_id for t in traced}
-        strong = {t.image_id for t in traced if t.votes >= 2}
-        print(
-            f"\nerror tracing from {len(errors)} misclassified test images (k=5): {len(traced_ids)} training images, "
-            f"impostor recall {len(traced_ids & impostors) / len(impostors):.3f}, precision "
-            f"{len(traced_ids & planted) / max(len(traced_ids), 1):.3f}; with >= 2 votes: {len(strong)} images, "
-            f"impostor recall {len(strong & impostors) / len(impostors):.3f}, "
-            f"precision {len(strong & planted) / max(len(strong), 1):.3f}"
-        )
-
-        # --- a simulated user: trace -> confirm -> relabel -> expand until dry -> suspects ------------
-        review = Review(truth)
-        review.calls["trace"] += 1
-        confirmed = review.confirm([t.image_id for t in traced if t.votes >= 2])
-        review.relabel(store, confirmed)
-        original = {r.image_id: r.label for r in train}  # the (wrong) label a confirmed image carried
-        frontier = confirmed
-        while frontier:
-            grown: list[str] = []
-            for label in sorted({original[i] for i in frontier}):
-                seeds = sorted(i for i in review.fixed if original[i] == label)  # everything confirmed so far
-                # the images the user looked at and found right are not proposed again
-                proposed = [
-                    nb.image_id
-                    for nb in curator.expand(seeds, k=args.batch, label=label, split="train", exclude=review.seen)
-                ]
-                review.calls["expand"] += 1
-                new = review.confirm(proposed)
-                review.relabel(store, new)
-                if len(new) >= args.batch // 2:  # keep going while a batch is mostly mislabelled
-                    grown += new
-            frontier = grown
-        after_cluster = len(review.fixed)
-        review.calls["suspects"] += 1
-        flagged = [s.image_id for s in curator.suspects(len(train)) if s.flagged]
-        review.relabel(store, review.confirm(flagged))
-        print(
-            f"\nsimulated review: {dict(review.calls)} = {sum(review.calls.values())} calls, "
-            f"{review.decisions} human decisions; fixed {len(review.fixed)}/{n} planted errors "
-            f"({after_cluster} by trace+expand, {len(review.fixed) - after_cluster} by suspects; "
-            f"impostors fixed {len(review.fixed & impostors)}/{len(impostors)})"
-        )
-        # --- what-if: to fix *every* planted error, page on through the rest of the ranking --------
-        # (counted only: the retraining below uses the labels of the review above)
-        exhaustive = copy.deepcopy(review)
-        ranking = [s.image_id for s in curator.suspects(len(train))]
-        page, pages = 100, 0
-        while exhaustive.fixed != planted and pages * page < len(ranking):
-            exhaustive.calls["suspects"] += 1
-            exhaustive.relabel(None, exhaustive.confirm(ranking[pages * page : (pages + 1) * page]))
-            pages += 1
-        print(
-            f"to fix all {n}: {pages} more suspects pages of {page} -> {dict(exhaustive.calls)} = "
-            f"{sum(exhaustive.calls.values())} calls, {exhaustive.decisions} human decisions "
-            f"({exhaustive.decisions / len(train):.0%} of the training images looked at); "
-            f"fixed {len(exhaustive.fixed)}/{n}"
-        )
-
-    started = time.perf_counter()
-    # the retrained model is only scored, so it skips the out-of-fold models
-    after = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=args.epochs)
-    print(f"retrained {after.tag} in {time.perf_counter() - started:.0f} s")
-    print(
-        f"\ntest accuracy: before {before.metrics['test_accuracy']:.4f} -> after {after.metrics['test_accuracy']:.4f} "
-        f"(clean test split, {int(before.metrics['n_test'])} images)"
+        position = {s.image_id: rank for rank, s in enumerate(suspects)}
+        suspects_score = np.array([-float(position[i]) for i in ids])
+        previous = np.zeros(len(ids))
+        for rank, issue in enumerate(label_quality_ranking(labels, audit.out_of_fold)):
+            previous[issue.index] = -rank
+        plain = 1 - get_label_quality_scores(labels, audit.out_of_fold, method="self_confidence")
+        in_sample = 1 - audit.in_sample[rows, labels]
+        test_label = {r.image_id: classes.index(r.label) for r in test}
+        test_labels = np.array([test_label.get(i, -1) for i in audit.test_ids.tolist()])
+        votes = [
+            Neighbourhood(audit.neighbours, audit.similarities, labels).votes(len(classes)),
+            Neighbourhood(audit.test_neighbours, audit.test_similarities, test_labels).votes(len(classes)),
+        ]
+        logs = [np.log(vote_probabilities(v)[rows, labels]) for v in votes if v.sum() > 0]
+        neighbours_alone = 1 - np.exp(np.mean(logs, axis=0))
+        train_votes_only = 1 - vote_probabilities(votes[0])[rows, labels]
+        methods = {
+            "suspects (combination)": measure(suspects_score, wrong, group),
+            "previous suspects (cleanlab flags first)": measure(previous, wrong, group),
+            "plain cleanlab (OOF self-confidence)": measure(plain, wrong, group),
+            "in-sample baseline": measure(in_sample, wrong, group),
+            "neighbours alone (train + test k-NN)": measure(neighbours_alone, wrong, group),
+            "train neighbours alone (k-NN)": measure(train_votes_only, wrong, group),
+        }
+        k = int(wrong.sum())
+        fix = [s.image_id for s in suspects[:k] if train[s.image_id].path in truth]
+        by_label: dict[str, list[str]] = {}
+        for image_id in fix:
+            by_label.setdefault(truth[train[image_id].path].true_label, []).append(image_id)
+        for label, image_ids in by_label.items():
+            curated.relabel(image_ids, label, reason="benchmark: fixed from the first k suspects", actor="benchmark")
+    after = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=epochs)
+    seconds = {
+        "training (fit)": before.train_wall_time_s,
+        "run, total": total,
+        "out-of-fold models": before.phase_seconds.get("out_of_fold", 0.0) - before.phase_seconds.get("neighbours", 0),
+        "neighbours": before.phase_seconds.get("neighbours", 0.0),
+        "ranking": ranking_seconds,
+    }
+    return Row(
+        name,
+        len(ids),
+        k,
+        int(group.sum()),
+        methods,
+        before.metrics.get("test_accuracy", float("nan")),
+        after.metrics.get("test_accuracy", float("nan")),
+        seconds,
     )
+
+
+def print_tables(rows: list[Row]) -> None:
+    print(
+        "\n| dataset | train images | wrong labels | method | P = R at k | AUROC | AUPRC | looked at to fix 90% |"
+        f" group in first {GROUP_WINDOW} |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        for method, m in row.methods.items():
+            group = f"{m.group_found}/{row.n_group}" if row.n_group else "-"
+            print(
+                f"| {row.dataset} | {row.n_train} | {row.n_wrong} | {method} | {m.precision_at_k:.3f} | {m.auroc:.3f} "
+                f"| {m.auprc:.3f} | {m.to_fix_90} | {group} |"
+            )
+    print(
+        "\n| dataset | test accuracy before | after fixing the first k suspects | fit s | out-of-fold models s "
+        "| neighbours s (share of the fit) | ranking s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        s = row.seconds
+        print(
+            f"| {row.dataset} | {row.accuracy_before:.3f} | {row.accuracy_after:.3f} | {s['training (fit)']:.0f} "
+            f"| {s['out-of-fold models']:.0f} | {s['neighbours']:.1f} ({s['neighbours'] / s['training (fit)']:.0%}) "
+            f"| {s['ranking']:.2f} |"
+        )
+    worst = {
+        method: min(
+            row.methods[method].precision_at_k
+            - max(
+                row.methods["plain cleanlab (OOF self-confidence)"].precision_at_k,
+                row.methods["in-sample baseline"].precision_at_k,
+            )
+            for row in rows
+        )
+        for method in ("suspects (combination)", "previous suspects (cleanlab flags first)")
+    }
+    print(
+        "\nworst case over the datasets, P = R at k minus the better of plain cleanlab and the in-sample baseline: "
+        + ", ".join(f"{method} {value:+.3f}" for method, value in worst.items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="*", help=f"some of {', '.join(DATASETS)} (default: all four)")
+    parser.add_argument("--quick", action="store_true", help="a smaller silhouette demo (400 per class, 80 impostors)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the settings' recipe")
+    parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: a temp dir)")
+    args = parser.parse_args()
+    if unknown := sorted(set(args.datasets) - set(DATASETS)):
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(DATASETS)}")
+    with workspace(args.workdir, prefix="bouncer-issues-") as root:
+        os.environ.update(isolated_env(root), BOUNCER_BUILD_BENTO="false")
+        rows = [run_dataset(name, root, quick=args.quick, epochs=args.epochs) for name in args.datasets or DATASETS]
+    print_tables(rows)
 
 
 if __name__ == "__main__":

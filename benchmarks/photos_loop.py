@@ -81,7 +81,7 @@ def run(root: Path, backbone: str, weights: str) -> dict[str, object]:
 
     with open_curator(settings) as curator:  # the version the service would serve: the one just trained
         before = curator.evaluate(settings.test_split)
-        by_path = {r.path: r for r in curator.store.images(split=settings.train_split)}
+        by_path = {r.path: r for r in curator.labels.images(split=settings.train_split)}
         truth = {by_path[p.path].image_id: p.true_label for p in read_ground_truth(settings.data_dir)}
         found: set[str] = set()
         calls = viewed = 0
@@ -94,7 +94,7 @@ def run(root: Path, backbone: str, weights: str) -> dict[str, object]:
         for image_id in found:
             by_label.setdefault(truth[image_id], []).append(image_id)
         for label, ids in by_label.items():
-            curator.relabel(ids, label, reason="benchmark review", actor="benchmark")
+            curator.labels.relabel(ids, label, reason="benchmark review", actor="benchmark")
             calls += 1
     started = time.perf_counter()
     retrained = run_training(settings)

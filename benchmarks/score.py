@@ -36,13 +36,12 @@ TOLERANCES = {"probabilities": (1e-5, 0.0), "embeddings": (1e-4, 1e-5), "vectors
 
 
 def serving_tag() -> str:
-    from training.labels.store import open_store
-    from training.registry.serving import resolve_serving_tag
+    from training.curation.labels import Labels
+    from training.registry.serving import Registry
     from training.settings import get_settings
 
-    settings = get_settings()
-    with open_store(settings) as store:
-        return resolve_serving_tag(settings, store)
+    with Labels.open(get_settings()) as labels:
+        return Registry(labels).serving_tag()
 
 
 def compare(local_dir: Path, ray_dir: Path, tag: str) -> list[str]:

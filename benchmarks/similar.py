@@ -62,10 +62,10 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def write_store(settings: object, n: int, labels: np.ndarray, splits: np.ndarray) -> list[str]:
     """A label store with ``n`` image rows (bulk insert: the rows a folder import would write)."""
-    from training.labels.store import open_store
+    from training.curation.labels import Labels
 
-    with open_store(settings) as store:  # creates and migrates the schema, gives the dataset its id
-        dataset_id = store.dataset_id
+    with Labels.open(settings) as labels:  # type: ignore[arg-type]  # creates and migrates the schema, gives the dataset its id
+        dataset_id = labels.dataset_id
     ids = [f"{i:016x}" for i in range(n)]
     names = ("train", "test")
     rows = (
@@ -195,7 +195,7 @@ def http_latencies(port: int, path: str, bodies: list[dict[str, object]], second
 
 
 def bench_size(n: int, source_tag: str, root: Path, base_env: dict[str, str], args: argparse.Namespace) -> None:
-    from training.labels.store import open_store
+    from training.curation.labels import Labels
     from training.registry.store import load_registered
     from training.settings import get_settings
     from training.vectors.base import Where
@@ -208,8 +208,8 @@ def bench_size(n: int, source_tag: str, root: Path, base_env: dict[str, str], ar
     started = time.perf_counter()
     vectors, labels, splits = synthetic(n)
     ids = write_store(settings, n, labels, splits)
-    with open_store(settings) as store:
-        dataset_id = store.dataset_id
+    with Labels.open(settings) as labels:
+        dataset_id = labels.dataset_id
     tag = write_version(source_tag, dataset_id, ids, vectors, settings)
     print(f"\n{n:,} images: store + version {tag} written in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -222,7 +222,8 @@ def bench_size(n: int, source_tag: str, root: Path, base_env: dict[str, str], ar
     errors = vectors[rng.choice(np.flatnonzero(splits == 1), 200, replace=False)] + 0.1
     predicted = [LABELS[i] for i in rng.integers(0, len(LABELS), 200)]
 
-    with open_store(settings) as store:
+    with Labels.open(settings) as labels:
+        store = labels.store  # what the curation functions measured here take
         started = time.perf_counter()
         model = load_registered(tag, settings=settings)
         model.index.refresh(store)

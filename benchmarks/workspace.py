@@ -57,16 +57,18 @@ def train_throwaway(
     extra_env: Mapping[str, str] | None = None,
     without_class: str | None = None,
 ) -> str:
-    """Write the silhouette demo (``demo``: a DemoSpec expression; ``without_class``: minus that class's
-    folders) and train once, in a child process (TensorFlow stays out of the benchmark's own process);
-    ``epochs`` None is the settings' recipe. Returns the model tag."""
+    """Write a demo (``demo``: a DemoSpec expression for the silhouettes, a PhotoDemoSpec one for the
+    photos; ``without_class``: minus that class's folders) and train once, in a child process (TensorFlow
+    stays out of the benchmark's own process); ``epochs`` None is the settings' recipe. Returns the model tag."""
+    write = "write_photo_dataset" if demo.startswith("PhotoDemoSpec") else "write_demo_dataset"
     code = (
         "import shutil\n"
+        "from training.data.demo_photos import PhotoDemoSpec, write_photo_dataset\n"
         "from training.data.demo_silhouettes import DemoSpec, write_demo_dataset\n"
         "from training.pipeline.training_run import run_training\n"
         "from training.settings import get_settings\n"
         "s = get_settings()\n"
-        f"write_demo_dataset(s.data_dir, {demo})\n"
+        f"{write}(s.data_dir, {demo})\n"
         f"for split in s.splits if {without_class!r} else ():\n"
         f"    shutil.rmtree(s.data_dir / split / {without_class!r})\n"
         f"print(run_training(s, epochs={epochs}).tag)\n"

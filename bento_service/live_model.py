@@ -1,14 +1,14 @@
 """The model version a worker serves, swapped live when another version is promoted.
 
-It starts on :func:`training.registry.resolve_serving_tag`'s choice (the promoted
+It starts on :meth:`training.registry.serving.Registry.serving_tag`'s choice (the promoted
 version, else BOUNCER_MODEL_TAG, else the newest version trained on this dataset).
-Promotion is a row in the shared label database (``LabelStore.promote``). Every
+Promotion (``Registry.promote``, its one owner) is a row in the shared label database; every
 worker polls it and, when it changes, loads the new version next to the old one
 and swaps a single reference: a request that already holds the old model finishes
 with it, the next one gets the new one, none is dropped.
 
 Every promotion (the ``promote`` endpoint, a train task, ``bouncer promote``) also touches
-a signal file beside the data (``promotion_signal``), which every worker on this machine
+a signal file beside the data (``Registry.promotion_signal``), which every worker on this machine
 checks (one ``stat``) on each request: all of them serve the new version from their next
 request on, not each at its next poll (a client would see new, old, new).
 """
@@ -18,33 +18,34 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import bentoml
 
-from training.labels.store import LabelStore
-from training.registry.serving import ModelResolutionError, fitting_tag, promotion_signal, resolve_serving_tag
-from training.registry.store import RegisteredModel, load_registered
-from training.settings import Settings
+from training.registry.serving import ModelResolutionError, RegisteredModel, Registry
 
 log = logging.getLogger("bentoml.bouncer")
 
 
 class LiveModel:
-    def __init__(self, store: LabelStore, settings: Settings) -> None:
-        """Serve this dataset's version (a ModelResolutionError, so no start-up, if it has none)."""
-        self._store = store
-        self._model_name = settings.model_name
+    def __init__(self, registry: Registry, *, on_swap: Callable[[str], None] | None = None) -> None:
+        """Serve this dataset's version (a ModelResolutionError, so no start-up, if it has none).
+
+        ``on_swap``: told the tag of a version once it no longer serves (what it cached can go).
+        """
+        settings = registry.settings
+        self._registry = registry
+        self._on_swap = on_swap
         self._lock = threading.Lock()  # one load at a time
         self._follow_lock = threading.Lock()  # requests that saw the signal wait for the one that follows it
-        tag = resolve_serving_tag(settings, store)
-        promoted = store.serving(self._model_name)
+        tag = registry.serving_tag()
+        promoted = registry.promoted_tag()
         # a promoted version this store does not hold: warned about once, not retried on every poll
-        self._failed_tag = promoted.tag if promoted is not None and promoted.tag != tag else None
+        self._failed_tag = promoted if promoted is not None and promoted != tag else None
         self._threads = settings.ort_threads
-        self._settings = settings
-        self._signal = promotion_signal(settings)
+        self._signal = registry.promotion_signal()
         self._signal_seen = self._signal_stamp()
-        self._model = load_registered(tag, threads=self._threads, settings=settings)
+        self._model = registry.load(tag, threads=self._threads)
         log.info("serving %s", self._model.tag)
         self._stop = threading.Event()
         self._poller = threading.Thread(
@@ -78,24 +79,28 @@ class LiveModel:
         """
         with self._lock:
             if tag != self._model.tag:
-                model = load_registered(fitting_tag(tag, self._store), threads=self._threads, settings=self._settings)
+                model = self._registry.load(self._registry.fitting_tag(tag), threads=self._threads)
                 previous, self._model = self._model.tag, model
                 log.info("now serving %s (was %s)", model.tag, previous)
+                if self._on_swap is not None:
+                    self._on_swap(previous)
             return self._model
 
     def refresh(self) -> None:
         """Follow the promotion record; a version this worker cannot serve is skipped with one warning."""
-        promoted = self._store.serving(self._model_name)
-        if promoted is None or promoted.tag == self._model.tag or promoted.tag == self._failed_tag:
+        promoted = self._registry.promoted_tag()
+        if promoted is None or promoted == self._model.tag or promoted == self._failed_tag:
             return
         try:
-            self.swap_to(promoted.tag)
+            self.swap_to(promoted)
         except (ModelResolutionError, bentoml.exceptions.NotFound) as exc:
-            self._failed_tag = promoted.tag
-            log.warning("not serving the promoted version %s: %s; still serving %s", promoted.tag, exc, self._model.tag)
+            self._failed_tag = promoted
+            log.warning("not serving the promoted version %s: %s; still serving %s", promoted, exc, self._model.tag)
 
     def close(self) -> None:
+        """Stop following promotions (at shutdown): the poller ends within one poll."""
         self._stop.set()
+        self._poller.join(timeout=5)
 
     def _poll(self, seconds: float) -> None:
         while not self._stop.wait(seconds):

@@ -25,8 +25,9 @@ from PIL import Image
 
 from bento_service.live_model import LiveModel
 from training.data.images import ImageError, load_model_input
+from training.errors import Invalid, Unavailable
 from training.monitoring.prediction_log import PredictionLog
-from training.registry.store import RegisteredModel
+from training.registry.serving import RegisteredModel
 from training.settings import Settings
 
 # A single upload this small is decoded on the event loop: a thread hop costs more than
@@ -34,16 +35,12 @@ from training.settings import Settings
 INLINE_DECODE_PIXELS = 256 * 256
 
 
-class Overloaded(Exception):
+class Overloaded(Unavailable):
     """A request waited longer than the latency budget for its turn: the worker is over capacity (503)."""
 
 
-class BadUpload(Exception):
+class BadUpload(Invalid):
     """An upload that cannot be classified: a 400 (not an image) or a 413 (too big), naming the field."""
-
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _ModelChanged(Exception):
@@ -165,7 +162,7 @@ class Predictor:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood)
+        answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood, outputs.ood_warning)
         if self.log is not None and outputs.embeddings is not None:
             uploads = None if any(job.uploads is None for job in jobs) else [u for job in jobs for u in job.uploads]
             self.log.record(model, answers, outputs.embeddings, uploads)
@@ -191,18 +188,27 @@ def pixel_count(data: bytes) -> int:
 class Outputs:
     probabilities: np.ndarray  # (n, K)
     embeddings: np.ndarray | None  # (n, D), when the OOD score or the log needs them
-    ood: tuple[list[float], list[bool]] | None  # (ood_score, ood) per row; None for a version without a scorer
+    ood: tuple[list[float], list[bool | None]] | None  # (ood_score, ood) per row; None for a version without a scorer
+    ood_warning: str | None = None  # why `ood` is null: the version's threshold is uncalibrated
 
 
 def infer(model: RegisteredModel, pixels: np.ndarray, want_embeddings: bool, score: bool = True) -> Outputs:
-    """One ONNX run and the OOD score over its embedding (in the run's thread, off the event loop)."""
+    """One ONNX run and the OOD score over its outputs (in the run's thread, off the event loop).
+
+    An uncalibrated scorer (too few held-out images per class) still ranks, but answers ``ood``
+    null rather than a confident false (issue 25).
+    """
     scorer = model.ood if score else None
     if scorer is None and not want_embeddings:
         return Outputs(model.classifier.probabilities(pixels), None, None)
     outputs = model.classifier.outputs(pixels)
     if scorer is None:
         return Outputs(outputs.probabilities, outputs.embeddings, None)
-    scores, flags = scorer.score(outputs.embeddings)
+    scores, flags = scorer.score(outputs.embeddings, outputs.early)
+    if scorer.calibrated is False:
+        return Outputs(
+            outputs.probabilities, outputs.embeddings, (scores.tolist(), [None] * len(scores)), scorer.warning
+        )
     return Outputs(outputs.probabilities, outputs.embeddings, (scores.tolist(), flags.tolist()))
 
 
@@ -210,7 +216,8 @@ def answer_rows(
     probabilities: np.ndarray,
     class_names: list[str],
     version: str,
-    ood: tuple[list[float], list[bool]] | None = None,
+    ood: tuple[list[float], list[bool | None]] | None = None,
+    ood_warning: str | None = None,
 ) -> list[dict[str, Any]]:
     """The documented Prediction for each row of class probabilities."""
     best = probabilities.argmax(axis=1)
@@ -224,6 +231,7 @@ def answer_rows(
             "model_version": version,
             "ood_score": score,
             "ood": flag,
+            "ood_warning": ood_warning,
         }
         for b, row, score, flag in zip(best.tolist(), rows, scores, flags, strict=True)
     ]

@@ -29,7 +29,14 @@ class Prediction(Out):
         description="0..1, higher = less like the training data: the share of held-out training-like images "
         "that look more usual (null for a version trained before OOD scores).",
     )
-    ood: bool | None = Field(None, description="ood_score above the version's threshold (BOUNCER_OOD_QUANTILE).")
+    ood: bool | None = Field(
+        None,
+        description="ood_score above the version's threshold (BOUNCER_OOD_QUANTILE); null when the version has no "
+        "OOD score or its threshold is uncalibrated (see ood_warning): it cannot tell.",
+    )
+    ood_warning: str | None = Field(
+        None, description="Why `ood` is null: too few held-out images per class to calibrate the threshold."
+    )
 
 
 class ImageInfo(Out):
@@ -111,34 +118,65 @@ class Evaluation(Out):
     misclassified: list[MisclassifiedOut] = Field(description="Most confident mistakes first.")
     baseline_accuracy: float = Field(description="Accuracy of always answering the most common label.")
     beats_baseline: bool
-    warning: str | None = Field(description="Set when the model is no better than that baseline.")
+    warning: str | None = Field(
+        description="Set when the model is no better than that baseline, or the split too small to say."
+    )
     model_version: str
     data_version: str
+    accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: where the accuracy lies, 95% (Wilson score interval); null without images."
+    )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class ModelVersion(Out):
     version: str = Field(description="The version name in the BentoML store (what `promote` takes).")
     tag: str = Field(description="name:version")
     created_at: str = Field(description="When it was registered (ISO 8601).")
-    metrics: dict[str, float] = Field(description="test_accuracy, test_loss, baseline_accuracy, train/val accuracy...")
+    metrics: dict[str, int | float] = Field(
+        description="test_accuracy, test_loss, baseline_accuracy, train/val accuracy... (counts: n_test, integers)"
+    )
     data_version: str | None = Field(description="Hash of the labels it was trained on (labels.csv).")
     serving: bool = Field(description="The version this server answers with now.")
     beats_baseline: bool | None = Field(
         description="Test accuracy above always answering the most common label (null: no test figures recorded)."
     )
-    warning: str | None = Field(description="Set when the version is no better than that baseline.")
+    warning: str | None = Field(
+        description="Set when the version is no better than that baseline, or its test split too small to say."
+    )
     recipe: dict[str, Any] | None = Field(description="How it was trained: backbone, input size, batch, augmentation.")
+    test_accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: its test accuracy, 95% (Wilson); null without test figures."
+    )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class SuspectOut(Out):
     image_id: str
     path: str
     label: str
-    suggested_label: str
+    suggested_label: str = Field(
+        description="Where the evidence points (both witnesses averaged): the likeliest other class when score >= "
+        "0.5, else the likeliest class."
+    )
     score: float = Field(
         description=(
-            "0..1, higher = more likely mislabelled: (flagged + 1 - label_quality) / 2, so above 0.5 exactly when "
-            "flagged; at least 0.9 for a duplicate whose label disagrees with its group."
+            "0..1, higher = more likely mislabelled, the order of the list: the stronger of two witnesses, "
+            "1 - the out-of-fold models' probability of its label and 1 - the k-NN probability of it among its "
+            "nearest test images (trusted labels; its nearest train images when there are none); at least 0.9 "
+            "for a duplicate whose label disagrees with its group. See docs/label-errors.md."
         )
     )
     flagged: bool = Field(
@@ -150,8 +188,23 @@ class SuspectOut(Out):
     reasons: list[str] = Field(
         description=(
             "out_of_fold (cleanlab flags it) and/or duplicate_conflict (an exact or near copy of it carries "
-            "another label; the one agreeing with the group's consensus keeps its score)."
+            "another label; the one agreeing with the group's consensus keeps its score), then the evidence in "
+            "words: what the out-of-fold models give its label, and how many of its nearest neighbours and "
+            "nearest test images carry its label (e.g. '3 of its 10 nearest neighbours are labelled cat, 7 dog')."
         )
+    )
+    out_of_fold_probability: float | None = Field(
+        None, description="The probability the fold models that never saw it give its label."
+    )
+    neighbour_agreement: float | None = Field(
+        None,
+        description=(
+            "Share of its nearest train images (in the embedding of a fold model that never saw it), weighted by "
+            "similarity, labelled as it is now; null when none were searched (images imported after training)."
+        ),
+    )
+    test_neighbour_agreement: float | None = Field(
+        None, description="Likewise among its nearest test images, whose labels are trusted; null without them."
     )
 
 
@@ -171,8 +224,8 @@ class PromoteResult(Out):
 
 class TrainResult(Out):
     model_version: str
-    metrics: dict[str, float]
-    previous_metrics: dict[str, float] | None = Field(
+    metrics: dict[str, int | float]
+    previous_metrics: dict[str, int | float] | None = Field(
         description="The serving model's scores on the same, current test labels (null if none served)."
     )
     promoted: bool
@@ -187,7 +240,22 @@ class TrainResult(Out):
     beats_baseline: bool | None = Field(
         description="Test accuracy above always answering the most common label (null without a test split)."
     )
-    warning: str | None = Field(description="For people: the new model is no better than that, or was not tested.")
+    warning: str | None = Field(
+        description="For people: the new model is no better than that, was not tested, or too few test images."
+    )
+    test_accuracy_interval: list[float] | None = Field(
+        None, description="[low, high]: the new model's test accuracy, 95% (Wilson); null without a test split."
+    )
+    promotion_warning: str | None = Field(
+        None, description="Set when the test split is too small to tell the new and the serving model apart."
+    )
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class TrainProgress(Out):
@@ -214,7 +282,9 @@ class DriftWindow(Out):
     n: int = Field(description="Predictions logged in the window.")
     verdict: str = Field(description="drift, no drift, or too few predictions.")
     reasons: list[str] = Field(default_factory=list)
-    ood: dict[str, Any] = Field(description="share, expected, count, p_value, drift.")
+    ood: dict[str, Any] = Field(
+        description="share, expected, count, p_value, drift; note: why share is null (no prediction had a flag)."
+    )
     labels: dict[str, Any] = Field(description="shares, reference_shares, js_distance, p_value, drift.")
     embedding: dict[str, Any] = Field(description="n_compared, ks_max, dimension, p_value, dimensions_shifted, drift.")
 

@@ -18,12 +18,13 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from training.errors import BouncerError, Conflict, Invalid, Missing
 from training.settings import SOURCE_ROOT, Settings, get_settings
 from training.tf_logs import import_tensorflow_quietly, quiet_tensorflow
 
 if TYPE_CHECKING:
     from training.curation.curator import Curator
-    from training.labels.store import LabelStore
+    from training.curation.labels import Labels
 
 
 class GlobalOptionsAnywhere(TyperGroup):
@@ -67,20 +68,16 @@ app = typer.Typer(
 log = logging.getLogger("bouncer")
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Errors that are the user's to fix: print one line, exit 2, no traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
-
 
 def _friendly(func: F) -> F:
+    """A user's mistake (training.errors.BouncerError: the table the API answers by) is one line and exit 2;
+    anything else is a bug and keeps its traceback."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from training.curation.curator import CurationError
-        from training.labels.errors import LabelStoreError
-        from training.registry.serving import UnknownVersion
-
         try:
             return func(*args, **kwargs)
-        except (*_USER_ERRORS, LabelStoreError, CurationError, UnknownVersion) as exc:
+        except BouncerError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from exc
 
@@ -129,11 +126,12 @@ def _curator(model_tag: str | None) -> Iterator[Curator]:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[LabelStore]:
-    from training.labels.store import open_store
+def _labels(settings: Settings) -> Iterator[Labels]:
+    """The labels façade the service holds: the CLI's label commands and the API agree."""
+    from training.curation.labels import Labels
 
-    with open_store(settings) as store:
-        yield store
+    with Labels.open(settings) as labels:
+        yield labels
 
 
 def _print_json(payload: Any) -> None:
@@ -194,13 +192,10 @@ def import_(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List skipped files.")] = False,
 ) -> None:
     """Scan DATA_DIR into the label store (keeps relabels) and export labels.csv."""
-    from training.labels.store import open_store
-    from training.labels.sync import import_folder
-
     settings = _settings()
-    with open_store(settings) as store:
-        report = import_folder(settings, store)
-        counts = {s: store.count(split=s) for s in settings.splits}
+    with _labels(settings) as labels:
+        report = labels.import_folder()
+        counts = {s: labels.image_count(split=s) for s in settings.splits}
     typer.echo(
         f"{report.added} added, {report.removed} removed, {report.moved} moved, {report.restored} restored, "
         f"{report.unchanged} unchanged; {len(report.skipped)} skipped; images per split: {counts}; "
@@ -208,8 +203,23 @@ def import_(
     )
     for path, reason in report.skipped if verbose else []:
         typer.echo(f"skipped {path}: {reason}")
-    for warning in report.warnings:
+    for warning in [*report.warnings, *readiness_notes(settings)]:
         typer.echo(f"warning: {warning}")
+
+
+def readiness_notes(settings: Settings) -> list[str]:
+    """What a training of the imported labels will and will not fit (before anyone waits for one)."""
+    from training.pipeline.readiness import NotEnoughImages, assess
+
+    with _labels(settings) as labels:
+        train_labels = [record.label for record in labels.images(split=settings.train_split)]
+        n_test = labels.image_count(split=settings.test_split)
+    try:
+        ready = assess(settings, train_labels, n_test)
+    except NotEnoughImages as exc:
+        return [f"cannot train yet: {exc}"]
+    typer.echo(f"a training will fit: {', '.join(ready.fitted())}")
+    return ready.notes
 
 
 @app.command()
@@ -226,11 +236,11 @@ def train(
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
     from training.pipeline.training_run import run_training
-    from training.progress import JsonFileProgress, LogProgress, fan_out
+    from training.progress import JsonFileProgress, console_progress, fan_out
 
     settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
     import_tensorflow_quietly()
-    sink = LogProgress(log)  # a line per phase, epoch and out-of-fold model
+    sink = console_progress(log)  # a line that updates in a terminal; a line per phase (and every 30 s) in a log
     result = run_training(
         settings,
         epochs=epochs,
@@ -238,8 +248,9 @@ def train(
         metrics_file=metrics_file,
     )
     _print_json(result.summary())  # with beats_baseline and warning, as the train task's result
-    if result.warning:
-        typer.secho(f"warning: {result.warning}", err=True, fg=typer.colors.YELLOW)
+    for warning in (result.warning, result.ood_warning):
+        if warning:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -250,14 +261,14 @@ def evaluate(
     show: Annotated[int, typer.Option(help="How many misclassified images to list.")] = 10,
 ) -> None:
     """Evaluate the serving model (its ONNX graph) on the current labels of a split, as the `evaluate` endpoint."""
-    from training.curation.curator import check_evaluable
+    from training.model.ood import calibration_status
 
     settings = _settings()
-    with _store(settings) as store:  # the request's own mistakes first, before looking for a model
-        check_evaluable(settings, store, split)
+    with _labels(settings) as labels:  # the request's own mistakes first, before looking for a model
+        labels.check_evaluable(split)
     with _curator(model) as curator:
         report = curator.evaluate(split)
-        payload = {"model": curator.model.tag, **report.as_dict()}
+        payload = {"model": curator.model.tag, **report.as_dict(), **calibration_status(curator.model.ood)}
     payload["misclassified"] = payload["misclassified"][:show]
     _print_json(payload)
 
@@ -289,28 +300,25 @@ def score(
     once; unreadable files are counted and skipped. Prints where the shards are and how fast.
     """
     from training.model.scores import default_scores_dir
-    from training.registry.serving import fitting_tag, resolve_serving_tag
-    from training.scoring.ray_engine import EngineUnavailable, import_ray
+    from training.registry.serving import Registry, version_of
+    from training.scoring.ray_engine import import_ray
 
     settings = _settings()
-    try:
-        if engine is ScoreEngine.ray:
-            import_ray()  # a missing extra is said before any work
-        with _store(settings) as store:
-            tag = fitting_tag(model, store) if model else resolve_serving_tag(settings, store)
-        folder = (out or default_scores_dir(settings, tag.split(":", 1)[1])).resolve()
-        log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
-        if engine is ScoreEngine.ray:
-            from training.scoring.ray_engine import score_with_ray
+    if engine is ScoreEngine.ray:
+        import_ray()  # a missing extra is said before any work (EngineUnavailable: one line)
+    with _labels(settings) as labels:
+        registry = Registry(labels)
+        tag = registry.fitting_tag(model) if model else registry.serving_tag()
+    folder = (out or default_scores_dir(settings, version_of(tag))).resolve()
+    log.info("scoring %s with %s (%s engine) into %s", settings.data_dir, tag, engine, folder)
+    if engine is ScoreEngine.ray:
+        from training.scoring.ray_engine import score_with_ray
 
-            manifest = score_with_ray(settings, tag, folder, splits=split, chunk_size=chunk_size)
-        else:
-            from training.scoring.local import score_local
+        manifest = score_with_ray(settings, tag, folder, splits=split, chunk_size=chunk_size)
+    else:
+        from training.scoring.local import score_local
 
-            manifest = score_local(settings, tag, folder, splits=split, chunk_size=chunk_size)
-    except EngineUnavailable as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from exc
+        manifest = score_local(settings, tag, folder, splits=split, chunk_size=chunk_size)
     _print_json(
         {
             "model": manifest.model_tag,
@@ -462,11 +470,10 @@ def import_predictions(
 @_friendly
 def models() -> None:
     """This dataset's model versions, newest first, with metrics and which one serves (as `models`)."""
-    from training.registry.serving import describe_versions, resolve_serving_tag
+    from training.registry.serving import Registry
 
-    settings = _settings()
-    with _store(settings) as store:
-        _print_json([asdict(v) for v in describe_versions(settings, store, resolve_serving_tag(settings, store))])
+    with _labels(_settings()) as labels:
+        _print_json([asdict(v) for v in Registry(labels).versions()])
 
 
 @app.command("export-labels")
@@ -476,8 +483,8 @@ def export_labels(
 ) -> None:
     """Write the curated labels to a sorted, deterministic CSV for git/DVC."""
     settings = _settings()
-    with _store(settings) as store:
-        version = store.export_csv(output or settings.labels_csv)
+    with _labels(settings) as labels:
+        version = labels.export_csv(output)
     typer.echo(f"wrote {output or settings.labels_csv} (data version {version})")
 
 
@@ -490,8 +497,8 @@ def relabel(
     actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Change the label of images in one transaction (recorded, undoable)."""
-    with _store(_settings()) as store:
-        _print_json(asdict(store.relabel(image_ids, label, reason=reason, actor=actor or _user())))
+    with _labels(_settings()) as labels:
+        _print_json(asdict(labels.relabel(image_ids, label, reason=reason, actor=actor or _user())))
 
 
 @app.command()
@@ -501,8 +508,8 @@ def undo(
     actor: Annotated[str, typer.Option(help="Who; default $USER.")] = "",
 ) -> None:
     """Revert one relabel event by recording its inverse."""
-    with _store(_settings()) as store:
-        _print_json(asdict(store.undo(event_id, actor=actor or _user())))
+    with _labels(_settings()) as labels:
+        _print_json(asdict(labels.undo(event_id, actor=actor or _user())))
 
 
 @app.command()
@@ -512,8 +519,8 @@ def history(
     limit: Annotated[int, typer.Option(min=1, help="How many events.")] = 20,
 ) -> None:
     """List label events, newest first."""
-    with _store(_settings()) as store:
-        _print_json([asdict(e) for e in store.history(image_id=image_id, limit=limit)])
+    with _labels(_settings()) as labels:
+        _print_json([e.as_dict() for e in labels.history(image_id=image_id, limit=limit)])
 
 
 @app.command()
@@ -525,8 +532,8 @@ def images(
     offset: Annotated[int, typer.Option(min=0, help="Skip this many first (sorted by path).")] = 0,
 ) -> None:
     """List images with their ids and curated labels."""
-    with _store(_settings()) as store:
-        records = store.images(split=split, label=label, limit=limit, offset=offset)
+    with _labels(_settings()) as labels:
+        records = labels.images(split=split, label=label, limit=limit, offset=offset)
     _print_json([{"image_id": r.image_id, "path": r.path, "split": r.split, "label": r.label} for r in records])
 
 
@@ -540,15 +547,15 @@ def promote(
 
     Prints what the `promote` endpoint answers: the version, its tag and the version that served before.
     """
-    from training.registry.serving import ModelResolutionError, promote_version, resolve_serving_tag
+    from training.registry.serving import ModelResolutionError, Registry, version_of
 
-    settings = _settings()
-    with _store(settings) as store:
+    with _labels(_settings()) as labels:
+        registry = Registry(labels)
         try:
-            previous: str | None = resolve_serving_tag(settings, store).split(":", 1)[1]
+            previous: str | None = version_of(registry.serving_tag())
         except ModelResolutionError:  # nothing could serve before: promoting is how to fix that
             previous = None
-        tag = promote_version(settings, store, version, actor=_user(), reason=reason or "cli promote")
+        tag = registry.promote(version, actor=_user(), reason=reason or "cli promote")
     _print_json({"version": version, "tag": tag, "previous_version": previous})
 
 
@@ -565,13 +572,13 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
 
     data_dir = settings.data_dir
     if data_dir.exists() and not data_dir.is_dir():
-        raise ValueError(f"{data_dir} is a file, not a dataset folder")
+        raise Invalid(f"{data_dir} is a file, not a dataset folder")
     found = folder_contents(data_dir) if data_dir.is_dir() else None
     if found:
         train = find_split_folders(data_dir, settings.train_split, settings.test_split).train
         if train is not None and has_class_folders(data_dir / train):
             return False
-        raise ValueError(
+        raise Invalid(
             f"{data_dir} has no usable {settings.train_split} split (a train/, Train/ or training/ folder "
             f"holding one folder per class); found: {', '.join(found)}. Arrange it as "
             f"{settings.train_split}/<class>/<image> and {settings.test_split}/<class>/<image> (README, "
@@ -579,9 +586,9 @@ def demo_wanted(settings: Settings, demo: bool | None) -> bool:
         )
     state = "does not exist" if found is None else "is empty"
     if demo is False:
-        raise FileNotFoundError(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
+        raise Missing(f"{data_dir} {state}: no dataset to serve (and --no-demo writes none)")
     if demo is None and "data_dir" in settings.model_fields_set:  # a folder the user named, maybe mistyped
-        raise FileNotFoundError(
+        raise Missing(
             f"{data_dir} {state}; check --data-dir / BOUNCER_DATA_DIR, or pass --demo to write the demo dataset there"
         )
     return True
@@ -601,7 +608,11 @@ def _write_demo(data_dir: Path, kind: DemoKind) -> None:
 @app.command()
 @_friendly
 def serve(
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port (checked free before anything else).")] = 3000,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on: 0.0.0.0 every interface (BentoML's default), 127.0.0.1 this machine."),
+    ] = "0.0.0.0",
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the first training.")] = None,
     demo: Annotated[
         bool | None,
@@ -617,36 +628,57 @@ def serve(
     demo_kind: Annotated[DemoKind, typer.Option(help="Which demo dataset to write.")] = DemoKind.silhouettes,
 ) -> None:
     """Get ready and serve: demo data into an empty ./data, import, train if this dataset has no model, serve."""
-    from training.labels.store import open_store
-    from training.labels.sync import import_folder
     from training.pipeline.training_run import run_training
-    from training.progress import LogProgress
-    from training.registry.serving import resolve_serving_tag, versions_for_dataset
+    from training.progress import console_progress
+    from training.registry.serving import Registry
 
     settings = _settings()
+    check_port_free(host, port)  # before minutes of training, not after
     if demo_wanted(settings, demo):
         typer.echo(f"no dataset in {settings.data_dir}: writing the {demo_kind} demo data there")
         _write_demo(settings.data_dir, demo_kind)
     elif demo:
         typer.echo(f"{settings.data_dir} already holds a dataset: serving it, no demo data written")
-    with open_store(settings) as store:
-        import_folder(settings, store)
-        untrained = not settings.pinned_model_tag and not versions_for_dataset(settings.model_name, store)
+    with _labels(settings) as labels:
+        labels.import_folder()
+        untrained = not settings.pinned_model_tag and not Registry(labels).version_tags()
     if untrained:
         typer.echo(f"no '{settings.model_name}' model of the dataset in {settings.data_dir}: training one first")
         import_tensorflow_quietly()
-        result = run_training(settings, epochs=epochs, sink=LogProgress(log))
+        result = run_training(settings, epochs=epochs, sink=console_progress(log))
         typer.echo(json.dumps(result.summary(), indent=2))
-    with open_store(settings) as store:  # a version that cannot serve this dataset: one line here, not a crash there
-        typer.echo(f"model: {resolve_serving_tag(settings, store)}")
+    with _labels(settings) as labels:  # a version that cannot serve this dataset: one line here, not a crash there
+        typer.echo(f"model: {Registry(labels).serving_tag()}")
     # this interpreter's bentoml, never one found on PATH: the venv need not be activated
     command = [sys.executable, "-m", "bentoml", "serve", "bento_service.service:Bouncer", "--port", str(port)]
-    typer.echo(f"review page: http://localhost:{port}/ui/   API and OpenAPI page: http://localhost:{port}/")
+    command += ["--host", host]
+    check_port_free(host, port)  # still free after the training?
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    typer.echo(f"review page: http://{shown}:{port}/ui/   API and OpenAPI page: http://{shown}:{port}/")
     typer.echo(f"serving: {' '.join(command)}")
     os.environ["BOUNCER_DATA_DIR"] = str(settings.data_dir)  # the service must see the same paths
     os.environ["BOUNCER_MLFLOW_DIR"] = str(settings.mlflow_dir)
     os.chdir(SOURCE_ROOT)
     os.execv(sys.executable, command)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """OSError naming --port when ``host:port`` cannot be listened on (another server has it)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with --port"
+            ) from None
+
+
+class PortInUse(Conflict, OSError):
+    """The port ``bouncer serve`` was asked for is taken: a user error (one line, exit 2)."""
 
 
 def _user() -> str:

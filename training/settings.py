@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 EmbedderKind = Literal["pca", "umap"]
-BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
+BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0", "auto"]
 AugmentSetting = Literal["auto", "none", "light", "photo"]
 
 
@@ -95,6 +95,29 @@ class Settings(BaseSettings):
         ge=1024,
         description="Larger request bodies are refused with 413 before they are read (predict_batch sends several).",
     )
+    max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Larger JSON request bodies are refused with 413 before they are read (10,000 ids take ~300 KB).",
+    )
+    max_ids: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Most image ids one request may name (relabel, confirm, trace, expand): a longer list is a 400 "
+        "before any work (a million ids once made a 200 MB error answer).",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Request bodies one worker holds at once; a request that would pass it waits for room "
+        "(up to 10 s, then 503), so concurrent large uploads cannot take the worker's memory.",
+    )
+    trusted_origins: str = Field(
+        "",
+        description="Comma-separated origins (https://review.example.org) whose pages may write cross-site; "
+        "by default a browser may write only from the server's own origin (the review page).",
+    )
     api_token: str | None = Field(
         None, description="If set, relabel/undo/train/promote need 'Authorization: Bearer <token>'."
     )
@@ -129,7 +152,12 @@ class Settings(BaseSettings):
         ),
     )
     backbone: BackboneName = Field(
-        "cnn", description="cnn (small CNN from scratch) or a keras.applications backbone with a new head."
+        "cnn",
+        description=(
+            "cnn (small CNN from scratch) or a keras.applications backbone with a new head; auto: a pretrained "
+            "backbone when its ImageNet weights are in Keras's cache or BOUNCER_BACKBONE_WEIGHTS names its file "
+            "(never downloaded), else cnn; the run records which (recipe backbone_from)."
+        ),
     )
     backbone_weights: str = Field(
         "imagenet",
@@ -197,13 +225,22 @@ class Settings(BaseSettings):
         256, ge=0, description="Images imported after training embedded during a search; more go to a background job."
     )
     # --- out-of-distribution score, prediction log, drift ----------------------------
-    ood_method: Literal["mahalanobis", "knn"] = Field(
-        "mahalanobis",
-        description="How ood_score is computed from the embedding (benchmarks/ood.py compares them).",
+    ood_method: Literal["fused", "rmds", "early", "mahalanobis", "knn", "knn+norm", "vim", "energy", "max_logit"] = (
+        Field(
+            "fused",
+            description="How ood_score is computed (training.model.ood; benchmarks/ood.py compares them). fused: "
+            "relative Mahalanobis on the embedding or Mahalanobis on the first layers' statistics, the more unusual.",
+        )
     )
     ood_scoring: bool = Field(True, description="Score every prediction (false: ood_score and ood are null).")
     ood_quantile: float = Field(
         0.99, gt=0.5, lt=1.0, description="`ood` is true above this quantile of held-out in-distribution scores."
+    )
+    ood_min_held_out_per_class: int = Field(
+        10,
+        ge=0,
+        description="Fewer held-out (test split) images of any class leave the OOD threshold uncalibrated: "
+        "predictions answer ood: null with ood_warning, models/evaluate/train say so.",
     )
     ood_k: int = Field(1, ge=1, le=100, description="knn: the neighbour whose distance is the score.")
     ood_reference_max: int = Field(
@@ -281,6 +318,11 @@ class Settings(BaseSettings):
     @property
     def splits(self) -> tuple[str, str]:
         return (self.train_split, self.test_split)
+
+    @property
+    def trusted_origin_set(self) -> frozenset[str]:
+        """The origins of BOUNCER_TRUSTED_ORIGINS, lower-case, without a trailing slash."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.trusted_origins.split(",") if o.strip())
 
 
 def _bento_model_tag() -> str | None:

@@ -1,7 +1,9 @@
-"""Keep TensorFlow's start-up noise out of the user's console.
+"""Keep third-party start-up noise (TensorFlow's, faiss's) out of the user's console.
 
 On a machine without a GPU, TensorFlow 2.21 prints a dozen lines nobody can act on:
 "failed call to cuInit", "NodeDef mentions attribute ...", oneDNN and CUDA notices.
+faiss logs eleven INFO lines each time it is imported (which CPU build it tries, one
+with a ModuleNotFoundError for an AVX-512 build a machine lacks).
 The entry points (the ``bouncer`` CLI, the train task's child process, the service
 module) call these functions before anything imports TensorFlow; a library module
 never does, so importing one changes no process-wide state.
@@ -9,6 +11,7 @@ never does, so importing one changes no process-wide state.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -26,9 +29,16 @@ TF_CPP_MIN_LOG_LEVEL = "3"
 _LOAD_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} )")
 
 
+# Loggers whose INFO lines say how a library loaded, not what Bouncer did: warnings and errors still show.
+QUIET_LOGGERS = ("faiss", "numexpr")
+
+
 def quiet_tensorflow() -> None:
-    """Set TensorFlow's C++ log level for this process and its children, unless the user set one."""
+    """Set TensorFlow's C++ log level for this process and its children, unless the user set one;
+    keep faiss's loading lines (QUIET_LOGGERS) below the console's INFO."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_MIN_LOG_LEVEL)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def import_tensorflow_quietly() -> None:

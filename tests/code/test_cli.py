@@ -207,3 +207,86 @@ def test_global_options_may_follow_the_subcommand(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     result = CliRunner().invoke(app, ["import", "--data-dir", str(missing)])
     assert result.exit_code == 2 and str(missing) in result.output and "No such option" not in result.output
+
+
+def test_a_taken_port_is_one_line_naming_port_before_any_work(shapes_dataset: Path) -> None:
+    """With 3000 taken, `bouncer serve` once printed the other server's address, trained, then a 70-line traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--no-demo", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: cannot listen on 0.0.0.0:{port} (Address already in use); choose another port with --port"
+    )
+    assert not (shapes_dataset / "labels.db").exists()  # nothing imported, nothing trained
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_console_shows_no_faiss_loading_lines(quiet: bool) -> None:
+    """Every command and server start printed eleven faiss.loader lines (one a ModuleNotFoundError)."""
+    import subprocess
+    import sys
+
+    code = "import logging; logging.basicConfig(level=logging.INFO)\n"
+    code += "from training.tf_logs import quiet_tensorflow; quiet_tensorflow()\n" if quiet else ""
+    code += "import faiss\n"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+    assert ("faiss.loader" in shown) is not quiet, shown
+
+
+def test_labels_csv_is_made_with_the_users_umask(shapes_dataset: Path) -> None:
+    """git and DVC users expect 0644 under the usual umask; a temporary file's 0600 stuck to it."""
+    previous = os.umask(0o022)
+    try:
+        assert runner.invoke(app, ["import"]).exit_code == 0
+    finally:
+        os.umask(previous)
+    assert (shapes_dataset / "labels.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_users_mistake_is_one_line_and_a_bug_keeps_its_traceback() -> None:
+    """The CLI once turned every ValueError or PermissionError into a 'user error' that hid the traceback."""
+    from training.cli import _friendly
+    from training.errors import Invalid
+
+    def mistaken() -> None:
+        raise Invalid("unknown split 'holdout'")
+
+    def buggy() -> None:
+        raise ValueError("operands could not be broadcast together")  # a bug in Bouncer, not the user's
+
+    with pytest.raises(typer.Exit) as stopped:
+        _friendly(mistaken)()
+    assert stopped.value.exit_code == 2
+    with pytest.raises(ValueError, match="broadcast"):
+        _friendly(buggy)()
+
+
+def test_every_user_error_carries_its_status_from_one_table() -> None:
+    """One base class and one table: the API, the review page and the CLI answer by error_code."""
+    import importlib
+    import pkgutil
+
+    import training
+    from training.errors import BouncerError
+
+    for module in pkgutil.walk_packages(training.__path__, "training."):
+        if not module.name.endswith(("ray_engine", "pgvector_index")) and ".migrations" not in module.name:
+            importlib.import_module(module.name)
+
+    def subclasses(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in {sub, *subclasses(sub)}}
+
+    found = subclasses(BouncerError)
+    assert len(found) >= 20, sorted(c.__name__ for c in found)
+    for cls in found:
+        assert int(cls.error_code) in {400, 404, 409, 413, 503}, cls
+    from training.data.images import ImageError
+    from training.labels.errors import UndoConflictError, UnknownImageError
+
+    assert (int(ImageError("x").error_code), int(UnknownImageError("x").error_code)) == (400, 404)
+    assert int(UndoConflictError("x").error_code) == 409

@@ -11,7 +11,7 @@ from bentoml.exceptions import BentoMLException, InternalServerError, InvalidArg
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from bento_service.client_error_log import BENTOML_EXCEPTION_LOGGER, ClientErrorsInOneLine, install_client_error_filter
+from bento_service.http.upstream import BENTOML_EXCEPTION_LOGGER, ClientErrorsInOneLine, install_client_error_filter
 
 
 @pytest.fixture

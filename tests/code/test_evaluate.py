@@ -44,4 +44,23 @@ def test_a_model_no_better_than_the_majority_label_is_flagged() -> None:
 
     right = np.array([[0.9, 0.1]] * 8 + [[0.1, 0.9]] * 2)
     good = evaluate_predictions(right, labels, ["cat", "dog"], image_ids=list("abcdefghij"), paths=["p"] * 10)
-    assert good.beats_baseline is True and good.warning is None
+    assert good.beats_baseline is True and "most common label" not in (good.warning or "")
+    assert good.warning == (  # only the uncertainty of 10 images is left to say (issue 22)
+        "only 10 test images: the accuracy 1.000 could be anywhere in [0.72, 1.00] (95%), too wide to trust or to "
+        "tell two models apart; add test images"
+    )
+
+
+def test_every_accuracy_carries_its_uncertainty() -> None:
+    """9 test images all right: accuracy 1.0 once came with 'warning: null'."""
+    from training.model.evaluation import accuracy_interval, indistinguishable_warning
+
+    probabilities = np.tile([[0.9, 0.1]], (9, 1))
+    report = evaluate_predictions(probabilities, ["a"] * 9, ["a", "b"], image_ids=list("123456789"), paths=["p"] * 9)
+    assert report.accuracy == 1.0 and report.accuracy_interval == [0.7009, 1.0]
+    assert report.warning is not None and "only 9 test images" in report.warning
+    assert accuracy_interval(1900, 2000) == (0.9396, 0.9587)
+    # the gate's comparison: one image apart on 9 is noise; 40 fixed against 5 broken on 2,000 is not
+    assert "cannot tell the two models apart" in (indistinguishable_warning({"x"}, set(), 9) or "")
+    fixed_many = indistinguishable_warning({f"n{i}" for i in range(5)}, {f"o{i}" for i in range(40)}, 2000)
+    assert fixed_many is None

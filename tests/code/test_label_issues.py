@@ -12,7 +12,8 @@ from training.curation.duplicates import duplicate_conflicts, near_duplicate_gro
 from training.curation.neighbours import nearest_to_any
 from training.curation.ranking import DUPLICATE_FLOOR, find_suspects, in_sample_ranking, label_quality_ranking
 from training.curation.tracing import trace_votes
-from training.labels.store import ImageRecord, ImageState, open_store
+from training.labels.records import ImageRecord, ImageState
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.settings import Settings
 from training.vectors.base import Where
@@ -167,3 +168,74 @@ def test_nearest_to_any_measures_to_the_closest_query(settings: Settings, shapes
         index.refresh(store)
         hits = nearest_to_any(index, store, np.array([[0.0], [10.0]]), 2, Where.of(exclude=[ids[0]]))
     assert [(h.image_id, h.distance) for h in hits] == sorted([(ids[1], 1.0), (ids[3], 1.0)])  # ties by id
+
+
+def test_nearest_finds_the_most_similar_other_rows_never_itself() -> None:
+    from training.model.feature_neighbours import nearest
+
+    points = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    rows, similarities = nearest(points, points, 2)
+    assert rows[0].tolist() == [4, 1] and rows[2].tolist() == [3, 1] or rows[2].tolist() == [3, 4]
+    assert all(i not in row for i, row in enumerate(rows.tolist()))
+    assert (np.diff(similarities, axis=1) <= 0).all() and similarities.max() <= 1.0 + 1e-6
+    few, _ = nearest(points[:1], points[1:2], 3, query_rows=np.array([-1]))  # fewer candidates than k
+    assert few.tolist() == [[0, -1, -1]]
+
+
+def _neighbour_audit(
+    records: list[ImageRecord], oof: np.ndarray, near: np.ndarray, test_ids: list[str], near_test: np.ndarray
+) -> LabelAudit:
+    return LabelAudit(
+        image_ids=np.array([r.image_id for r in records]),
+        out_of_fold=oof,
+        in_sample=oof,
+        duplicate_groups=np.full(len(records), -1),
+        sha256s=np.array([r.sha256 for r in records]),
+        folds=3,
+        neighbours=near,
+        similarities=np.where(near >= 0, 0.9, 0.0).astype(np.float32),
+        test_ids=np.array(test_ids),
+        test_neighbours=near_test,
+        test_similarities=np.where(near_test >= 0, 0.9, 0.0).astype(np.float32),
+    )
+
+
+def test_a_group_the_models_learnt_is_found_by_its_nearest_test_images() -> None:
+    """Four dogs labelled cat look alike: the fold models learnt them as cats and they are each other's
+    neighbours, but the test images most like them are dogs, whose labels are trusted."""
+    cats = [_record(i, "cat") for i in range(8)]
+    impostors = [_record(8 + i, "cat") for i in range(4)]
+    dogs = [_record(12 + i, "dog") for i in range(8)]
+    records = cats + impostors + dogs
+    oof = np.tile([0.9, 0.05, 0.05], (len(records), 1))  # cats and impostors: "cat", as the models learnt
+    oof[12:] = [0.05, 0.9, 0.05]
+    groups = [list(range(8)), list(range(8, 12)), list(range(12, 20))]
+    near = np.array([[j for j in group if j != i][:3] for group in groups for i in group])
+    tests = [_record(100 + i, label) for i, label in enumerate(["cat", "cat", "cat", "dog", "dog", "dog"])]
+    tests = [
+        ImageRecord(r.image_id, r.path.replace("train", "test"), "test", r.label, r.label, r.sha256) for r in tests
+    ]
+    near_test = np.array([[0, 1, 2]] * 8 + [[3, 4, 5]] * 12)  # the impostors look like the test dogs
+    audit = _neighbour_audit(records, oof, near, [r.image_id for r in tests], near_test)
+
+    suspects = find_suspects(audit, records, CLASSES, tests)
+    assert {s.image_id for s in suspects[:4]} == {r.image_id for r in impostors}
+    top = suspects[0]
+    assert top.suggested_label == "dog" and top.test_neighbour_agreement == 0.0 and top.neighbour_agreement == 1.0
+    assert "3 of its 3 nearest neighbours are labelled cat" in top.reasons
+    assert "0 of its 3 nearest test images are labelled cat, 3 dog" in top.reasons
+    assert top.out_of_fold_probability == pytest.approx(0.9)
+    # the ranking follows the labels now: were those test images cats, the impostors would be no suspects
+    as_cats = [ImageRecord(r.image_id, r.path, "test", "cat", "cat", r.sha256) for r in tests]
+    again = {s.image_id: s for s in find_suspects(audit, records, CLASSES, as_cats)}
+    assert all(again[r.image_id].score < 0.5 and again[r.image_id].test_neighbour_agreement == 1.0 for r in impostors)
+
+
+def test_an_image_without_neighbours_is_ranked_on_its_probabilities_alone() -> None:
+    records = [_record(i, "cat") for i in range(3)]
+    oof = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.8, 0.1, 0.1]])
+    audit = _audit(records, oof, [-1, -1, -1])  # an audit from before neighbours
+    suspects = find_suspects(audit, records, CLASSES)
+    assert [s.image_id for s in suspects] == ["id001", "id002", "id000"]
+    assert suspects[0].score == pytest.approx(0.8) and suspects[0].neighbour_agreement is None
+    assert suspects[0].reasons[-1] == "out-of-fold models: 0.20 for cat, most likely dog"

@@ -25,8 +25,9 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from training.labels.errors import UndoConflictError
 from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision, migration_transaction
+from training.labels.records import Promotion
 from training.labels.schema import Base
-from training.labels.store import LabelStore, Promotion
+from training.labels.store import LabelStore
 
 PROJECT = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE_DDL = Path(__file__).with_name("fixtures") / "labels_1b62949.sql"

@@ -1,9 +1,10 @@
-"""Our guards in front of a real Starlette app: size and content type, multipart checks, error-body shape."""
+"""The HTTP guards (bento_service.http) before a real Starlette app: size, content type, forms, error bodies."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,19 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bento_service.middleware import (
-    ErrorBodyFix,
-    RequestGuard,
-    RouteInput,
-    check_form,
-    validation_sentence,
-)
+from bento_service.http.errors import ErrorBodyFix
+from bento_service.http.guards import RequestGuard
+from bento_service.http.routes import RouteInput, validation_sentence
+from bento_service.http.upstream import check_form
 
-ROUTES = {
-    "/predict": RouteInput(frozenset({"image"}), files=frozenset({"image"})),
-    "/similar": RouteInput(frozenset({"image_id", "k", "label"})),
-}
 CAP = 200_000
+ROUTES = {
+    "/predict": RouteInput(frozenset({"image"}), files=frozenset({"image"}), max_body_bytes=CAP),
+    "/similar": RouteInput(frozenset({"image_id", "k", "label"}), max_body_bytes=CAP),
+}
 
 
 class Spec:
@@ -53,7 +51,6 @@ async def echo(request: Request) -> JSONResponse:
 APP = RequestGuard(
     ErrorBodyFix(Starlette(routes=[Route(path, echo, methods=["POST"]) for path in [*ROUTES, "/open"]]), routes=ROUTES),
     routes=ROUTES,
-    max_body_bytes=CAP,
 )
 
 
@@ -138,9 +135,40 @@ def test_a_text_value_in_a_file_field_is_refused() -> None:
     ],
 )
 def test_malformed_forms_get_a_400_naming_the_problem(content_type: str, body: bytes, message: str) -> None:
-    response = post("/similar", content=body, headers={"content-type": content_type})
+    response = post("/predict", content=body, headers={"content-type": content_type})
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"content": b'{"image_id": "a"}', "headers": {"content-type": "text/plain"}},  # a cross-site form's type
+        {"content": b'{"image_id": "a"}'},  # none at all: what fetch(no-cors) may send
+        {"data": {"image_id": "a"}},  # urlencoded
+        {"files": {"image_id": ("a", b"a")}},  # multipart
+    ],
+    ids=["text-plain", "no-content-type", "urlencoded", "multipart"],
+)
+def test_json_routes_take_only_application_json(kwargs: dict) -> None:
+    response = post("/similar", **kwargs)
+    assert response.status_code == 415, response.text
+    assert "takes application/json" in response.json()["error"]
+
+
+def test_a_json_body_must_be_an_object_of_known_fields() -> None:
+    assert post("/similar", json=["a"]).json()["error"].endswith("must be an object of its fields, not list")
+    assert post("/similar", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    flood = {f"f{i}": 1 for i in range(12_000)}  # ~130 KB of made-up fields: BentoML listed each in its 400
+    response = post("/similar", json=flood)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("unknown field 'f0', 'f1'") and error.endswith("(and 11990 more)")
+    assert len(response.content) < 1000
+
+
+def test_an_empty_json_body_is_an_empty_object() -> None:
+    assert post("/similar", content=b"", headers={"content-type": "application/json"}).status_code == 200
 
 
 def test_error_bodies_become_one_object_with_a_sentence() -> None:
@@ -180,3 +208,137 @@ def test_error_bodies_become_one_object_with_a_sentence() -> None:
 def test_validation_sentence_without_details_still_says_something() -> None:
     assert validation_sentence([], "/x", frozenset()) == "invalid request"
     assert validation_sentence([{"loc": [], "msg": "Invalid JSON"}], "/x", frozenset()) == "body: Invalid JSON"
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({}, False),  # curl, the BentoML client, a notebook: no browser headers
+        ({"sec-fetch-site": "same-origin", "origin": "http://bouncer:3000"}, False),  # the review page
+        ({"sec-fetch-site": "none"}, False),  # typed into the address bar
+        ({"sec-fetch-site": "cross-site", "origin": "https://evil.example"}, True),
+        ({"sec-fetch-site": "same-site", "origin": "http://bouncer:8888"}, True),  # another port is another origin
+        ({"origin": "https://evil.example"}, True),  # an older browser: Origin only
+        ({"origin": "null"}, True),  # a sandboxed frame or a file: page
+        ({"origin": "http://bouncer:3000"}, False),
+        ({"sec-fetch-site": "cross-site", "origin": "https://review.example.org"}, False),  # trusted
+    ],
+)
+def test_a_browser_may_write_only_from_the_servers_own_origin(headers: dict[str, str], refused: bool) -> None:
+    from starlette.datastructures import Headers
+
+    from bento_service.http.guards import cross_site_problem
+
+    problem = cross_site_problem(
+        Headers({"host": "bouncer:3000", **headers}), frozenset({"https://review.example.org"})
+    )
+    assert (problem is not None) == refused, problem
+    if refused:
+        assert "cross-site request refused" in problem and "BOUNCER_TRUSTED_ORIGINS" in problem
+
+
+def test_the_cross_site_guard_lets_reads_through_and_refuses_writes_before_reading() -> None:
+    from bento_service.http.guards import CrossSiteGuard
+
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        seen.append(scope["method"])
+        await JSONResponse({"ok": True})(scope, receive, send)  # type: ignore[arg-type]
+
+    async def call(method: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=CrossSiteGuard(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bouncer:3000") as client:
+            return await client.request(method, "/relabel", headers={"origin": "https://evil.example"})
+
+    assert asyncio.run(call("GET")).status_code == 200
+    refused = asyncio.run(call("POST"))
+    assert refused.status_code == 403 and refused.json()["error"].startswith("cross-site request refused")
+    assert asyncio.run(call("PUT")).status_code == 403
+    assert seen == ["GET"]
+
+
+def test_the_body_budget_makes_large_requests_take_turns() -> None:
+    from bento_service.http.guards import BodyBudget
+
+    async def run() -> tuple[int, list[str]]:
+        budget = BodyBudget(100)
+        events: list[str] = []
+        peak = 0
+
+        async def request(name: str, size: int) -> None:
+            nonlocal peak
+            async with budget.reserve(size):
+                peak = max(peak, budget.used)
+                events.append(f"{name} in")
+                await asyncio.sleep(0.01)
+                events.append(f"{name} out")
+
+        await asyncio.gather(request("a", 60), request("b", 60), request("c", 500), request("d", 10))
+        return peak, events
+
+    peak, events = asyncio.run(run())
+    assert peak == 500  # the one larger than the whole budget ran alone
+    assert events.index("b in") > events.index("a out")  # 60 + 60 > 100: b waited for a
+    assert events.index("c in") > max(events.index("a out"), events.index("d out"))
+
+
+def test_the_body_budget_gives_up_after_its_wait() -> None:
+    from bento_service.http.guards import BodyBudget
+
+    async def run() -> None:
+        budget = BodyBudget(100)
+        budget.WAIT_S = 0.05
+        async with budget.reserve(90), budget.reserve(20):
+            pass
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(run())
+
+
+def test_an_error_body_names_a_few_problems_and_counts_the_rest() -> None:
+    from bento_service.http.errors import DETAILS_KEPT, error_body
+
+    detail = [
+        {"type": "string_type", "loc": ["image_ids", i], "msg": "Input should be a valid string"} for i in range(5000)
+    ]
+    body = json.dumps({"error": "5000 validation errors for Input", "detail": detail}).encode()
+    fixed = json.loads(error_body(body, "/trace", frozenset({"image_ids"})))
+    assert fixed["error"].startswith("image_ids.0: Input should be a valid string; image_ids.1:")
+    assert fixed["error"].endswith("; and 4995 more problems")
+    assert len(fixed["detail"]) == DETAILS_KEPT and fixed["detail_count"] == 5000
+    assert len(json.dumps(fixed)) < 5000
+
+
+def test_plain_text_errors_become_json_objects() -> None:
+    from bento_service.http.errors import error_body
+
+    assert json.loads(error_body(b"Not Found", "/nope", frozenset(), 404)) == {"error": "Not Found: /nope"}
+    assert json.loads(error_body(b"", "/x", frozenset(), 405)) == {"error": "Method Not Allowed: /x"}
+
+
+def test_starlettes_own_404_and_405_answer_json() -> None:
+    app = ErrorBodyFix(Starlette(routes=[Route("/similar", echo, methods=["POST"])]), routes=ROUTES)
+
+    async def call(method: str, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.request(method, path)
+
+    missing = asyncio.run(call("GET", "/nope"))
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found: /nope"}
+    wrong = asyncio.run(call("DELETE", "/similar"))
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST" and wrong.json()["error"].startswith("Method")
+    assert int(wrong.headers["content-length"]) == len(wrong.content)
+
+
+def test_a_redirect_never_reflects_the_host_header() -> None:
+    from bento_service.http.guards import RelativeRedirects
+
+    app = RelativeRedirects(Starlette(routes=[Route("/ui/", echo, methods=["GET"])]))
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://evil.example") as client:
+            return await client.get("/ui?x=1", headers={"host": "evil.example"})
+
+    response = asyncio.run(get())
+    assert response.status_code == 307 and response.headers["location"] == "/ui/?x=1"

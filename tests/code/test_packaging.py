@@ -89,7 +89,7 @@ def project_extras() -> dict[str, list[str]]:
 
 def test_the_package_version_is_the_one_the_service_reports() -> None:
     import training
-    from bento_service.openapi import openapi_info
+    from bento_service.http.openapi import openapi_info
 
     assert setuptools_project()["version"] == training.__version__ == openapi_info()["version"]
 
@@ -108,6 +108,7 @@ TRANSITIVE = {
     "scipy": "scikit-learn requires it (connected components of near duplicates)",
     "starlette": "BentoML's HTTP server: the middleware speaks its ASGI types",
     "_bentoml_impl": "ships inside the bentoml distribution",
+    "uvicorn": "BentoML's HTTP server: bentoml_fixes answers its malformed-request 400 in JSON",
 }
 
 
@@ -155,3 +156,32 @@ def test_every_import_is_declared_where_it_is_needed() -> None:
     assert "ray" not in runtime  # `bouncer score --engine ray` only: pip install -e ".[ray]"
     assert not undeclared("benchmarks", runtime | extras["bench"]), "benchmarks import packages no extra declares"
     assert "fastapi" in extras["bench"] and "fastapi" not in runtime  # the naive baseline, not Bouncer
+
+
+def test_every_file_of_the_review_page_is_packaged_and_bundled() -> None:
+    """The page is ES modules in folders: a module left out of the wheel or the bento is a blank page there."""
+    import tomllib
+
+    import yaml
+
+    static = PROJECT / "bento_service" / "ui" / "static"
+    files = [p.relative_to(PROJECT / "bento_service").as_posix() for p in static.rglob("*") if p.is_file()]
+    package_data = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = package_data["bento_service"]
+    unpackaged = [f for f in files if not any(glob_matches(f, pattern) for pattern in patterns)]
+    assert not unpackaged, f"pyproject.toml's package-data leaves out {unpackaged}"
+    include = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())["include"]
+    unbundled = [f for f in files if not any(glob_matches(f"bento_service/{f}", p) for p in include)]
+    assert not unbundled, f"bentofile.yaml's include leaves out {unbundled}"
+    assert any(f.endswith("views/review.js") for f in files)
+
+
+def glob_matches(path: str, pattern: str) -> bool:
+    """As setuptools' package-data and bentofile globs read a pattern: ``*`` stays within a folder, ``**`` does not."""
+    import re
+
+    regex = "".join(
+        ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part)
+        for part in re.split(r"(\*\*|\*)", pattern)
+    )
+    return re.fullmatch(regex, path) is not None

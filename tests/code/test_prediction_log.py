@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.pipeline import Pipeline
 
 from training.model.embedder import fit_embedder
-from training.model.reference import fit_reference
+from training.model.reference import DriftReference, fit_reference
 from training.monitoring.drift import DriftInputError, drift_report, parse_window
 from training.monitoring.prediction_log import PredictionLog
 from training.settings import Settings
@@ -157,11 +157,36 @@ def test_drift_report_names_what_moved(tmp_path: Path, version: Version) -> None
     log.close()
 
 
+def test_an_uncalibrated_version_answers_no_ood_share_rather_than_no_drift(tmp_path: Path, version: Version) -> None:
+    """Its predictions carry `ood: null` (too few held-out images to calibrate): the OOD share is unknown, not 0%."""
+    rng = np.random.default_rng(3)
+    log = PredictionLog(Settings(data_dir=tmp_path))
+    reference = fit_reference(
+        CLASSES, np.eye(2)[rng.integers(0, 2, 200)], rng.normal(size=(200, 4)), ood_share=0.01, source="test split"
+    )
+    uncalibrated = [{**a, "ood": None} for a in answers(["dog", "bunny"] * 50, [False] * 100)]
+    log.record(version, uncalibrated, rng.normal(size=(100, WIDTH)).astype(np.float32))
+    log.flush()
+    window = drift_report(log, reference, "v1", window="1h", windows=1)["windows"][0]
+    assert window["n"] == 100 and window["ood"]["share"] is None and not window["ood"]["drift"]
+    assert "uncalibrated" in window["ood"]["note"]
+    log.close()
+
+
 def test_windows_are_durations() -> None:
-    assert parse_window("90m") == 5400 and parse_window("7d") == 7 * 86400 and parse_window("1.5h") == 5400
-    for bad in ("", "week", "0s", "-1h", "400d", "1h; drop table"):
+    """Exactly what the API's schema documents (1 to 999 of a unit): no valid-looking window is refused."""
+    assert parse_window("90m") == 5400 and parse_window("7d") == 7 * 86400 and parse_window("400d") == 400 * 86400
+    for bad in ("", "week", "0s", "-1h", "1.5h", "1000d", " 1h", "01h", "1h; drop table"):
         with pytest.raises(DriftInputError, match="window"):
             parse_window(bad)
+
+
+def test_windows_reaching_before_1970_are_empty(settings: Settings) -> None:
+    log = PredictionLog(settings)
+    reference = DriftReference(["cat", "dog"], np.array([0.5, 0.5]), np.zeros((10, 2), np.float32), 0.01, 100, "test")
+    report = drift_report(log, reference, "v1", window="999w", windows=366)
+    assert len(report["windows"]) == 366 and report["windows"][-1]["n"] == 0
+    log.close()
 
 
 def test_workers_starting_at_once_all_open_the_log(settings: Settings) -> None:

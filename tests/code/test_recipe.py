@@ -100,3 +100,42 @@ def test_early_stopping_follows_the_smoothed_loss_and_keeps_the_best_weights() -
     assert model.stop_training and epoch == 5
     stopper.on_train_end()
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0  # the epoch where the average was lowest
+
+
+def test_an_epoch_count_someone_gave_is_the_count_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """{"epochs": 3} trained 6 epochs (the step floor); now the floor applies only to the default count."""
+    paths = _write(tmp_path / "train" / "a", [(40, 40)] * 4)
+    monkeypatch.delenv("BOUNCER_MIN_TRAIN_STEPS", raising=False)
+    monkeypatch.delenv("BOUNCER_EPOCHS", raising=False)
+    monkeypatch.setenv("BOUNCER_DATA_DIR", str(tmp_path))
+    assert resolve_recipe(Settings(), paths).config.min_steps == 600  # defaults: the floor
+    assert resolve_recipe(Settings(), paths, epochs=3).config.min_steps == 0  # the API's or CLI's epochs
+    monkeypatch.setenv("BOUNCER_EPOCHS", "3")
+    assert resolve_recipe(Settings(), paths).config.min_steps == 0  # BOUNCER_EPOCHS
+    monkeypatch.setenv("BOUNCER_MIN_TRAIN_STEPS", "100")
+    assert resolve_recipe(Settings(), paths, epochs=3).config.min_steps == 100  # both given: the floor too
+
+
+def test_auto_backbone_is_the_first_whose_weights_are_at_hand_else_the_cnn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen from files alone (a weights file given, or Keras's cache), never by trying a download."""
+    import keras.src.backend.config as keras_config
+
+    from training.model.network import BACKBONES, choose_backbone
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+    assert choose_backbone("imagenet")[:2] == ("cnn", "none")
+    assert choose_backbone("none")[:2] == ("cnn", "none")
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    (cache / BACKBONES["efficientnet_b0"].weights_file).write_bytes(b"weights")
+    backbone, weights, why = choose_backbone("imagenet")
+    assert (backbone, weights) == ("efficientnet_b0", str(cache / "efficientnetb0_notop.h5")) and "cache" in why
+    (cache / BACKBONES["mobilenet_v3_small"].weights_file).write_bytes(b"weights")
+    assert choose_backbone("imagenet")[0] == "mobilenet_v3_small"  # the cheaper one first
+    given = tmp_path / BACKBONES["efficientnet_b0"].weights_file
+    given.write_bytes(b"weights")
+    assert choose_backbone(str(given))[:2] == ("efficientnet_b0", str(given))
+    assert choose_backbone(str(tmp_path / "renamed.h5"))[0] == "mobilenet_v3_small"  # unknown file: the cache
+    assert choose_backbone("none")[0] == "cnn"

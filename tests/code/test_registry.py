@@ -17,10 +17,11 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from bento_service.live_model import LiveModel
+from training.curation.labels import Labels
 from training.labels.migrate import alembic_config
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import import_folder
-from training.registry.serving import ModelResolutionError, resolve_serving_tag, versions_for_dataset
+from training.registry.serving import ModelResolutionError, Registry, resolve_serving_tag, versions_for_dataset
 from training.settings import Settings
 
 SHAPE_CLASSES = ["cross", "ring", "square"]
@@ -123,7 +124,7 @@ def test_a_promoted_version_with_other_classes_is_refused(named: Settings, store
 def test_the_service_model_does_not_start_on_another_datasets_model(named: Settings, store: LabelStore) -> None:
     save_version(named.model_name, dataset_id=str(uuid.uuid4()), class_names=SHAPE_CLASSES)
     with pytest.raises(ModelResolutionError, match="no '.*' model was trained on the dataset in"):
-        LiveModel(store, named)
+        LiveModel(Registry(Labels(named, store)))
 
 
 def test_a_dataset_nothing_was_imported_into_says_to_import(named: Settings, tmp_path: Path) -> None:

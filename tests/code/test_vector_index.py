@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.labels.store import ImageState, open_store
+from training.labels.records import ImageState
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.settings import Settings
 from training.vectors.base import BACKENDS, Where

@@ -151,3 +151,59 @@ def test_fine_tune_epochs_apply_only_to_a_pretrained_backbone(
     weights_file = tmp_path / "weights.h5"
     pretrained = scratch.model_copy(update={"backbone_weights": str(weights_file), "fine_tune_epochs": 2})
     assert resolve_recipe(pretrained, ["train/ring/ring_000.png"]).config.fine_tune_epochs == 2
+
+
+def _keras_weights_file(folder: Path, backbone: str) -> Path:
+    """Random weights of ``backbone`` in the file Keras would download: its name, legacy HDF5 format."""
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    from training.model.network import BACKBONES
+
+    donor = build_classifier(3, 32, backbone=backbone, weights="none").get_layer(BACKBONE_LAYER)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BACKBONES[backbone].weights_file
+    with h5py.File(path, "w") as handle:
+        save_weights_to_hdf5_group(handle, donor)
+    return path
+
+
+def test_auto_backbone_uses_weights_in_keras_cache_or_given_as_a_file_else_the_cnn(
+    shapes_dataset: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BOUNCER_BACKBONE=auto: pretrained if the weights are at hand (never downloaded), else the CNN, saying which."""
+    import keras.src.backend.config as keras_config
+    import keras.src.utils.file_utils as file_utils
+
+    from training.model.recipe import resolve_recipe
+
+    def no_download(*_: object, **__: object) -> None:
+        raise AssertionError("auto must never download weights")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", no_download)
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))  # an empty cache: what KERAS_HOME sets
+    auto = settings.model_copy(update={"backbone": "auto", "image_size": 32, "out_of_fold_folds": 2})
+    paths = ["train/ring/ring_000.png"]
+    recipe = resolve_recipe(auto, paths)
+    assert recipe.config.backbone == "cnn" and "CNN from scratch" in recipe.params()["backbone_from"]
+    assert resolve_recipe(auto.model_copy(update={"backbone_weights": "none"}), paths).config.backbone == "cnn"
+
+    given = _keras_weights_file(tmp_path / "elsewhere", "efficientnet_b0")
+    recipe = resolve_recipe(auto.model_copy(update={"backbone_weights": str(given)}), paths)
+    assert (recipe.config.backbone, recipe.config.backbone_weights) == ("efficientnet_b0", str(given))
+
+    cached = _keras_weights_file(tmp_path / "keras" / "models", "mobilenet_v3_small")
+    result = run_training(auto, epochs=1)  # the cached file: a frozen, pretrained backbone and fold heads
+    registered = load_registered(result.tag)
+    assert registered.metadata["recipe"]["backbone"] == "mobilenet_v3_small"
+    assert str(cached) in registered.metadata["recipe"]["backbone_from"]
+    trained = keras.models.load_model(
+        Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
+    )
+    backbone = next(layer for layer in trained.layers if layer.name == BACKBONE_LAYER)
+    expected = build_classifier(3, 32, backbone="mobilenet_v3_small", weights=str(cached)).get_layer(BACKBONE_LAYER)
+    for got, wanted in zip(backbone.get_weights(), expected.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, wanted)  # the cache's weights, frozen
+    assert (
+        registered.audit is not None and registered.audit.neighbours.shape[0] == registered.audit.out_of_fold.shape[0]
+    )

@@ -40,7 +40,7 @@ def test_similar_trace_expand_and_suspects_answer_as_the_endpoints(
 ) -> None:
     tag = trained_demo.result.tag
     with open_curator(demo_copy, model_tag=tag) as curator:
-        cats = curator.images(split="train", label="cat", limit=3, offset=0)
+        cats = curator.labels.images(split="train", label="cat", limit=3, offset=0)
         errors = curator.evaluate("test").misclassified[:3]
     assert len(cats) == 3 and errors, "the demo has cats and a 2-epoch model makes test errors"
 

@@ -17,8 +17,10 @@ from bento_service.predictor import Predictor
 from tests.conftest import TrainedDemo
 from tests.service.conftest import copy_demo_data
 from training.cli import app
+from training.curation.labels import Labels
 from training.labels.store import open_store
 from training.monitoring.prediction_log import PredictionLog
+from training.registry.serving import Registry
 from training.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -42,7 +44,7 @@ def test_drift_and_import_predictions_from_the_command_line(
     uploads = [("image", p.read_bytes()) for p in sorted((data_dir / "test").glob("*/*.png"))[:30]]
     uploads += [("image", noise_png(seed)) for seed in range(5)]
     with open_store(settings) as store:
-        live = LiveModel(store, settings)
+        live = LiveModel(Registry(Labels(settings, store)))
         log = PredictionLog(settings)
         predictor = Predictor(live, settings, log)
 

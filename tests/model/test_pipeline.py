@@ -63,6 +63,21 @@ def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedD
     # held-out scores are not the final model's memory of its own training images
     assert not np.allclose(model.audit.out_of_fold, model.audit.in_sample, atol=1e-3)
     assert len(model.audit.duplicate_groups) == len(model.audit.sha256s) == len(train)
+    # each image's neighbours: other train images and test images, nearest first, never itself
+    audit, n = model.audit, len(train)
+    with open_store(trained_demo.settings) as store:
+        test = store.images(split="test")
+    assert audit.neighbours.shape == audit.test_neighbours.shape == (n, 10)
+    assert sorted(audit.test_ids.tolist()) == sorted(r.image_id for r in test)
+    assert ((audit.neighbours >= 0) & (audit.neighbours < n)).all() and (audit.test_neighbours >= 0).all()
+    assert (audit.neighbours != np.arange(n)[:, None]).all()
+    assert (np.diff(audit.similarities, axis=1) <= 1e-6).all() and (
+        np.diff(audit.test_similarities, axis=1) <= 1e-6
+    ).all()
+    # and they look alike more often than chance: most share the label (5% of the demo's labels are wrong)
+    labels = dict(zip([r.image_id for r in train], [r.label for r in train], strict=True))
+    own = np.array([labels[i] for i in audit.image_ids.tolist()])
+    assert (own[audit.neighbours] == own[:, None]).mean() > 1.5 / len(set(own))
 
 
 def test_out_of_fold_can_be_switched_off(shapes_dataset, settings: Settings) -> None:
@@ -82,7 +97,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_data_version(trained_demo: 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "model", "data", "evaluation.json", "drift_reference.json"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.onnx"]
-    assert run.data.params["ood_method"] == "mahalanobis" and run.data.params["ood_quantile"] == "0.99"
+    assert run.data.params["ood_method"] == "fused" and run.data.params["ood_quantile"] == "0.99"
     reference = json.loads(Path(client.download_artifacts(run.info.run_id, "drift_reference.json")).read_text())
     assert reference["source"] == "test split" and sum(reference["label_shares"].values()) == pytest.approx(1.0)
     stored = load_registered(result.tag).reference
@@ -91,17 +106,37 @@ def test_mlflow_run_has_params_metrics_artifacts_and_data_version(trained_demo: 
 
 def test_the_version_holds_an_ood_score_calibrated_on_the_test_split(trained_demo: TrainedDemo) -> None:
     model = load_registered(trained_demo.result.tag)
-    assert model.ood is not None and model.reference is not None
+    assert model.ood is not None and model.reference is not None and model.classifier.has_early
+    assert [c.kind for c in model.ood.components] == ["rmds", "early"] and model.ood.head is not None
     with open_store(trained_demo.settings) as store:
         test = store.images(split="test")
     outputs = model.classifier.predict(load_records(trained_demo.settings, test, model.image_size))
-    scores, flags = model.ood.score(outputs.embeddings)
+    scores, flags = model.ood.score(outputs.embeddings, outputs.early)
     assert len(model.ood.calibration) == len(test)
     assert flags.mean() <= 0.02  # its own calibration set: 1% above the 99th percentile
+    assert model.ood.calibrated is True and model.ood.held_out_min_per_class == 20  # the demo: 20 per class
     assert model.metadata["ood_threshold"] == pytest.approx(model.ood.threshold)
+    assert model.metadata["ood_calibrated"] is True and trained_demo.result.ood_calibrated is True
+    # noise at the model's own input size, what the embedding alone called in distribution (issue 25): all flagged
     noise = np.random.default_rng(0).integers(0, 256, size=(20, model.image_size, model.image_size, 3))
-    noise_scores, _ = model.ood.score(model.classifier.predict(noise.astype(np.uint8)).embeddings)
-    assert np.median(noise_scores) > np.median(scores)
+    found = model.classifier.predict(noise.astype(np.uint8))
+    noise_scores, noise_flags = model.ood.score(found.embeddings, found.early)
+    assert noise_flags.all() and noise_scores.min() > np.max(scores)
+
+
+def test_a_tiny_dataset_trains_an_uncalibrated_ood_score_and_says_so(shapes_dataset, settings: Settings) -> None:
+    """4 test images per class (the setting asks 10): the training result and `models` say why `ood` is not answered."""
+    from training.registry.serving import describe_versions
+
+    result = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=1)
+    assert result.ood_calibrated is False and result.summary()["ood_calibrated"] is False
+    assert result.ood_warning is not None and "4 of 'cross'" in result.ood_warning
+    model = load_registered(result.tag)
+    assert model.ood is not None and model.ood.calibrated is False
+    assert model.metadata["ood_calibrated"] is False and model.metadata["ood_held_out_min_per_class"] == 4
+    with open_store(settings) as store:
+        described = {v.tag: v for v in describe_versions(settings, store, result.tag)}
+    assert described[result.tag].ood_calibrated is False and described[result.tag].ood_warning == result.ood_warning
 
 
 def test_evaluating_the_registered_model_reproduces_the_training_report(trained_demo: TrainedDemo) -> None:
@@ -214,3 +249,32 @@ def test_a_model_belongs_to_its_dataset(
     assert refused.exit_code == 2
     assert "predicts the classes ['cross', 'ring', 'square'], but this dataset's classes are ['bear'," in refused.output
     assert "train a model on this dataset" in refused.output
+
+
+def test_eighteen_training_photos_answer_an_unseen_picture_with_ood_null(tmp_path: Path, settings: Settings) -> None:
+    """Issue 25's tiny folder: 18 training photos, 3 test photos. It used to answer a cat, a city and a cup with
+    ~0.98 confidence and `ood: false`; with 3 held-out images the threshold means nothing, so `ood` is null."""
+    from PIL import Image
+
+    from bento_service.predictor import answer_rows, infer
+
+    rng = np.random.default_rng(0)
+    for split, colour, count in (("train", "red", 9), ("train", "blue", 9), ("test", "red", 2), ("test", "blue", 1)):
+        folder = settings.data_dir / split / colour
+        folder.mkdir(parents=True, exist_ok=True)
+        tint = np.array([200, 40, 40] if colour == "red" else [40, 40, 200])
+        for i in range(count):
+            pixels = np.clip(tint + rng.normal(0, 25, (48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"IMG_{i:03d}.jpg", quality=90)
+    result = run_training(settings.model_copy(update={"out_of_fold_folds": 0}), epochs=2)
+    assert result.ood_calibrated is False and result.ood_warning is not None
+    model = load_registered(result.tag)
+    assert model.ood is not None  # fitted (a tenth of the train split ranks), but not calibrated
+    size = model.image_size
+    unseen = np.stack(
+        [np.full((size, size, 3), (60, 170, 60), np.uint8), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
+    )
+    found = infer(model, unseen, want_embeddings=False)
+    for answer in answer_rows(found.probabilities, model.class_names, model.version, found.ood, found.ood_warning):
+        assert answer["ood"] is None and answer["ood_warning"] == result.ood_warning
+        assert 0.0 < answer["ood_score"] < 1.0

@@ -51,8 +51,14 @@ def test_every_prediction_has_an_ood_score_and_is_logged_for_the_drift_report(de
         f"{url}/predict_batch", files=[("images", ("a.png", noise_png(99), "image/png"))], timeout=30
     ).json()
     for answer in [*familiar, *strange, *batch]:
-        assert 0.0 <= answer["ood_score"] <= 1.0 and isinstance(answer["ood"], bool)
+        assert 0.0 <= answer["ood_score"] <= 1.0 and isinstance(answer["ood"], bool) and answer["ood_warning"] is None
     assert np.mean([a["ood_score"] for a in strange]) > np.mean([a["ood_score"] for a in familiar])
+    assert all(a["ood"] for a in strange)  # noise: every one flagged
+    # the demo holds 20 test images per class: the threshold is calibrated, and models and evaluate say so
+    evaluation = httpx.post(f"{url}/evaluate", json={"split": "test"}, timeout=60).json()
+    assert evaluation["ood_calibrated"] is True and evaluation["ood_warning"] is None
+    versions = httpx.post(f"{url}/models", json={}, timeout=60).json()
+    assert next(v for v in versions if v["serving"])["ood_calibrated"] is True
 
     def report() -> dict:
         answer = httpx.post(f"{url}/drift", json={"window": "1h", "windows": 3}, timeout=60)

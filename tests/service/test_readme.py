@@ -1,6 +1,6 @@
-"""Every command in the README is run by a test; the ones against a served instance, here.
+"""Every command in the README and in docs/ is run by a test; the ones against a served instance, here.
 
-The README's fenced ``bash`` blocks that talk to ``localhost:3000`` run as written, through
+Their fenced ``bash`` blocks that talk to ``localhost:3000`` run as written, through
 bash and the real ``curl``, against a real ``bentoml serve`` of the test demo (its own copy of
 the data, so the session server keeps its model), with only the address and the README's
 placeholders (``<id>``, ``<old version>``) filled in from earlier answers. Every other bash
@@ -26,6 +26,8 @@ from tests.conftest import TrainedDemo
 from tests.service.conftest import PROJECT, copy_demo_data, running_server
 
 README = PROJECT / "README.md"
+# The README and the pages it links to: a command in either is run here or accounted for.
+DOCUMENTS = [README, *sorted((PROJECT / "docs").glob("*.md"))]
 ADDRESS = "localhost:3000"  # what the README's server commands talk to
 TRAIN_TIMEOUT_S = 300
 
@@ -41,15 +43,36 @@ COVERED_ELSEWHERE = {
         "a benchmark (load for minutes), not a test; tests/code/test_packaging.py checks that the bench"
         " extra declares what benchmarks/ imports"
     ),
-    "benchmarks/ood.py": "a benchmark (two trainings and load for minutes), not a test",
+    "benchmarks/ood.py": "a benchmark (four trainings and load for minutes), not a test",
+    "benchmarks/label_issues.py": (
+        "a benchmark (four datasets, about an hour on 2 cores), not a test; tests/code/test_label_issues.py and"
+        " tests/model/test_suspect_ranking.py test the ranking it measures"
+    ),
     "export BOUNCER_DATA_DIR=/path/to/my/images": (
         "a user's own folder: import is tests/code/test_cli.py, training tests/model/test_pipeline.py,"
-        " `serve --no-demo` tests/code/test_cli.py (test_no_demo_never_writes)"
+        " a tiny folder tests/model/test_small_folders.py, `serve --no-demo` tests/code/test_cli.py"
+        " (test_no_demo_never_writes), --port test_a_taken_port_is_one_line_naming_port_before_any_work"
     ),
+    "export BOUNCER_DATABASE_URL=postgresql+psycopg": (
+        "the label store on PostgreSQL: tests/service/test_service_postgres.py and test_replicas.py, on"
+        " throw-away servers (tests/postgres.py)"
+    ),
+    "export BOUNCER_VECTOR_INDEX=pgvector": "tests/code/test_pgvector.py, on pgserver's PostgreSQL with pgvector",
+    "git clone --branch v0.8.6": (
+        "building pgvector from source needs GitHub, which CI cannot reach: tests/postgres.py uses pgserver's build"
+    ),
+    "export BOUNCER_TEST_POSTGRES_URL": "what tests/postgres.py does for every test session, with a throw-away server",
+    "initdb -D /tmp/pgdata": "tests/postgres.py starts the same throw-away server (initdb, pg_ctl) for the tests",
     ".venv/bin/bentoml containerize --backend podman": (
-        "tests/container/test_container.py runs this block's commands as written (readme_commands: only"
-        " the placeholders, the container's name and host port filled in), with Debian's podman"
+        "tests/container/test_container.py runs the README's block (the same in docs/container.md) as written"
+        " (readme_commands: only the placeholders, the container's name and host port filled in), with Debian's"
+        " podman"
     ),
+    "python -m training.cli import": (
+        "tests/container/test_container.py (test_a_dataset_never_imported_is_imported_with_the_documented_command)"
+        " runs this import in the image, with the test's volumes"
+    ),
+    "benchmarks/container.py": "a benchmark (builds and load for minutes, as root with podman), not a test",
 }
 
 # Answers a command's curl output with its HTTP status on a last line of its own; curl
@@ -68,12 +91,16 @@ def commands(block: str) -> list[str]:
     return [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def all_blocks() -> list[str]:
+    return [block for document in DOCUMENTS for block in bash_blocks(document.read_text())]
+
+
 def server_blocks() -> list[str]:
-    return [block for block in bash_blocks(README.read_text()) if ADDRESS in block]
+    return [block for block in all_blocks() if ADDRESS in block]
 
 
 def test_every_bash_block_is_run_or_accounted_for() -> None:
-    blocks = bash_blocks(README.read_text())
+    blocks = all_blocks()
     assert server_blocks(), f"no README command talks to {ADDRESS}: nothing for the served test to run"
     for block in blocks:
         if ADDRESS in block:

@@ -176,3 +176,7 @@ def test_models_and_evaluate_say_whether_the_model_beats_the_majority_label(serv
     report = httpx.post(f"{server}/evaluate", json={"split": "test"}, timeout=60).json()
     assert report["beats_baseline"] == (report["accuracy"] > report["baseline_accuracy"])
     assert 0 < report["baseline_accuracy"] < 1
+    # every accuracy comes with its uncertainty (Wilson, 95%): 200 test images, an interval ~0.13 wide
+    low, high = report["accuracy_interval"]
+    assert low < report["accuracy"] < high and 0.05 < high - low < 0.2
+    assert serving["test_accuracy_interval"] == [low, high] and isinstance(metrics["n_test"], int)

@@ -16,7 +16,16 @@ def test_suspects_rank_current_train_labels_and_follow_a_relabel(server: str, un
     assert len(suspects) == 20
     assert [s["score"] for s in suspects] == sorted((s["score"] for s in suspects), reverse=True)
     assert {"image_id", "path", "label", "suggested_label", "score", "flagged", "label_quality"} <= set(suspects[0])
-    assert all((s["score"] > 0.5) == s["flagged"] for s in suspects)  # flagged issues come first
+    # the score is the stronger witness: 1 - the out-of-fold probability, or 1 - the test neighbours' vote
+    for s in suspects:
+        assert s["score"] >= 1 - s["out_of_fold_probability"] - 1e-6
+        assert 0.0 <= s["test_neighbour_agreement"] <= 1.0 and 0.0 <= s["neighbour_agreement"] <= 1.0
+        assert any("nearest test images are labelled" in reason for reason in s["reasons"])
+        assert (
+            s["reasons"][0] in ("out_of_fold", "duplicate_conflict")
+            if s["flagged"]
+            else s["reasons"][0].startswith("out-of-fold")
+        )
     assert all(s["path"].startswith("train/") and 0.0 <= s["score"] <= 1.0 for s in suspects)
 
     top = next(s for s in suspects if s["suggested_label"] != s["label"])

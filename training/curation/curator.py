@@ -1,8 +1,10 @@
-"""The curation façade: every question a reviewer asks, over one label store and one model version.
+"""The curation façade: every question a reviewer asks of one model version over the curated labels.
 
 The service's endpoints, the ``bouncer`` CLI, the notebooks and the benchmarks all
 call these methods, so they cannot drift apart. A :class:`Curator` is cheap: make
-one per request with the model version serving at that moment.
+one per request with the model version serving at that moment. Questions and
+decisions that need no model (images, relabel, undo, history) are its
+:attr:`Curator.labels` (:class:`~training.curation.labels.Labels`).
 
 Errors are the domain's: :class:`~training.labels.errors.NotFoundError` (unknown
 ids), :class:`InvalidRequest` (a split, label or argument that cannot be), and
@@ -13,22 +15,26 @@ probabilities); callers turn them into 4xx answers or CLI errors.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 from sklearn.pipeline import Pipeline
 
 from training.curation.audit import LabelAudit
+from training.curation.labels import CurationError, InvalidRequest, Labels, check_split
 from training.curation.neighbours import Neighbour, nearest_neighbours, nearest_to_any
 from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
-from training.data.folders import MissingSplitError, load_records
-from training.labels.store import ConfirmResult, ImageRecord, LabelEvent, LabelStore, RelabelResult
+from training.data.folders import load_records
+from training.errors import Conflict
+from training.labels.records import ImageRecord
+from training.labels.store import LabelStore
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
+from training.model.ood import OodScorer
 from training.model.reference import DriftReference
 from training.monitoring.drift import DriftInputError, drift_report, parse_window
 from training.monitoring.importer import ImportedImage, ImportInputError, import_predictions
@@ -40,15 +46,7 @@ from training.vectors.updates import add_missing_vectors, scored_rows
 T = TypeVar("T")
 
 
-class CurationError(Exception):
-    """Base for the façade's own refusals."""
-
-
-class InvalidRequest(CurationError, ValueError):
-    """An argument that cannot be (unknown split or class, nothing to work from): a 400."""
-
-
-class NotAvailable(CurationError):
+class NotAvailable(CurationError, Conflict):
     """This model version cannot answer that question (e.g. trained without out-of-fold models): a 409."""
 
 
@@ -61,6 +59,7 @@ class ModelVersion(Protocol):
     index: VectorIndex
     audit: LabelAudit | None
     reference: DriftReference | None
+    ood: OodScorer | None
 
     @property
     def version(self) -> str: ...
@@ -72,18 +71,6 @@ class ModelVersion(Protocol):
     def image_size(self) -> int: ...
 
     def reduce(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def check_split(settings: Settings, split: str) -> None:
-    if split not in settings.splits:
-        raise InvalidRequest(f"unknown split {split!r}; use one of {list(settings.splits)}")
-
-
-def check_evaluable(settings: Settings, store: LabelStore, split: str) -> None:
-    """A known split with images: an accuracy of 0.0 over no images would be a lie."""
-    check_split(settings, split)
-    if store.count(split=split) == 0:
-        raise MissingSplitError(settings.data_dir, split, test_split=settings.test_split)
 
 
 @dataclass(frozen=True)
@@ -120,44 +107,58 @@ def _relabelled(
     return updated
 
 
-class _Memo:
-    """A small thread-safe LRU of results keyed by (model version, label revision, ...): a new revision is a miss."""
+# Evaluations and suspect rankings a cache keeps, each with the label revision it is right for: a
+# server worker asks about a split or two and one ranking per version, so a few are plenty.
+RESULTS_KEPT = 16
+# Model versions whose per-image probabilities a cache keeps (the serving one, and the one before a swap).
+VERSIONS_KEPT = 2
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[tuple[object, ...], object] = OrderedDict()
-        self.lock = threading.Lock()
+
+class CurationCache:
+    """What a curator remembers between requests: results by (database, version, question), probabilities
+    per version and image content, and one suspects ranking at a time.
+
+    Its owner is whoever serves a dataset (each server worker holds one; a CLI command a fresh one) and
+    tells it when a version stops serving (:meth:`forget_version`): the probabilities of every version
+    ever served stayed in memory before.
+    """
+
+    def __init__(self) -> None:
+        self._results: LRUCache[tuple[object, ...], Any] = LRUCache(maxsize=RESULTS_KEPT)
+        # version tag -> (image id, content hash) -> probabilities: a new label revision costs evaluate only
+        # the inference of images it has not seen (issue 13: 1.5 s -> metrics only)
+        self._probabilities: LRUCache[str, dict[tuple[str, str], np.ndarray]] = LRUCache(maxsize=VERSIONS_KEPT)
+        self._lock = threading.Lock()
+        self.ranking_lock = threading.Lock()  # ranking costs seconds at scale: the warm-up and a request make one
 
     def get(self, key: tuple[object, ...]) -> Any:
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
+        with self._lock:
+            return self._results.get(key)
 
     def put(self, key: tuple[object, ...], value: T) -> T:
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+        with self._lock:
+            self._results[key] = value
         return value
 
+    def probabilities(self, tag: str) -> dict[tuple[str, str], np.ndarray]:
+        with self._lock:
+            if tag not in self._probabilities:
+                self._probabilities[tag] = {}
+            return self._probabilities[tag]
 
-# Kept per process: evaluations and suspect rankings, keyed by (database, model version, what), each
-# with the label revision it is right for.
-_CACHE = _Memo(16)
-# Kept per process: each model version's probabilities per (image id, content hash), so a new label
-# revision costs evaluate only the inference of images it has not seen (issue 13: 1.5 s -> metrics only).
-_PREDICTIONS: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-# Ranking the suspects costs seconds at scale: one at a time per process.
-_RANKING_LOCK = threading.Lock()
+    def forget_version(self, tag: str) -> None:
+        """Drop everything remembered of a version that no longer serves."""
+        with self._lock:
+            self._probabilities.pop(tag, None)
+            for key in [key for key in self._results if tag in key]:
+                del self._results[key]
 
 
 @dataclass(frozen=True)
 class _Ranking:
     revision: int  # the label revision it is right for
     ranked: list[Suspect]  # every scored train image, reviewed ones too: a function of labels and pictures alone
-    basis: dict[str, tuple[str, str]]  # image_id -> (label, sha256) that ``ranked`` was computed from
+    basis: dict[str, tuple[str, str, str]]  # image_id -> (split, label, sha256) ``ranked`` was computed from
     ranking: list[Suspect]  # ``ranked`` less the reviewed images: the queue
 
 
@@ -169,17 +170,26 @@ class Similar:
 
 @dataclass(frozen=True)
 class Curator:
-    settings: Settings
-    store: LabelStore
+    """Questions over one model version; the label-only ones are :attr:`labels`' (no model needed)."""
+
+    labels: Labels
     model: ModelVersion
+    cache: CurationCache = field(default_factory=CurationCache)  # a server passes its workers' one
+
+    @property
+    def settings(self) -> Settings:
+        return self.labels.settings
+
+    @property
+    def store(self) -> LabelStore:
+        return self.labels.store
 
     # --- checks -------------------------------------------------------------------
     def check_split(self, split: str) -> None:
         check_split(self.settings, split)
 
     def check_label(self, label: str | None) -> None:
-        if label is not None and label not in (classes := self.store.classes()):
-            raise InvalidRequest(f"unknown label {label!r}; known classes: {', '.join(classes)}")
+        self.labels.check_label(label)
 
     # --- the model's view -----------------------------------------------------------
     def evaluate(self, split: str) -> EvaluationReport:
@@ -191,6 +201,9 @@ class Curator:
 
     def confusion(self, split: str, *, label: str, predicted: str, offset: int, limit: int) -> list[Misclassified]:
         """The images of one confusion-matrix cell: true ``label`` predicted as ``predicted``, most confident first."""
+        self.check_split(split)
+        self.check_label(label)
+        self.check_label(predicted)
         evaluated = self._evaluated(split)
         cell = [row for row in evaluated.rows if row.label == label and row.predicted == predicted]
         return sorted(cell, key=lambda row: -row.confidence)[offset : offset + limit]
@@ -202,19 +215,21 @@ class Curator:
         recomputes the metrics from the kept probabilities; anything else reads the split again.
         Recomputing per revision cost ~250 ms of CPU while reads waited (issue 14's soak).
         """
-        check_evaluable(self.settings, self.store, split)
+        self.labels.check_evaluable(split)
         key = (str(self.store.engine.url), self.model.tag, "evaluate", split)
-        cached: _Evaluated | None = _CACHE.get(key)
+        cached: _Evaluated | None = self.cache.get(key)
         if cached is not None:
             revision, changed = self.store.records_since(cached.revision)
             records = _relabelled(cached.records, changed, split)
             if records is cached.records:
-                return cached if revision == cached.revision else _CACHE.put(key, replace(cached, revision=revision))
+                return (
+                    cached if revision == cached.revision else self.cache.put(key, replace(cached, revision=revision))
+                )
             if records is not None:
-                return _CACHE.put(key, self._evaluation(revision, records, cached.probabilities))
+                return self.cache.put(key, self._evaluation(revision, records, cached.probabilities))
         revision = self.store.revision()  # first: a change committed after it is read again next time
         records = self.store.images(split=split)
-        return _CACHE.put(key, self._evaluation(revision, records, self._probabilities(records)))
+        return self.cache.put(key, self._evaluation(revision, records, self._probabilities(records)))
 
     def _evaluation(self, revision: int, records: list[ImageRecord], probabilities: np.ndarray) -> _Evaluated:
         report = evaluate_predictions(
@@ -238,7 +253,7 @@ class Curator:
 
     def _probabilities(self, records: Sequence[ImageRecord]) -> np.ndarray:
         """The model's probabilities for these images: inferred once per (model version, image content)."""
-        cache: dict[tuple[str, str], np.ndarray] = _PREDICTIONS.setdefault(self.model.tag, {})
+        cache = self.cache.probabilities(self.model.tag)
         keys = [(r.image_id, r.sha256) for r in records]
         new = [r for r, key in zip(records, keys, strict=True) if key not in cache]
         for start in range(0, len(new), 1024):  # bounded memory for a large split
@@ -341,9 +356,10 @@ class Curator:
     def suspect_ranking(self) -> list[Suspect]:
         """Training images whose current label is probably wrong, best first, with a suggested label.
 
-        cleanlab label quality on the out-of-fold probabilities stored with the version
-        (and, for train images imported after it, the version's own probabilities from
-        ``bouncer score`` shards), plus exact/near duplicates that disagree. Images a person already reviewed
+        The out-of-fold probabilities and feature-space neighbours stored with the version
+        (:mod:`training.curation.ranking`; for train images imported after it, the version's own
+        probabilities from ``bouncer score`` shards, without neighbours), plus exact/near
+        duplicates that disagree. Images a person already reviewed
         (relabelled or confirmed) are left out: they are settled.
         """
         if self.model.audit is None:
@@ -351,7 +367,7 @@ class Curator:
                 f"model version {self.model.version} has no out-of-fold probabilities "
                 "(trained with BOUNCER_OUT_OF_FOLD_FOLDS < 2): retrain to get suspects"
             )
-        with _RANKING_LOCK:  # the start-up warm-up and a first request wait for one ranking, not make two
+        with self.cache.ranking_lock:  # the start-up warm-up and a first request wait for one ranking, not make two
             return self._suspect_ranking()
 
     def _suspect_ranking(self) -> list[Suspect]:
@@ -361,7 +377,7 @@ class Curator:
         # same list as a fresh process. A confirm (or its undo) changes no label: only the filter.
         key = (str(self.store.engine.url), self.model.tag, "suspects")
         revision = self.store.revision()
-        cached: _Ranking | None = _CACHE.get(key)
+        cached: _Ranking | None = self.cache.get(key)
         if cached is not None and cached.revision != revision:
             _, changed = self.store.records_since(cached.revision)
             if any(self._moves_the_ranking(record, present, cached.basis) for record, present in changed):
@@ -369,7 +385,7 @@ class Curator:
             else:
                 reviewed = self.store.reviewed_ids(self.settings.train_split)
                 ranking = [s for s in cached.ranked if s.image_id not in reviewed]
-                cached = _CACHE.put(key, replace(cached, revision=revision, ranking=ranking))
+                cached = self.cache.put(key, replace(cached, revision=revision, ranking=ranking))
         if cached is None:
             train = self.store.images(split=self.settings.train_split)
             reviewed = self.store.reviewed_ids(self.settings.train_split)
@@ -377,36 +393,18 @@ class Curator:
             scored = scored_rows(self.settings, self.model, [r for r in train if r.image_id not in audited])
             by_id = {r.image_id: r for r in train}
             audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
-            ranked = find_suspects(audit, train, self.model.class_names)
-            basis = {s.image_id: (by_id[s.image_id].label, by_id[s.image_id].sha256) for s in ranked}
+            test = self.store.images(split=self.settings.test_split)  # their labels vote too: trusted neighbours
+            ranked = find_suspects(audit, train, self.model.class_names, test)
+            basis = {r.image_id: (r.split, r.label, r.sha256) for r in (*(by_id[s.image_id] for s in ranked), *test)}
             ranking = [s for s in ranked if s.image_id not in reviewed]
-            cached = _CACHE.put(key, _Ranking(revision, ranked, basis, ranking))
+            cached = self.cache.put(key, _Ranking(revision, ranked, basis, ranking))
         return cached.ranking
 
-    def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str]]) -> bool:
-        """Whether a changed image changes what cleanlab ranks (its label, picture, or being a train image)."""
-        ranks = present and record.split == self.settings.train_split and record.label in self.model.class_names
+    def _moves_the_ranking(self, record: ImageRecord, present: bool, basis: dict[str, tuple[str, str, str]]) -> bool:
+        """Whether a changed image changes what is ranked or what votes (its split, label or picture)."""
+        counts = present and record.split in self.settings.splits and record.label in self.model.class_names
         was = basis.get(record.image_id)
-        return (was != (record.label, record.sha256)) if ranks else was is not None
-
-    # --- labels ---------------------------------------------------------------------
-    def images(self, *, split: str | None, label: str | None, limit: int, offset: int) -> list[ImageRecord]:
-        return self.store.images(split=split, label=label, limit=limit, offset=offset)
-
-    def image_count(self, *, split: str | None, label: str | None) -> int:
-        return self.store.count(split=split, label=label)
-
-    def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
-        return self.store.relabel(image_ids, label, reason=reason, actor=actor)
-
-    def confirm(self, image_ids: Sequence[str], *, reason: str, actor: str) -> ConfirmResult:
-        return self.store.confirm(image_ids, reason=reason, actor=actor)
-
-    def undo(self, event_id: int, *, actor: str) -> RelabelResult:
-        return self.store.undo(event_id, actor=actor)
-
-    def history(self, *, image_id: str | None, limit: int) -> list[LabelEvent]:
-        return self.store.history(image_id=image_id, limit=limit)
+        return (was != (record.split, record.label, record.sha256)) if counts else was is not None
 
     # --- what is served -------------------------------------------------------------------
     def drift(self, log: PredictionLog, *, window: str, windows: int) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.labels.store import ImageRecord, LabelStore
+from training.labels.records import ImageRecord
+from training.labels.store import LabelStore
 from training.vectors.base import Hit, VectorIndex, Where
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from training.data.ground_truth import PoisonedImage, clear_splits, write_ground_truth
+from training.errors import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,16 @@ def photo_class(photo: str) -> str:
         if photo in photos:
             return label
     known = ", ".join(p for photos in PHOTO_CLASSES.values() for p in photos)
-    raise ValueError(f"unknown photo {photo!r}; choose from {known}")
+    raise Invalid(f"unknown photo {photo!r}; choose from {known}")
 
 
 def write_photo_dataset(data_dir: Path, spec: PhotoDemoSpec, *, force: bool = False) -> list[PoisonedImage]:
     """Write ``data_dir/{train,test}/<class>/*.jpg`` and the ground truth; deterministic in ``spec``."""
     true_label = photo_class(spec.poisoned_photo)
     if spec.poisoned_label not in PHOTO_CLASSES or spec.poisoned_label == true_label:
-        raise ValueError(f"poisoned label must be another class than {true_label!r}: one of {', '.join(PHOTO_CLASSES)}")
+        raise Invalid(f"poisoned label must be another class than {true_label!r}: one of {', '.join(PHOTO_CLASSES)}")
     if not 16 <= spec.min_side <= spec.max_side:
-        raise ValueError("need 16 <= min_side <= max_side")
+        raise Invalid("need 16 <= min_side <= max_side")
     clear_splits(data_dir, force=force)
 
     rng = np.random.default_rng(spec.seed)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from training.data.ground_truth import PoisonedImage, clear_splits, write_ground_truth
+from training.errors import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,11 @@ def write_demo_dataset(data_dir: Path, spec: DemoSpec, *, force: bool = False) -
     """Write ``data_dir/{train,test}/<class>/*.png`` and the ground truth; deterministic in ``spec``."""
     for name in (spec.impostor_source, spec.impostor_target):
         if name not in ANIMAL_CLASSES:
-            raise ValueError(f"unknown class {name!r}; choose from {', '.join(ANIMAL_CLASSES)}")
+            raise Invalid(f"unknown class {name!r}; choose from {', '.join(ANIMAL_CLASSES)}")
     if spec.impostor_source == spec.impostor_target:
-        raise ValueError("impostor source and target must differ")
+        raise Invalid("impostor source and target must differ")
     if not 0.0 <= spec.noise_fraction < 1.0:
-        raise ValueError("noise fraction must be in [0, 1)")
+        raise Invalid("noise fraction must be in [0, 1)")
     clear_splits(data_dir, force=force)
 
     images, labels = load_animal_mnist()

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from training.data.images import ImageError, load_model_input, open_image
+from training.errors import Invalid, Missing
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ScanResult:
     split_folders: dict[str, str] = field(default_factory=dict)  # canonical split -> folder name on disk
 
 
-class MissingSplitError(FileNotFoundError):
+class MissingSplitError(Missing):
     """A split with no images (e.g. a dataset without a test folder): nothing to evaluate, not accuracy 0."""
 
     def __init__(self, data_dir: Path, split: str, *, test_split: str = "test") -> None:
@@ -108,9 +109,7 @@ def find_split_folders(data_dir: Path, train_split: str = "train", test_split: s
     def one(split: str, names: Iterable[str]) -> str | None:
         found = matching(names)
         if len(found) > 1:
-            raise ValueError(
-                f"{data_dir} has {len(found)} folders for the {split} split ({', '.join(found)}); keep one"
-            )
+            raise Invalid(f"{data_dir} has {len(found)} folders for the {split} split ({', '.join(found)}); keep one")
         return found[0] if found else None
 
     train = one(train_split, (train_split, *TRAIN_FOLDER_NAMES))
@@ -160,7 +159,7 @@ def scan_folder(
     without one readable image is reported in ``warnings`` and is not a class.
     """
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+        raise Missing(f"data directory {data_dir} does not exist")
     train_split, test_split = splits
     known = known or {}
     split_folders = find_split_folders(data_dir, train_split, test_split)

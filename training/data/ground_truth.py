@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from training.errors import AlreadyThere
+
 GROUND_TRUTH_FILE = "ground_truth.csv"
 
 
@@ -28,7 +30,7 @@ def clear_splits(data_dir: Path, *, force: bool) -> None:
     """Make room for a demo dataset: existing split folders are refused, or removed with ``force``."""
     existing = [data_dir / split for split in ("train", "test") if (data_dir / split).exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(map(str, existing))} already exist; pass --force to replace the demo data")
+        raise AlreadyThere(f"{', '.join(map(str, existing))} already exist; pass --force to replace the demo data")
     for folder in existing:
         shutil.rmtree(folder)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from training.errors import Invalid
+
 # A decode of more pixels than this (after any JPEG draft) holds one of LARGE_DECODE_SLOTS:
 # 8 concurrent 40 Mpx uploads peaked at 5.4 GB before; with 2 slots at most ~2 x 160 MB decode at once.
 LARGE_DECODE_PIXELS = 8_000_000
@@ -31,7 +33,7 @@ _large_decodes = threading.BoundedSemaphore(LARGE_DECODE_SLOTS)
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"})
 
 
-class ImageError(ValueError):
+class ImageError(Invalid):
     """The bytes are not a usable image; the message says why."""
 
 

@@ -24,6 +24,14 @@ from training.tf_logs import import_tensorflow_quietly
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before any slow import: a cancel during start-up must end as a cancel, not as a kill.
+    canceled: list[str] = []
+
+    def cancel(signum: int, _frame: object) -> None:
+        canceled.append(f"canceled by request (signal {signum})")
+        raise TrainingCanceled(canceled[0])
+
+    signal.signal(signal.SIGTERM, cancel)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--epochs", type=int, default=None)
@@ -41,13 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     from training.pipeline.retrain import retrain
 
-    canceled: list[str] = []
-
-    def cancel(signum: int, _frame: object) -> None:
-        canceled.append(f"canceled by request (signal {signum})")
-        raise TrainingCanceled(canceled[0])
-
-    signal.signal(signal.SIGTERM, cancel)
     replicas = ReplicaTrainingLock(settings.label_db_url)
     if not replicas.acquire():  # another replica's child won the race since the service checked
         write_json_atomic(files.result, {"run_id": args.run_id, "state": "failed", "error": REPLICA_BUSY})

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from training.errors import Conflict
 from training.jobs.processes import stop_tree
 from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingLock, read_json
 from training.progress import TrainingProgress, write_json_atomic
@@ -28,7 +29,7 @@ ACQUIRE_ATTEMPTS = 100
 CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(Conflict, RuntimeError):
     pass
 
 
@@ -36,11 +37,11 @@ class TrainingFailed(RuntimeError):
     pass
 
 
-class TrainingCanceled(TrainingFailed):
+class TrainingCanceled(Conflict, TrainingFailed):
     pass
 
 
-class NotRunning(LookupError):
+class NotRunning(Conflict, LookupError):
     """No running training has the task id a cancel named."""
 
 
@@ -77,6 +78,7 @@ class TrainRunner:
             lock.release()
             raise TrainingBusy(REPLICA_BUSY)
         run_id = uuid.uuid4().hex[:12]
+        started = time.time()
         command = [sys.executable, "-m", "training.jobs.child", "--run-id", run_id, "--actor", actor]
         command += ["--epochs", str(epochs)] if epochs else []
         command += ["--force"] if force else []
@@ -95,24 +97,37 @@ class TrainRunner:
                 )
                 write_json_atomic(self.files.job, {"run_id": run_id, "task_id": task_id, "pid": child.pid})
                 code = await child.wait()
+            # Still under the lock: no next training can start and have its run taken for ours.
+            outcome = await asyncio.to_thread(self._outcome, run_id, code, started)
         finally:
             lock.release()
-        outcome = read_json(self.files.result)
-        if outcome is None or outcome.get("run_id") != run_id:
-            error = f"the training process exited with code {code} without a result"
-            write_json_atomic(self.files.result, {"run_id": run_id, "state": "failed", "error": error})
-            raise TrainingFailed(f"{error}\n{self._log_tail()}")
         if outcome["state"] == "canceled":
             raise TrainingCanceled(outcome["error"])
         if outcome["state"] != "succeeded":
             raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
         return outcome["result"]
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
+    def _outcome(self, run_id: str, code: int, started: float) -> dict[str, Any]:
+        """What the child reported, or what its end says if it could not (killed, canceled at start-up).
 
-        NotRunning if no training runs, or the running one belongs to another task.
+        A child that did not succeed may have been killed after the cancel's grace period
+        (stuck in a TensorFlow step) and so never closed its MLflow run: it is closed here,
+        before the task reads as ended.
         """
+        outcome = read_json(self.files.result)
+        if outcome is None or outcome.get("run_id") != run_id:
+            if self._canceled(run_id):
+                outcome = {"run_id": run_id, "state": "canceled", "error": "canceled by request"}
+            else:
+                error = f"the training process exited with code {code} without a result"
+                outcome = {"run_id": run_id, "state": "failed", "error": error}
+            write_json_atomic(self.files.result, outcome)
+        if outcome["state"] != "succeeded":
+            self._fail_orphaned_runs(started)
+        return outcome
+
+    def cancelable(self, task_id: str) -> psutil.Process:
+        """The running training's process, if task ``task_id`` started it; NotRunning otherwise."""
         job = read_json(self.files.job) or {}
         if not self.is_running() or job.get("task_id") != task_id:
             raise NotRunning(f"no running training has task_id {task_id!r}")
@@ -122,8 +137,24 @@ class TrainRunner:
                 raise psutil.NoSuchProcess(child.pid)
         except psutil.NoSuchProcess:
             raise NotRunning(f"the training of task {task_id!r} has already ended") from None
+        return child
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Stop the running training started by task ``task_id``: SIGTERM, then SIGKILL after a grace period.
+
+        NotRunning if no training runs, or the running one belongs to another task. The
+        job file records the cancel first, so a child stopped before it could write its
+        own result (SIGTERM during its start-up) still reads canceled, never failed.
+        """
+        child = self.cancelable(task_id)
+        job = read_json(self.files.job) or {}
+        write_json_atomic(self.files.job, {**job, "canceled": True})
         stop_tree(child.pid, grace=CANCEL_GRACE_S, reap=False)  # the task's own wait() collects it
         return {"task_id": task_id, "run_id": job.get("run_id"), "status": "canceled"}
+
+    def _canceled(self, run_id: object) -> bool:
+        job = read_json(self.files.job) or {}
+        return job.get("run_id") == run_id and bool(job.get("canceled"))
 
     def status(self) -> dict[str, Any]:
         """Progress of the current or last run with ``state``: idle, running, succeeded, failed or canceled."""
@@ -136,6 +167,8 @@ class TrainRunner:
             status["state"] = "running"
         elif outcome.get("run_id") == progress.get("run_id"):
             status.update(state=outcome["state"], result=outcome.get("result"), error=outcome.get("error"))
+        elif self._canceled(progress.get("run_id")):
+            status.update(state="canceled", error="canceled by request")
         else:
             status.update(state="failed", error=self._record_death(progress))
         until = time.time() if status["state"] == "running" else float(progress.get("updated_at", time.time()))
@@ -144,6 +177,17 @@ class TrainRunner:
         status["task_id"] = job.get("task_id") if job.get("run_id") == progress.get("run_id") else None
         return status
 
+    def _fail_orphaned_runs(self, started_at: float) -> bool:
+        """End as FAILED the MLflow runs a dead child left RUNNING; False if MLflow could not be reached."""
+        try:
+            from training.pipeline.tracking import fail_orphaned_runs
+
+            fail_orphaned_runs(self.settings, started_after=started_at - 5)
+        except Exception:  # noqa: BLE001 - MLflow unreachable: the state is still right here
+            log.exception("could not mark the ended training's MLflow run FAILED")
+            return False
+        return True
+
     def _record_death(self, progress: dict[str, Any]) -> str:
         """A child that died without a result (killed, out of memory): say so once, and end its MLflow run.
 
@@ -151,13 +195,7 @@ class TrainRunner:
         idempotent, so each says the same.
         """
         error = "the training process died without a result (see train.log)"
-        try:
-            from training.pipeline.tracking import fail_orphaned_runs
-
-            fail_orphaned_runs(self.settings, started_after=float(progress.get("started_at", 0)) - 5)
-        except Exception:  # noqa: BLE001 - MLflow unreachable: the state is still right here
-            log.exception("could not mark the killed training's MLflow run FAILED")
-        else:
+        if self._fail_orphaned_runs(float(progress.get("started_at", 0))):
             error += "; its MLflow run is marked FAILED"
         write_json_atomic(self.files.result, {"run_id": progress.get("run_id"), "state": "failed", "error": error})
         return error

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from training.errors import BouncerError, Conflict, Invalid, NotFound
 
-class LabelStoreError(Exception):
+
+class LabelStoreError(BouncerError):
     """Base for errors callers should turn into a 4xx answer."""
 
 
-class NotFoundError(LabelStoreError, KeyError):
+class NotFoundError(LabelStoreError, NotFound, KeyError):
     """Something named by id does not exist (a 404)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -22,15 +24,15 @@ class UnknownEventError(NotFoundError):
     pass
 
 
-class UnknownLabelError(LabelStoreError, ValueError):
+class UnknownLabelError(LabelStoreError, Invalid):
     pass
 
 
-class UndoConflictError(LabelStoreError):
+class UndoConflictError(LabelStoreError, Conflict):
     """Undoing would overwrite a later change, or the event was already undone."""
 
 
-class InvalidTextError(LabelStoreError, ValueError):
+class InvalidTextError(LabelStoreError, Invalid):
     """A free-text value the store will not keep: too long, or with NUL characters (PostgreSQL refuses them)."""
 
 

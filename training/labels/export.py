@@ -10,13 +10,13 @@ import csv
 import hashlib
 import io
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.labels.store import ImageRecord
+    from training.labels.records import ImageRecord
 
 CSV_COLUMNS = ("path", "image_id", "split", "label", "sha256")
 
@@ -45,10 +45,19 @@ def data_version_of(labels_csv: str) -> str:
 
 
 def write_labels_csv(text: str, path: Path) -> str:
-    """Write atomically (safe with several writers: the last complete file wins); return the data version."""
+    """Write atomically (safe with several writers: the last complete file wins); return the data version.
+
+    The file gets the permissions of any file the user makes (0666 less the umask, as git and DVC
+    expect): a temporary file from ``mkstemp`` is 0600, and the rename kept that.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".csv")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    tmp = path.parent / f".labels-{uuid.uuid4().hex}.csv"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return data_version_of(text)

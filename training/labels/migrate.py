@@ -29,6 +29,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from training.errors import Conflict
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -49,7 +51,7 @@ PAGING_INDEXES_REVISION = "0005"
 _POSTGRES_LOCK_KEY = int.from_bytes(hashlib.sha256(b"bouncer label database").digest()[:8], "big", signed=True)
 
 
-class LabelDatabaseSchemaError(ValueError):
+class LabelDatabaseSchemaError(Conflict, ValueError):
     """The database's schema is not one this Bouncer can upgrade (a newer release's, or not ours)."""
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from training.data.folders import Fingerprint
+from training.errors import Missing
 from training.labels.errors import (
     ACTOR_MAX,
     REASON_MAX,
@@ -44,63 +45,19 @@ from training.labels.errors import (
 )
 from training.labels.export import CSV_HEADER, data_version_of, labels_csv_line, write_labels_csv
 from training.labels.migrate import upgrade_to_head
+from training.labels.records import (
+    ConfirmResult,
+    ImageRecord,
+    ImageState,
+    LabelChange,
+    LabelEvent,
+    Promotion,
+    RelabelResult,
+)
 from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, ImageRow, PromotionRow
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: str
-    path: str
-    split: str
-    label: str
-    folder_label: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class LabelChange:
-    image_id: str
-    old_label: str
-    new_label: str
-
-
-@dataclass(frozen=True)
-class LabelEvent:
-    event_id: int
-    kind: str
-    created_at: datetime
-    actor: str
-    reason: str
-    reverts_event_id: int | None
-    reverted_by_event_id: int | None
-    changes: list[LabelChange]
-
-
-@dataclass(frozen=True)
-class RelabelResult:
-    event_id: int | None  # None when nothing changed
-    changed: list[LabelChange]
-    unchanged: list[str]
-
-
-@dataclass(frozen=True)
-class ConfirmResult:
-    event_id: int
-    confirmed: list[LabelChange]  # each image with the label a person confirmed (old = new)
-
-
-@dataclass(frozen=True)
-class ImageState:
-    """What searches filter on, for one image: see :meth:`LabelStore.changed_since`."""
-
-    image_id: str
-    split: str
-    label: str
-    present: bool
-    reviewed: bool
 
 
 @dataclass
@@ -113,14 +70,6 @@ class _CsvLines:
     lines: dict[str, str]  # image id -> its CSV line
     text: str
     version: str
-
-
-@dataclass(frozen=True)
-class Promotion:
-    tag: str
-    created_at: datetime
-    actor: str
-    reason: str
 
 
 def _sqlite_engine(url: str, *, for_writes: bool) -> Engine:
@@ -305,8 +254,8 @@ class LabelStore:
         """The present images among ``image_ids`` by id (one query; unknown or absent ids are left out)."""
         found: dict[str, ImageRecord] = {}
         with self._session() as session:
-            for start in range(0, len(image_ids), 10_000):  # within every database's bound-parameter limit
-                chunk = list(image_ids[start : start + 10_000])
+            for start in range(0, len(image_ids), IDS_PER_QUERY):
+                chunk = list(image_ids[start : start + IDS_PER_QUERY])
                 # by primary key only: with ``present`` in the WHERE, SQLite may scan its index instead (3 ms at 10k);
                 # plain rows, not ORM objects: this is on every search's path
                 query = select(*_RECORD_COLUMNS, ImageRow.present).where(ImageRow.image_id.in_(chunk))
@@ -659,7 +608,7 @@ def open_store(settings: Settings, *, export_delay_s: float = 0.0) -> LabelStore
     ``export_delay_s``: a server passes ``BOUNCER_LABELS_CSV_DELAY_MS`` (rewrites off the request).
     """
     if settings.database_url is None and not settings.data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
+        raise Missing(f"data directory {settings.data_dir} does not exist (set BOUNCER_DATA_DIR)")
     return LabelStore(
         settings.label_db_url,
         labels_csv=settings.labels_csv if settings.export_labels_on_change else None,
@@ -669,6 +618,8 @@ def open_store(settings: Settings, *, export_delay_s: float = 0.0) -> LabelStore
 
 # Events that are a person's decision about an image; "undo" reverts one, "move" is the folder's doing.
 DECISIONS = ("relabel", "confirm")
+# Ids bound in one IN (...): SQLite refuses over 250,000 variables (a 500 once), PostgreSQL over 65,535.
+IDS_PER_QUERY = 10_000
 
 
 def _reverted_events() -> Select[tuple[int | None]]:
@@ -743,10 +694,11 @@ def _image_record(row: ImageRow) -> ImageRecord:
 
 def _present_rows(session: Session, ids: list[str]) -> dict[str, ImageRow]:
     """The rows of ``ids`` to write to, all of them or UnknownImageError naming the missing (nothing written)."""
-    rows = {
-        row.image_id: row
-        for row in session.scalars(select(ImageRow).where(ImageRow.image_id.in_(ids), ImageRow.present.is_(True)))
-    }
+    rows: dict[str, ImageRow] = {}
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        chunk = ids[start : start + IDS_PER_QUERY]
+        query = select(ImageRow).where(ImageRow.image_id.in_(chunk), ImageRow.present.is_(True))
+        rows.update((row.image_id, row) for row in session.scalars(query))
     if missing := [i for i in ids if i not in rows]:
         raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
     return rows

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from training.data.folders import ScanResult, scan_folder
+from training.labels.records import LabelChange
 from training.labels.schema import ClassRow, ImageRow
-from training.labels.store import LabelChange, LabelStore, bump_revision, record_event
+from training.labels.store import LabelStore, bump_revision, record_event
 from training.settings import Settings
 
 log = logging.getLogger(__name__)

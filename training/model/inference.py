@@ -12,12 +12,16 @@ import onnxruntime as ort
 INPUT_NAME = "image"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_EMBEDDING = "embedding"
+# Optional: per-channel spatial means, then means of squares, of the network's first activation (the
+# OOD score's low-level half, training.model.ood). Versions exported before issue 25 lack it.
+OUTPUT_EARLY = "early_features"
 
 
 @dataclass(frozen=True)
 class Predictions:
     probabilities: np.ndarray  # (n, K) float32
     embeddings: np.ndarray  # (n, D) float32
+    early: np.ndarray | None = None  # (n, E) float32, for graphs with the early_features output
 
 
 class OnnxClassifier:
@@ -39,6 +43,9 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.class_names = list(class_names)
         self.image_size = image_size
+        names = {o.name for o in self.session.get_outputs()}
+        self.has_early = OUTPUT_EARLY in names
+        self._outputs = [OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING] + ([OUTPUT_EARLY] if self.has_early else [])
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities only (n, K) for one batch of (n, s, s, 3) images: what ``predict`` serves."""
@@ -46,10 +53,11 @@ class OnnxClassifier:
         return self.session.run([OUTPUT_PROBABILITIES], {INPUT_NAME: images.astype(np.float32)})[0]
 
     def outputs(self, images: np.ndarray) -> Predictions:
-        """Probabilities and embeddings of one batch in one run: what ``predict`` serves with an OOD score."""
+        """Probabilities, embeddings (and early features) of one batch in one run: what ``predict`` serves
+        with an OOD score."""
         self._check(images)
-        p, e = self.session.run([OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING], {INPUT_NAME: images.astype(np.float32)})
-        return Predictions(p, e)
+        found = self.session.run(self._outputs, {INPUT_NAME: images.astype(np.float32)})
+        return Predictions(found[0], found[1], found[2] if self.has_early else None)
 
     def _check(self, images: np.ndarray) -> None:
         expected = (self.image_size, self.image_size, 3)
@@ -59,17 +67,16 @@ class OnnxClassifier:
     def predict(self, images: np.ndarray, *, batch_size: int = 256) -> Predictions:
         """Probabilities and embeddings for uint8/float images of shape (n, s, s, 3)."""
         self._check(images)
-        probabilities, embeddings = [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].astype(np.float32)
-            p, e = self.session.run([OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING], {INPUT_NAME: chunk})
-            probabilities.append(p)
-            embeddings.append(e)
-        if not probabilities:
-            width = self.session.get_outputs()
-            dims = {o.name: o.shape[-1] for o in width}
+        chunks = [self.outputs(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+        if not chunks:
+            dims = {o.name: int(o.shape[-1]) for o in self.session.get_outputs()}
             return Predictions(
                 np.zeros((0, len(self.class_names)), np.float32),
-                np.zeros((0, int(dims[OUTPUT_EMBEDDING])), np.float32),
+                np.zeros((0, dims[OUTPUT_EMBEDDING]), np.float32),
+                np.zeros((0, dims[OUTPUT_EARLY]), np.float32) if self.has_early else None,
             )
-        return Predictions(np.concatenate(probabilities), np.concatenate(embeddings))
+        return Predictions(
+            np.concatenate([c.probabilities for c in chunks]),
+            np.concatenate([c.embeddings for c in chunks]),
+            np.concatenate([c.early for c in chunks]) if self.has_early else None,  # type: ignore[misc]
+        )

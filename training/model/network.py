@@ -17,7 +17,8 @@ from typing import Any, Literal
 import keras
 from keras import layers
 
-from training.model.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
+from training.errors import Invalid
+from training.model.inference import INPUT_NAME, OUTPUT_EARLY, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ CNN_WORKING_SIZE = 32
 # training, the statistics the exported model uses are recomputed over the whole train split.
 # (GroupNormalization avoided the noise but needed 2.5x the steps to learn 208 photos: 1500 vs 600.)
 STATISTICS_BATCH = 256
+# The OOD score's low-level half reads the channel statistics of this many first activations: on
+# noise at the model's own input size the embedding alone scored AUROC 0.53-0.89, these 1.000 (issue 25).
+# One: the first two separated the benchmark's sets no better and cost predict +10% (ONNX run, batch 32)
+# against +0-4% for one.
+EARLY_ACTIVATIONS = 1
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,43 @@ BACKBONES = {
 }
 
 
-class BackboneWeightsError(ValueError):
+# BOUNCER_BACKBONE=auto tries these in order: the first whose ImageNet weights are at hand is used.
+# MobileNetV3-Small first: at 128 px on 2 cores it embedded 311 images/s, as fast as the CNN (317), and
+# EfficientNet-B0 78 (forward passes of 256 random images, best of 3 interleaved rounds; docs/label-errors.md).
+AUTO_ORDER = ("mobilenet_v3_small", "efficientnet_b0")
+
+
+def keras_cache() -> Path:
+    """Where Keras keeps downloaded weights: ``$KERAS_HOME/models``, else ``~/.keras/models``."""
+    from keras.src.backend.config import keras_home  # the one Keras reads; no public accessor
+
+    return Path(keras_home()).expanduser() / "models"
+
+
+def choose_backbone(weights: str) -> tuple[str, str, str]:
+    """What ``BOUNCER_BACKBONE=auto`` becomes: (backbone, weights, why), never a download.
+
+    A weights file (``BOUNCER_BACKBONE_WEIGHTS=/path``) named as Keras names one of the
+    backbones' files, or such a file in Keras's cache, gives that pretrained backbone
+    (loaded from the file: Keras's own loader would check the hash and download again
+    when it differs); otherwise, or with weights ``none``, the CNN from scratch.
+    """
+    if weights == "none":
+        return "cnn", "none", "auto: the CNN from scratch (BOUNCER_BACKBONE_WEIGHTS=none)"
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        named = [name for name in AUTO_ORDER if BACKBONES[name].weights_file == path.name]
+        if path.is_file() and named:
+            return named[0], str(path), f"auto: {named[0]} with the weights file {path}"
+    cache = keras_cache()
+    for name in AUTO_ORDER:
+        cached = cache / BACKBONES[name].weights_file
+        if cached.is_file():
+            return name, str(cached), f"auto: {name}, its ImageNet weights are in Keras's cache ({cached})"
+    return "cnn", "none", f"auto: the CNN from scratch (no backbone's ImageNet weights in {cache} or given as a file)"
+
+
+class BackboneWeightsError(Invalid):
     """The backbone's weights cannot be had: the message says how to provide them."""
 
 
@@ -202,12 +244,50 @@ def feature_extractor(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.input, network(classifier.input, training=False), name="features")
 
 
-def inference_model(classifier: keras.Model) -> keras.Model:
-    """Same weights, two named outputs: class probabilities and the penultimate embedding."""
-    probabilities = layers.Softmax(name=OUTPUT_PROBABILITIES)(classifier.output)
-    embedding = classifier.get_layer(EMBEDDING_LAYER).output
-    return keras.Model(
-        classifier.input,
-        {OUTPUT_PROBABILITIES: probabilities, OUTPUT_EMBEDDING: embedding},
-        name="bouncer_inference",
-    )
+def inference_model(classifier: keras.Model, *, early: bool = True) -> keras.Model:
+    """Same weights, named outputs: class probabilities, the penultimate embedding and (``early``) the early features.
+
+    Without them for the saved ``model.keras``: a backbone's early features come from a second model
+    over its first layers, and Keras 3 cannot load a file whose layers two nested models share.
+    """
+    outputs = {
+        OUTPUT_PROBABILITIES: layers.Softmax(name=OUTPUT_PROBABILITIES)(classifier.output),
+        OUTPUT_EMBEDDING: classifier.get_layer(EMBEDDING_LAYER).output,
+    }
+    if early:
+        outputs[OUTPUT_EARLY] = early_features(classifier)
+    return keras.Model(classifier.input, outputs, name="bouncer_inference")
+
+
+def early_features(classifier: keras.Model) -> keras.KerasTensor:
+    """Per-channel spatial means, then means of squares, of the first EARLY_ACTIVATIONS activations: (n, 2 * channels).
+
+    The statistics Lee et al. (NeurIPS 2018) and OpenOOD's ``mds_ensemble`` ("stat": mean and
+    variance per channel) model at each layer, here at the first, whose statistics are the image's
+    local texture and contrast: noise and flat colours are far from any photo there even when the
+    embedding maps them onto a class. The variance is taken from these in numpy (fewer graph nodes).
+    Built from plain Keras layers (no Lambda), so the saved ``model.keras`` loads anywhere.
+    """
+    if any(layer.name == BACKBONE_LAYER for layer in classifier.layers):
+        network = classifier.get_layer(BACKBONE_LAYER)
+        found = _first_activations(network.layers)
+        inner = keras.Model(network.input, [layer.output for layer in found], name="early_activations")
+        activations = inner(classifier.input, training=False)
+        activations = activations if isinstance(activations, list | tuple) else [activations]
+    else:
+        activations = [layer.output for layer in _first_activations(classifier.layers)]
+    means = [layers.GlobalAveragePooling2D()(x) for x in activations]
+    squares = [layers.GlobalAveragePooling2D()(layers.Multiply()([x, x])) for x in activations]
+    return layers.Concatenate(name=OUTPUT_EARLY)(means + squares)
+
+
+def _first_activations(candidates: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+    """The first EARLY_ACTIVATIONS activation layers with a 4-D (n, h, w, c) output."""
+    found = [
+        layer
+        for layer in candidates
+        if isinstance(layer, layers.ReLU | layers.Activation) and len(layer.output.shape) == 4
+    ][:EARLY_ACTIVATIONS]
+    if not found:
+        raise ValueError("the network has no activation layer to take early features from")
+    return found

@@ -11,7 +11,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from training.model.inference import INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, OnnxClassifier
+from training.model.inference import INPUT_NAME, OUTPUT_EARLY, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, OnnxClassifier
 from training.model.network import all_layers
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class ParityReport:
     max_abs_diff_probabilities: float
     max_abs_diff_embedding: float
     tolerance: float
+    max_abs_diff_early: float | None = None  # relative to the largest early feature (they reach thousands)
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,7 @@ def export_onnx(inference: keras.Model, image_size: int) -> onnx.ModelProto:
     finally:
         optimizer_log.setLevel(level)
     outputs = {o.name for o in model_proto.graph.output}
-    if outputs != {OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING}:
+    if outputs != {OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING, OUTPUT_EARLY}:
         raise ParityError(f"exported graph has outputs {sorted(outputs)}")
     onnx.checker.check_model(model_proto)
     return model_proto
@@ -78,17 +79,23 @@ def check_parity(
     """Compare Keras and ONNX Runtime on real images; raise if they disagree."""
     expected = inference.predict(images.astype(np.float32), verbose=0, batch_size=256)
     actual = classifier.predict(images)
+    early = None
+    if actual.early is not None and OUTPUT_EARLY in expected:
+        reference = np.asarray(expected[OUTPUT_EARLY])
+        early = float(np.max(np.abs(actual.early - reference)) / max(float(np.max(np.abs(reference))), 1e-12))
     report = ParityReport(
         n_images=len(images),
         max_abs_diff_probabilities=float(np.max(np.abs(actual.probabilities - expected[OUTPUT_PROBABILITIES]))),
         max_abs_diff_embedding=float(np.max(np.abs(actual.embeddings - expected[OUTPUT_EMBEDDING]))),
         tolerance=tolerance,
+        max_abs_diff_early=early,
     )
     log.info(
-        "ONNX parity on %d images: max |diff| probabilities %.3g, embedding %.3g",
+        "ONNX parity on %d images: max |diff| probabilities %.3g, embedding %.3g, early features %s (relative)",
         report.n_images,
         report.max_abs_diff_probabilities,
         report.max_abs_diff_embedding,
+        "-" if early is None else f"{early:.3g}",
     )
     if not report.ok:
         raise ParityError(

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from training.model.fit import TrainConfig, auto_batch_size
-from training.model.network import is_pretrained
+from training.model.network import choose_backbone, is_pretrained
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,14 @@ PHOTO_AUGMENT_FROM = 64  # auto augmentation: photo from this input size on, lig
 class Recipe:
     config: TrainConfig
     image_size_from: str  # how the input size was chosen, for people reading the run
+    backbone_from: str = "setting"  # likewise the backbone (BOUNCER_BACKBONE=auto)
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
         return {
             **{k: v for k, v in asdict(self.config).items() if k != "verbose"},
             "image_size_from": self.image_size_from,
+            "backbone_from": self.backbone_from,
         }
 
 
@@ -73,16 +75,25 @@ def resolve_recipe(
     augment = settings.augment
     if augment == "auto":
         augment = "photo" if size >= PHOTO_AUGMENT_FROM else "light"
-    weights = settings.backbone_weights if settings.backbone != "cnn" else "none"
-    fine_tune_epochs = settings.fine_tune_epochs if is_pretrained(settings.backbone, weights) else 0
+    backbone, weights, backbone_from = settings.backbone, settings.backbone_weights, "setting"
+    if backbone == "auto":
+        backbone, weights, backbone_from = choose_backbone(weights)
+        log.info("backbone %s", backbone_from)
+    weights = weights if backbone != "cnn" else "none"
+    fine_tune_epochs = settings.fine_tune_epochs if is_pretrained(backbone, weights) else 0
     if settings.fine_tune_epochs and not fine_tune_epochs:
         log.warning(
             "BOUNCER_FINE_TUNE_EPOCHS=%d ignored: only a pretrained backbone is fine-tuned; %s (weights %s) "
             "trains every layer from the first epoch",
             settings.fine_tune_epochs,
-            settings.backbone,
+            backbone,
             weights,
         )
+    # An epoch count someone gave (the API's or CLI's epochs, BOUNCER_EPOCHS) is the count trained, unless
+    # BOUNCER_MIN_TRAIN_STEPS was given too: {"epochs": 3} trained 6 epochs once, the floor's doing.
+    given = settings.model_fields_set
+    floor_waived = (epochs is not None or "epochs" in given) and "min_train_steps" not in given
+    min_steps = 0 if floor_waived else settings.min_train_steps
     config = TrainConfig(
         image_size=size,
         epochs=epochs or settings.epochs,
@@ -91,9 +102,9 @@ def resolve_recipe(
         validation_fraction=settings.validation_fraction,
         early_stopping_patience=settings.early_stopping_patience,
         seed=settings.seed,
-        min_steps=settings.min_train_steps,
+        min_steps=min_steps,
         augment=augment,
-        backbone=settings.backbone,
+        backbone=backbone,
         backbone_weights=weights,
         fine_tune_epochs=fine_tune_epochs,
         verbose=verbose,
@@ -108,7 +119,7 @@ def resolve_recipe(
         config.epochs,
         config.min_steps,
     )
-    return Recipe(config, size_from)
+    return Recipe(config, size_from, backbone_from)
 
 
 def fold_config(config: TrainConfig, settings: Settings) -> TrainConfig:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from training.errors import Invalid, Missing
 from training.settings import Settings
 
 MANIFEST_FILE = "manifest.json"
@@ -45,7 +46,7 @@ def default_scores_dir(settings: Settings, version: str) -> Path:
     return settings.runtime_dir / "scores" / version
 
 
-class ScoresMismatch(ValueError):
+class ScoresMismatch(Invalid):
     """A score folder that is not what the caller needs: another model, unfinished, or shards missing."""
 
 
@@ -138,7 +139,7 @@ def read_manifest(folder: Path) -> ScoreManifest:
     """The manifest of a finished score folder; FileNotFoundError for a folder never (or not fully) scored."""
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no scores in {folder}: {MANIFEST_FILE} is missing (run `bouncer score`)")
+        raise Missing(f"no scores in {folder}: {MANIFEST_FILE} is missing (run `bouncer score`)")
     data: dict[str, Any] = json.loads(path.read_text())
     known = {f.name for f in fields(ScoreManifest)}
     missing = sorted(known - data.keys())

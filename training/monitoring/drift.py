@@ -5,6 +5,9 @@ thousands of predictions a test alone flags differences too small to matter:
 
 - **OOD share**: more predictions flagged ``ood`` than the expected ``1 - BOUNCER_OOD_QUANTILE``?
   One-sided binomial test; drift when p < alpha and the share is at least twice the expected one.
+  The expected share holds by construction: every OOD method's threshold is that quantile of the
+  held-out test images' scores (``training.model.ood``). Predictions answered ``ood: null`` (a
+  version whose threshold is uncalibrated, or scoring off) are not counted: the share is unknown.
 - **Label shift**: the predicted-label mix against the reference's (the model's predictions
   on held-out data). Chi-square goodness of fit; drift when p < alpha and the Jensen-Shannon
   distance is at least 0.1.
@@ -28,6 +31,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from training.errors import Invalid
 from training.model.reference import DriftReference
 from training.monitoring.prediction_log import PredictionLog, WindowCounts
 
@@ -40,23 +44,22 @@ METHODS = {
     "label_shift": "chi-square goodness of fit (scipy.stats.chisquare), Jensen-Shannon distance as effect size",
     "embedding_shift": "two-sample Kolmogorov-Smirnov per reduced dimension (scipy.stats.ks_2samp), Bonferroni",
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+# 1 to 999 of a unit (s, m, h, d, w): the API's schema documents the same pattern, so a valid-looking
+# window is never refused (issue 20: "0d" matched the old, looser pattern and was a 400).
+DURATION_PATTERN = r"^[1-9][0-9]{0,2}[smhdw]$"
+_DURATION = re.compile(DURATION_PATTERN)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class DriftInputError(ValueError):
+class DriftInputError(Invalid):
     """A window that cannot be read (a 400, naming the problem)."""
 
 
 def parse_window(text: str) -> float:
     """'15m', '1h', '24h', '7d', '2w' -> seconds."""
-    match = _DURATION.match(text or "")
-    if not match:
-        raise DriftInputError(f"window {text!r} is not a duration like 30m, 1h, 24h, 7d or 2w")
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 1 <= seconds <= 366 * 86400:
-        raise DriftInputError(f"window {text!r} must be between 1 s and 366 days")
-    return seconds
+    if not _DURATION.match(text or ""):
+        raise DriftInputError(f"window {text!r} is not a duration like 30m, 1h, 24h, 7d or 2w (1 to 999 of s/m/h/d/w)")
+    return float(text[:-1]) * _UNIT_S[text[-1]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def drift_report(
     end = now if now is not None else time.time()
     reports = []
     for _ in range(windows):
-        start = end - span
+        start = max(end - span, 0.0)  # windows before 1970 hold nothing: empty, not a date out of range
         counts = log.window(start, end, vector_version=model_version, vector_sample=VECTOR_SAMPLE)
         reports.append(compare(counts, reference, start, end, alpha=alpha, min_predictions=min_predictions))
         end = start
@@ -126,9 +129,11 @@ def compare(
     labels = _label_shift(counts, reference, alpha)
     embedding = _embedding_shift(counts.vectors, reference.vectors, alpha)
     if counts.n < min_predictions:
-        return WindowReport(
-            start, end, counts.n, "too few predictions", [f"{counts.n} < {min_predictions}"], ood, labels, embedding
+        needed = (
+            f"{counts.n} prediction{'' if counts.n == 1 else 's'} in this window, at least {min_predictions} are "
+            "needed for a verdict (BOUNCER_DRIFT_MIN_PREDICTIONS): every answer of predict counts"
         )
+        return WindowReport(start, end, counts.n, "too few predictions", [needed], ood, labels, embedding)
     reasons = [part["reason"] for part in (ood, labels, embedding) if part.get("drift")]
     return WindowReport(start, end, counts.n, "drift" if reasons else "no drift", reasons, ood, labels, embedding)
 
@@ -136,7 +141,14 @@ def compare(
 def _ood_share(counts: WindowCounts, reference: DriftReference, alpha: float) -> dict[str, Any]:
     expected = reference.ood_share
     if counts.scored == 0:
-        return {"share": None, "expected": expected, "p_value": None, "drift": False}
+        note = "no prediction in the window has an ood flag (an uncalibrated OOD threshold, or scoring off)"
+        return {
+            "share": None,
+            "expected": expected,
+            "p_value": None,
+            "drift": False,
+            "note": note if counts.n else None,
+        }
     share = counts.ood / counts.scored
     p = float(stats.binomtest(counts.ood, counts.scored, expected, alternative="greater").pvalue)
     drift = p < alpha and share >= OOD_RATIO_MIN * expected

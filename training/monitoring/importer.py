@@ -13,13 +13,14 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from training.errors import Invalid
 from training.labels.store import LabelStore
 from training.labels.sync import import_folder
 from training.monitoring.prediction_log import PredictionLog
 from training.settings import Settings
 
 
-class ImportInputError(ValueError):
+class ImportInputError(Invalid):
     """A request that cannot be imported as asked (a 400, naming the problem)."""
 
 

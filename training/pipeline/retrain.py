@@ -10,13 +10,11 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from training.curation.curator import Curator
-from training.labels.store import open_store
+from training.curation.labels import Labels
+from training.model.evaluation import indistinguishable_warning
 from training.pipeline.training_run import run_training
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
-from training.registry.bento import build_bento
-from training.registry.serving import record_promotion
-from training.registry.store import load_registered
+from training.registry.serving import Registry, version_of
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +38,10 @@ class RetrainResult:
     epochs_run: int
     beats_baseline: bool | None  # test accuracy above always answering the most common label; None without test
     warning: str | None  # for people: the new model is no better than that baseline, or there was no test split
+    test_accuracy_interval: list[float] | None = None  # 95% interval of the new model's test accuracy
+    promotion_warning: str | None = None  # the test split cannot tell the new and the serving model apart
+    ood_calibrated: bool | None = None  # False: too few held-out images per class; predictions answer ood: null
+    ood_warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +83,18 @@ def retrain(
     progress = seen[0]
 
     previous_metrics: dict[str, float] | None = None
-    with open_store(settings) as store:
+    promotion_warning: str | None = None
+    with Labels.open(settings) as labels:
+        registry = Registry(labels)
         if serving_tag is not None and GATE_METRIC in trained.metrics:  # without a test split: nothing to compare
             report_phase(progress, sink, "comparing", f"evaluating the serving model {serving_tag} on the test split")
-            report = Curator(settings, store, load_registered(serving_tag, settings=settings)).evaluate(
-                settings.test_split
+            report = registry.curator(serving_tag).evaluate(settings.test_split)
+            previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": report.n}
+            promotion_warning = indistinguishable_warning(
+                {m.image_id for m in trained.evaluation.misclassified},
+                {m.image_id for m in report.misclassified},
+                report.n,
             )
-            previous_metrics = {"test_accuracy": report.accuracy, "test_loss": report.loss, "n_test": float(report.n)}
         promoted, message = should_promote(
             trained.metrics.get(GATE_METRIC),
             None if previous_metrics is None else previous_metrics[GATE_METRIC],
@@ -95,12 +102,12 @@ def retrain(
         )
         if promoted:
             report_phase(progress, sink, "promoting", message)
-            record_promotion(settings, store, trained.tag, actor=actor, reason=message)
-        elif serving_tag is not None and store.serving(settings.model_name) is None:
+            registry.promote(version_of(trained.tag), actor=actor, reason=message)
+        elif serving_tag is not None and registry.promoted_tag() is None:
             # Nothing was promoted yet, so "the newest of this dataset" chose what serves: that
             # would now be the rejected version, for the CLI and for any server started later.
             # Put the kept choice on record instead.
-            record_promotion(settings, store, serving_tag, actor=actor, reason=f"kept: {message}")
+            registry.keep_serving(serving_tag, actor=actor, reason=f"kept: {message}")
     _tag_mlflow_run(settings, trained.mlflow_run_id, promoted)
 
     if not promoted:
@@ -109,14 +116,14 @@ def retrain(
         bento_tag, bento_message = None, "bento not rebuilt: BOUNCER_BUILD_BENTO is off"
     else:
         report_phase(progress, sink, "building", "bentoml build")
-        outcome = build_bento(trained.tag)
+        outcome = registry.build_bento(trained.tag)
         bento_tag, bento_message = outcome.tag, outcome.message
     report_phase(progress, sink, "done", f"{message}; {bento_message}")
     return RetrainResult(
-        model_version=trained.tag.split(":", 1)[1],
+        model_version=version_of(trained.tag),
         tag=trained.tag,
         metrics=trained.metrics,
-        previous_version=None if serving_tag is None else serving_tag.split(":", 1)[1],
+        previous_version=None if serving_tag is None else version_of(serving_tag),
         previous_metrics=previous_metrics,
         promoted=promoted,
         promotion_message=message,
@@ -127,6 +134,10 @@ def retrain(
         epochs_run=trained.epochs_run,
         beats_baseline=trained.beats_baseline,
         warning=trained.warning,
+        test_accuracy_interval=trained.test_accuracy_interval,
+        promotion_warning=promotion_warning,
+        ood_calibrated=trained.ood_calibrated,
+        ood_warning=trained.ood_warning,
     )
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +18,14 @@ import numpy as np
 
 from training.curation.audit import LabelAudit
 from training.data.folders import load_records
-from training.labels.store import ImageRecord, open_store
+from training.labels.records import ImageRecord
+from training.labels.store import open_store
 from training.labels.sync import import_folder
 from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
-from training.model.ood import OodScorer, fit_ood
+from training.model.ood import Head, OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
+from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.store import register_model
 from training.settings import Settings
@@ -53,6 +55,15 @@ class TrainingResult:
     epochs_run: int
     train_wall_time_s: float
     total_wall_time_s: float
+    notes: list[str] = field(default_factory=list)  # steps skipped or figures to doubt (readiness)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # out_of_fold, neighbours (within it)
+    ood_calibrated: bool | None = None  # False: too few held-out images per class; predictions answer ood: null
+    ood_warning: str | None = None
+
+    @property
+    def test_accuracy_interval(self) -> list[float] | None:
+        """95% interval of the test accuracy; None without a test split."""
+        return self.evaluation.accuracy_interval if self.evaluation.n else None
 
     @property
     def beats_baseline(self) -> bool | None:
@@ -69,13 +80,18 @@ class TrainingResult:
             "tag": self.tag,
             "data_version": self.data_version,
             "metrics": self.metrics,
+            "test_accuracy_interval": self.test_accuracy_interval,
             "beats_baseline": self.beats_baseline,
             "warning": self.warning,
+            "notes": self.notes,
             "parity": self.parity,
             "mlflow_run_id": self.mlflow_run_id,
             "epochs_run": self.epochs_run,
             "train_wall_time_s": round(self.train_wall_time_s, 1),
             "total_wall_time_s": round(self.total_wall_time_s, 1),
+            "phase_seconds": {k: round(v, 1) for k, v in self.phase_seconds.items()},
+            "ood_calibrated": self.ood_calibrated,
+            "ood_warning": self.ood_warning,
         }
 
 
@@ -98,9 +114,15 @@ def run_training(
     from training.pipeline.tracking import mlflow_run
 
     started = time.perf_counter()
-    progress = TrainingProgress(phase="importing", epochs=epochs or settings.epochs)
+    progress = TrainingProgress(
+        phase="importing", epochs=epochs or settings.epochs, message=f"scanning {settings.data_dir}"
+    )
     sink(progress)
     data = _import(settings)
+    ready = assess(settings, [r.label for r in data.train], len(data.test))  # stops a hopeless run here
+    log.info("%s", ready.summary())
+    for note in ready.notes:
+        log.warning("%s", note)
     recipe = resolve_recipe(settings, [r.path for r in data.train], epochs=epochs, verbose=verbose)
     size = recipe.config.image_size
     report_phase(progress, sink, "loading", f"decoding {len(data.train) + len(data.test)} images at {size} px")
@@ -119,14 +141,26 @@ def run_training(
         evaluation = _evaluate(data, test_predictions)
         report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
         embedder, index = _embed(settings, data, train_predictions, test_predictions)
-        report_phase(progress, sink, "ood", f"fitting the {settings.ood_method} OOD score and the drift reference")
-        ood, reference = _baseline(settings, data, train_predictions, test_predictions, embedder)
-        audit = None
-        if settings.out_of_fold_folds >= 2:
+        fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
+        report_phase(progress, sink, "ood", f"fitting {fitting}the drift reference")
+        ood, reference = _baseline(
+            settings, data, train_predictions, test_predictions, embedder, ready.ood, exported.head
+        )
+        audit, phase_seconds = None, {}
+        if ready.out_of_fold:
             folds = settings.out_of_fold_folds
             report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
-            audit = _label_audit(
-                settings, recipe.config, x_train, data.train, data.classes, train_predictions, progress, sink
+            audit, phase_seconds = _label_audit(
+                settings,
+                recipe.config,
+                x_train,
+                data.train,
+                data.classes,
+                train_predictions,
+                progress,
+                sink,
+                x_test,
+                data.test,
             )
         report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
         metrics = training_metrics(
@@ -147,6 +181,10 @@ def run_training(
         epochs_run=trained.epochs_run,
         train_wall_time_s=trained.wall_time_s,
         total_wall_time_s=time.perf_counter() - started,
+        notes=ready.notes,
+        phase_seconds=phase_seconds,
+        ood_calibrated=None if ood is None else ood.calibrated,
+        ood_warning=None if ood is None else ood.warning,
     )
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -176,10 +214,12 @@ class _Dataset:
 
 @dataclass(frozen=True)
 class _Exported:
-    keras_inference: Any  # keras.Model with the two named outputs
+    keras_inference: Any  # keras.Model with the named outputs the ONNX graph has
+    keras_saved: Any  # the same without the early features: what model.keras holds
     onnx_model: Any  # onnx.ModelProto
     classifier: OnnxClassifier
     parity: dict[str, float]
+    head: Head  # the last layer's weights, for OOD scores that read logits
 
 
 def _import(settings: Settings) -> _Dataset:
@@ -193,9 +233,9 @@ def _import(settings: Settings) -> _Dataset:
             dataset_id=store.dataset_id,
         )
     if not data.train:
-        raise ValueError(f"no training images under {settings.data_dir / settings.train_split}")
+        raise NotEnoughImages(f"no training images under {settings.data_dir / settings.train_split}")
     if len(data.classes) < 2:
-        raise ValueError(f"need at least 2 classes, found {data.classes}")
+        raise NotEnoughImages(f"need at least 2 classes, found {data.classes}")
     return data
 
 
@@ -231,7 +271,11 @@ def _export(settings: Settings, model: Any, classes: list[str], size: int, image
         "max_abs_diff_probabilities": parity.max_abs_diff_probabilities,
         "max_abs_diff_embedding": parity.max_abs_diff_embedding,
     }
-    return _Exported(keras_inference, onnx_model, classifier, figures)
+    if parity.max_abs_diff_early is not None:
+        figures["max_rel_diff_early_features"] = parity.max_abs_diff_early
+    kernel, bias = keras_inference.get_layer("logits").get_weights()
+    head = Head(np.asarray(kernel), np.asarray(bias))
+    return _Exported(keras_inference, inference_model(model, early=False), onnx_model, classifier, figures, head)
 
 
 def _evaluate(data: _Dataset, predictions: Predictions) -> EvaluationReport:
@@ -260,20 +304,41 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
 
 
 def _baseline(
-    settings: Settings, data: _Dataset, train: Predictions, test: Predictions, embedder: Pipeline
-) -> tuple[OodScorer, DriftReference]:
-    """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline."""
+    settings: Settings,
+    data: _Dataset,
+    train: Predictions,
+    test: Predictions,
+    embedder: Pipeline,
+    with_ood: bool,
+    head: Head,
+) -> tuple[OodScorer | None, DriftReference]:
+    """The OOD score (fitted on the train split, calibrated on the held-out test split) and the drift baseline.
+
+    No OOD score when the dataset is too small for one (``readiness``): its predictions carry none.
+    """
     targets = np.array([data.classes.index(r.label) for r in data.train])
-    ood = fit_ood(
-        settings.ood_method,
-        train.embeddings,
-        targets,
-        test.embeddings,
-        k=settings.ood_k,
-        reference_max=settings.ood_reference_max,
-        quantile=settings.ood_quantile,
-        seed=settings.seed,
+    ood = (
+        fit_ood(
+            settings.ood_method,
+            train.embeddings,
+            targets,
+            test.embeddings,
+            held_out_labels=np.array([data.classes.index(r.label) for r in data.test], dtype=np.int64),
+            train_early=train.early,
+            held_out_early=test.early,
+            head=head,
+            k=settings.ood_k,
+            reference_max=settings.ood_reference_max,
+            quantile=settings.ood_quantile,
+            seed=settings.seed,
+            min_held_out_per_class=settings.ood_min_held_out_per_class,
+            class_names=data.classes,
+        )
+        if with_ood
+        else None
     )
+    if ood is not None and not ood.calibrated:
+        log.warning("OOD score uncalibrated: %s", ood.warning)
     held_out, source = (test, settings.test_split) if len(data.test) else (train, settings.train_split)
     vectors = embedder.transform(held_out.embeddings).astype(np.float32)
     reference = fit_reference(
@@ -298,7 +363,7 @@ def _register(
     audit: LabelAudit | None,
     metrics: dict[str, float],
     run: Any,
-    ood: OodScorer,
+    ood: OodScorer | None,
     reference: DriftReference,
 ) -> str:
     """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
@@ -317,7 +382,7 @@ def _register(
         "mlflow_run_id": run.info.run_id,
         "onnx_opset": exported.onnx_model.opset_import[0].version,
         "out_of_fold_folds": 0 if audit is None else audit.folds,
-        **ood.describe(),
+        **(ood.describe() if ood is not None else {}),
     }
     return register_model(
         settings.model_name,
@@ -326,7 +391,7 @@ def _register(
         index,
         metadata=metadata,
         labels={"data_version": data.version},
-        keras_model=exported.keras_inference,
+        keras_model=exported.keras_saved,
         audit=audit,
         ood=ood,
         reference=reference,
@@ -339,7 +404,7 @@ def _track(
     metrics: dict[str, float],
     exported: _Exported,
     evaluation: EvaluationReport,
-    ood: OodScorer,
+    ood: OodScorer | None,
     reference: DriftReference,
 ) -> None:
     import mlflow
@@ -357,8 +422,15 @@ def _track(
     if settings.labels_csv.exists():
         log_file(settings.labels_csv, "data")
     mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
-    mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
-    mlflow.log_metrics({"ood_threshold_raw": ood.threshold_raw, "ood_calibration_size": len(ood.calibration)})
+    if ood is not None:
+        mlflow.log_params({k: v for k, v in ood.describe().items() if k in ("ood_method", "ood_k", "ood_quantile")})
+        mlflow.log_metrics(
+            {
+                "ood_threshold_raw": ood.threshold_raw,
+                "ood_calibration_size": len(ood.calibration),
+                "ood_calibrated": float(bool(ood.calibrated)),
+            }
+        )
     mlflow.log_dict(reference.statistics(), "drift_reference.json")  # what `bouncer drift` compares with
 
 
@@ -366,7 +438,7 @@ def training_metrics(
     evaluation: EvaluationReport, train_accuracy: float, validation_accuracy: float | None
 ) -> dict[str, float]:
     """What a version is judged by. Without a test split there are no test figures, not zeros."""
-    metrics = {"train_accuracy": train_accuracy, "n_test": float(evaluation.n)}
+    metrics: dict[str, float] = {"train_accuracy": train_accuracy, "n_test": evaluation.n}
     if validation_accuracy is not None:
         metrics["val_accuracy"] = validation_accuracy
     if evaluation.n:
@@ -389,27 +461,37 @@ def _label_audit(
     in_sample: Predictions,
     progress: TrainingProgress,
     sink: ProgressSink,
-) -> LabelAudit:
+    x_test: np.ndarray,
+    test: list[ImageRecord],
+) -> tuple[LabelAudit, dict[str, float]]:
     from training.curation.duplicates import near_duplicate_groups
     from training.model.out_of_fold import out_of_fold_probabilities
     from training.model.recipe import fold_config
 
     started = time.perf_counter()
-    probabilities = out_of_fold_probabilities(
+    found = out_of_fold_probabilities(
         x_train,
         [r.label for r in records],
         classes,
         fold_config(config, settings),
         folds=settings.out_of_fold_folds,
+        test_images=x_test,
         progress=progress,
         sink=sink,
     )
-    log.info("out-of-fold probabilities in %.1fs", time.perf_counter() - started)
-    return LabelAudit(
+    seconds = {"out_of_fold": time.perf_counter() - started, "neighbours": found.neighbour_seconds}
+    log.info("out-of-fold probabilities in %.1fs, of which neighbours %.1fs", *seconds.values())
+    audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
-        out_of_fold=probabilities,
+        out_of_fold=found.probabilities,
         in_sample=in_sample.probabilities,
         duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
+        neighbours=found.neighbours,
+        similarities=found.similarities,
+        test_ids=np.array([r.image_id for r in test], dtype=str),
+        test_neighbours=found.test_neighbours,
+        test_similarities=found.test_similarities,
     )
+    return audit, seconds

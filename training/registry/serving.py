@@ -1,4 +1,9 @@
-"""Which stored version serves a dataset: one resolution for the service, the CLI, notebooks and benchmarks.
+"""The serving façade: which stored version serves a dataset, its versions, promotions, loading one.
+
+:class:`Registry` is the door the service, the page, the CLI, the notebooks and the
+benchmarks use; the functions below are its parts. Promotion has one owner here
+(:meth:`Registry.promote`): the label database keeps its record, and a server's live
+model only follows it.
 
 The model store is shared by every dataset trained on this machine: a version's
 metadata names its dataset (``dataset_id``), and :func:`resolve_serving_tag` picks
@@ -17,16 +22,30 @@ from typing import Any
 
 import bentoml
 
-from training.curation.curator import Curator
-from training.labels.store import LabelStore, open_store
-from training.model.evaluation import weak_model_warning
-from training.registry.store import list_versions, load_registered
+from training.curation.curator import CurationCache, Curator
+from training.curation.labels import Labels
+from training.errors import Invalid, NotFound
+from training.labels.store import LabelStore
+from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
+from training.registry.bento import BuildOutcome, build_bento
+from training.registry.store import RegisteredModel, list_versions, load_registered, use_home_model_store, version_of
 from training.settings import Settings
+
+__all__ = [
+    "BuildOutcome",
+    "ModelResolutionError",
+    "RegisteredModel",
+    "Registry",
+    "UnknownVersion",
+    "VersionInfo",
+    "open_curator",
+    "version_of",
+]
 
 log = logging.getLogger(__name__)
 
 
-class ModelResolutionError(ValueError):
+class ModelResolutionError(Invalid):
     """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
 
 
@@ -119,18 +138,16 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
 
 @contextmanager
 def open_curator(settings: Settings, *, model_tag: str | None = None) -> Iterator[Curator]:
-    """The curation façade over this dataset's label store and the version serving it.
+    """The curation façade over this dataset's labels and the version serving it (or ``model_tag``).
 
-    ``model_tag`` picks another version (it must predict this dataset's classes). The
-    CLI, notebooks and benchmarks use this; the service builds a Curator per request
+    The CLI, notebooks and benchmarks use this; the service builds a Curator per request
     with the version its live model serves, resolved the same way.
     """
-    with open_store(settings) as store:
-        tag = fitting_tag(model_tag, store) if model_tag else resolve_serving_tag(settings, store)
-        yield Curator(settings, store, load_registered(tag, settings=settings))
+    with Labels.open(settings) as labels:
+        yield Registry(labels).curator(model_tag)
 
 
-class UnknownVersion(LookupError):
+class UnknownVersion(NotFound):
     """No stored version by that name (a 404)."""
 
     def __str__(self) -> str:  # LookupError would repr() the message
@@ -150,6 +167,9 @@ class VersionInfo:
     beats_baseline: bool | None  # test accuracy above the majority-label baseline; None without test figures
     warning: str | None
     recipe: dict[str, Any] | None
+    test_accuracy_interval: list[float] | None = None  # 95%, from test_accuracy and n_test
+    ood_calibrated: bool | None = None  # False: `ood` is answered null; None: not recorded (older versions)
+    ood_warning: str | None = None
 
 
 def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -> list[VersionInfo]:
@@ -168,9 +188,11 @@ def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -
 
 def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
     metadata = model.info.metadata
-    metrics = {k: float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+    metrics = {k: v if isinstance(v, int) else float(v) for k, v in dict(metadata.get("metrics", {})).items()}
     baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
     known = baseline is not None and accuracy is not None
+    n_test = int(metrics.get("n_test", 0))
+    interval = accuracy_interval(round(accuracy * n_test), n_test) if accuracy is not None and n_test else None
     return VersionInfo(
         version=model.tag.version,
         tag=str(model.tag),
@@ -179,8 +201,14 @@ def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
         data_version=metadata.get("data_version"),
         serving=str(model.tag) == serving_tag,
         beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
-        warning=weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+        warning=join_warnings(
+            weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
+            small_test_warning(accuracy, n_test) if accuracy is not None else None,
+        ),
         recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+        test_accuracy_interval=list(interval) if interval else None,
+        ood_calibrated=bool(metadata["ood_calibrated"]) if "ood_calibrated" in metadata else None,
+        ood_warning=metadata.get("ood_warning"),
     )
 
 
@@ -213,3 +241,65 @@ def promote_version(settings: Settings, store: LabelStore, version: str, *, acto
     fitting_tag(tag, store)  # another dataset's model: its answers would name other classes
     record_promotion(settings, store, tag, actor=actor, reason=reason or "promote")
     return tag
+
+
+@dataclass(frozen=True)
+class Registry:
+    """This dataset's model versions: the serving façade over the model store and the promotion record."""
+
+    labels: Labels
+
+    @property
+    def settings(self) -> Settings:
+        return self.labels.settings
+
+    def serving_tag(self) -> str:
+        """The version that serves (promoted, else pinned, else the newest of this dataset): see resolve_serving_tag."""
+        return resolve_serving_tag(self.settings, self.labels.store)
+
+    def promoted_tag(self) -> str | None:
+        """The tag of the last promotion recorded for this dataset, if any."""
+        promoted = self.labels.store.serving(self.settings.model_name)
+        return None if promoted is None else promoted.tag
+
+    def fitting_tag(self, tag: str, *, chosen_as: str = "") -> str:
+        """``tag`` in full, refused (ModelResolutionError) unless its classes are this dataset's."""
+        return fitting_tag(tag, self.labels.store, chosen_as=chosen_as)
+
+    def versions(self, serving_tag: str | None = None) -> list[VersionInfo]:
+        """This dataset's versions, newest first, ``serving_tag`` (default: the one that serves) marked."""
+        return describe_versions(self.settings, self.labels.store, serving_tag or self.serving_tag())
+
+    def version_tags(self) -> list[str]:
+        """The tags of this dataset's versions, newest first."""
+        return [str(m.tag) for m in versions_for_dataset(self.settings.model_name, self.labels.store)]
+
+    def promote(self, version: str, *, actor: str, reason: str) -> str:
+        """Serve ``version`` from now on (every worker and replica follows); its tag. See promote_version."""
+        return promote_version(self.settings, self.labels.store, version, actor=actor, reason=reason)
+
+    def keep_serving(self, tag: str, *, actor: str, reason: str) -> None:
+        """Put on record that ``tag``, which serves now by default (the newest), goes on serving."""
+        record_promotion(self.settings, self.labels.store, tag, actor=actor, reason=reason)
+
+    def promotion_signal(self) -> Path:
+        return promotion_signal(self.settings)
+
+    def load(self, tag: str, *, threads: int = 0) -> RegisteredModel:
+        """A stored version ready to answer (ONNX session, embedder, index, OOD score)."""
+        return load_registered(tag, threads=threads, settings=self.settings)
+
+    def build_bento(self, tag: str) -> BuildOutcome:
+        """``bentoml build`` of the service with ``tag`` packed (what ``bentoml containerize`` ships)."""
+        return build_bento(tag)
+
+    @staticmethod
+    def use_home_model_store() -> list[str]:
+        """In a server run from a built bento (an image): its models and those trained since, all in BENTOML_HOME's
+        store, where trainings register; call it first in each worker. See store.use_home_model_store."""
+        return use_home_model_store()
+
+    def curator(self, model_tag: str | None = None, *, cache: CurationCache | None = None) -> Curator:
+        """The curation façade over ``model_tag`` (default: the version that serves), loaded now."""
+        tag = self.fitting_tag(model_tag) if model_tag else self.serving_tag()
+        return Curator(self.labels, self.load(tag), cache or CurationCache())

@@ -53,7 +53,7 @@ class RegisteredModel:
 
     @property
     def version(self) -> str:
-        return self.tag.split(":", 1)[1]
+        return version_of(self.tag)
 
     @property
     def class_names(self) -> list[str]:
@@ -135,6 +135,11 @@ def list_versions(name: str) -> list[bentoml.Model]:
     except bentoml.exceptions.NotFound:
         return []
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def version_of(tag: str) -> str:
+    """The version part of a model tag ('bouncer:abc' -> 'abc'), as BentoML parses tags."""
+    return str(bentoml.Tag.from_taglike(tag).version)
 
 
 def use_home_model_store() -> list[str]:

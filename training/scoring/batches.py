@@ -25,6 +25,7 @@ from sklearn.pipeline import Pipeline
 
 from training.data.folders import find_split_folders
 from training.data.images import ImageError, load_model_input
+from training.errors import Invalid, Missing
 from training.model.inference import OnnxClassifier
 from training.model.scores import ScoreManifest, clear_scores, new_manifest, write_manifest
 from training.settings import Settings
@@ -50,9 +51,9 @@ def list_images(settings: Settings, splits: Sequence[str]) -> list[str]:
     data_dir = settings.data_dir
     unknown = [s for s in splits if s not in settings.splits]
     if unknown:
-        raise ValueError(f"unknown split {unknown[0]!r}; the splits are {', '.join(settings.splits)}")
+        raise Invalid(f"unknown split {unknown[0]!r}; the splits are {', '.join(settings.splits)}")
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+        raise Missing(f"data directory {data_dir} does not exist")
     folders = find_split_folders(data_dir, settings.train_split, settings.test_split).by_split(*settings.splits)
     paths: list[str] = []
     for split in dict.fromkeys(splits):
@@ -67,7 +68,7 @@ def list_images(settings: Settings, splits: Sequence[str]) -> list[str]:
                 relative = Path(root).relative_to(data_dir)
                 paths += [(relative / name).as_posix() for name in sorted(names) if not name.startswith(".")]
     if not paths:
-        raise FileNotFoundError(f"no images to score in {data_dir} (splits: {', '.join(splits)})")
+        raise Missing(f"no images to score in {data_dir} (splits: {', '.join(splits)})")
     return paths
 
 
@@ -306,5 +307,5 @@ class ScoringRun:
 
 def chunked(paths: Sequence[str], size: int) -> list[Sequence[str]]:
     if size < 1:
-        raise ValueError(f"chunk size must be at least 1, got {size}")
+        raise Invalid(f"chunk size must be at least 1, got {size}")
     return [paths[start : start + size] for start in range(0, len(paths), size)]

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from training.errors import BouncerError
 from training.model.scores import ScoreManifest, write_shard
 from training.scoring.batches import CHUNK_SIZE, Progress, Scorer, ScoringRun, chunked
 from training.settings import Settings
@@ -42,7 +43,7 @@ INSTALL_HINT = 'pip install -e ".[ray]" (from the repository)'
 QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(BouncerError, RuntimeError):
     """The engine's optional dependency is not installed; the message says how to install it."""
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from training.labels.store import ImageState, LabelStore
+from training.labels.records import ImageState
+from training.labels.store import LabelStore
 from training.vectors.base import Hit, VectorIndex, Where, register_backend
 
 # One OpenMP thread: a search here is milliseconds of work, and faiss's spinning OpenMP

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from training.errors import Unavailable
 from training.labels.store import LabelStore
 from training.settings import Settings
 from training.vectors.base import Hit, VectorIndex, Where, register_backend
@@ -27,7 +28,7 @@ BATCH = 5_000
 LOCK = 0x626F756E  # the key of this backend's advisory locks ("boun")
 
 
-class PgVectorUnavailable(RuntimeError):
+class PgVectorUnavailable(Unavailable, RuntimeError):
     """The configured database cannot hold vectors: not PostgreSQL, or no pgvector extension."""
 
 

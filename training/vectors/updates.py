@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from training.data.folders import load_records
-from training.labels.store import ImageRecord, LabelStore
+from training.labels.records import ImageRecord
+from training.labels.store import LabelStore
 from training.model.scores import ScoresMismatch, default_scores_dir, read_manifest, read_scores
 from training.settings import Settings
 from training.vectors.base import VectorIndex

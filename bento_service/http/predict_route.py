@@ -7,7 +7,7 @@ BentoML's handler writes each upload to a temp file and reads it back, validates
 input and output models, and builds the response through pydantic; through it the
 same worker answered ~800 req/s, through this route ~1300.
 
-It sits behind :class:`~bento_service.middleware.RequestGuard`, which has already
+It sits behind :class:`~bento_service.http.guards.RequestGuard`, which has already
 refused a wrong content type or an oversized body and read the body once; the form is
 parsed once here.
 """
@@ -22,9 +22,11 @@ from typing import Any
 import bentoml
 import orjson
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bento_service.predictor import BadUpload, Overloaded, Predictor
-from bento_service.routes import ASGIApp, Receive, RouteInput, Scope, Send, read_form
+from bento_service.http.routes import RouteInput, read_form
+from bento_service.predictor import BadUpload, Predictor
+from training.errors import BouncerError
 
 log = logging.getLogger("bentoml.bouncer")
 # path -> (file field, most files, whether the answer is a list)
@@ -43,11 +45,9 @@ class PredictRoute:
             return
         try:
             status, document = HTTPStatus.OK, await self._predict(Request(scope, receive), route)
-        except BadUpload as exc:
-            status, document = exc.status, {"error": str(exc)}
-        except Overloaded as exc:
-            status, document = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
-        if status != HTTPStatus.OK:  # one line, as for BentoML's own 4xx (client_error_log)
+        except BouncerError as exc:  # the one table: BadUpload 400/413, Overloaded 503
+            status, document = exc.error_code, {"error": str(exc)}
+        if status != HTTPStatus.OK:  # one line, as for BentoML's own 4xx (upstream's log filter)
             log.info("%s [POST] answered %d: %s", scope["path"], status, document["error"])
         body = orjson.dumps(document)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

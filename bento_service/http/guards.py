@@ -1,0 +1,376 @@
+"""The guards in front of every endpoint: ASGI middleware added with BentoML's public ``add_asgi_middleware``.
+
+In order, outermost first (see :func:`bento_service.http.install`):
+
+- :class:`CrossSiteGuard`: a browser's write from another site's page is a 403, from its headers.
+- :class:`RelativeRedirects`: no ``Host`` header reflected into a redirect.
+- :class:`RequestGuard`: each POST route's body checked from its headers (content type, size) and
+  read once within its cap, in a per-worker budget of bytes in flight; JSON that is no object or
+  names fields the route does not take is a 400 before BentoML lists each error.
+- :class:`WriteGate`: the API token on every write, one training at a time, a cancel that stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bento_service import memory
+from bento_service.http.errors import answer
+from bento_service.http.routes import (
+    JSON,
+    MULTIPART,
+    UNKNOWN_FIELDS_LISTED,
+    RouteInput,
+    json_nul_problem,
+    replaying,
+    unknown_fields_message,
+)
+from bento_service.http.upstream import _disconnected, submitted_body_problem
+from training.jobs.runner import NotRunning, TrainRunner
+from training.settings import Settings
+
+
+def authorized(token: str | None, authorization: str) -> bool:
+    """No token configured, or the header carries it (compared in constant time)."""
+    return not token or hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+@dataclass(frozen=True)
+class WritePaths:
+    """Every HTTP path that reaches a write endpoint: plain writes, a task's starts, a task's cancel.
+
+    ``sync_task_routes``: a task's own route (``POST /train``), which BentoML serves by
+    running the task inside the request: a training no one could watch or cancel, and a
+    504 after the traffic timeout. It is not served (404 naming the task's routes).
+    """
+
+    writes: frozenset[str]
+    starts: frozenset[str]  # starting a training (POST): refused while one runs
+    cancels: frozenset[str]
+    sync_task_routes: frozenset[str] = frozenset()
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.writes or path in self.starts or path in self.cancels
+
+
+def write_paths(service: Any, endpoints: Iterable[str]) -> WritePaths:
+    writes, starts, cancels = set(), set(), set()
+    for name in endpoints:
+        api = service.apis[name]
+        if api.is_task:
+            starts |= {f"{api.route}/submit", f"{api.route}/retry"}
+            cancels.add(f"{api.route}/cancel")
+        else:
+            writes.add(api.route)
+    sync = frozenset(api.route for api in service.apis.values() if api.is_task)
+    return WritePaths(frozenset(writes), frozenset(starts), frozenset(cancels), sync)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class CrossSiteGuard:
+    """ASGI middleware: 403 for a browser's request that changes something from another site's page.
+
+    A reviewer's browser carries its cookies and network position to any site it
+    visits, and a page there can POST to this server without asking (a form, or
+    ``fetch`` in ``no-cors`` mode). Browsers say where a request comes from: a
+    ``Sec-Fetch-Site`` other than ``same-origin`` or ``none`` (typed by the user), or
+    an ``Origin`` whose host is not the ``Host`` asked for, is another site (the
+    algorithm of Go's ``http.CrossOriginProtection``). Requests without either header
+    come from programs (curl, the BentoML client, the notebooks) and pass;
+    BOUNCER_TRUSTED_ORIGINS names other sites' pages that may write.
+    """
+
+    def __init__(self, app: ASGIApp, *, trusted_origins: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.trusted = trusted_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        unsafe = scope["type"] == "http" and scope["method"] not in SAFE_METHODS
+        if unsafe and (problem := cross_site_problem(Headers(scope=scope), self.trusted)):
+            await answer(scope, receive, send, HTTPStatus.FORBIDDEN, problem)
+            return
+        await self.app(scope, receive, send)
+
+
+def cross_site_problem(headers: Headers, trusted: frozenset[str] = frozenset()) -> str | None:
+    """Why a state-changing request is refused as cross-site, or None when it is same-origin or not a browser's."""
+    origin = headers.get("origin", "").rstrip("/").lower()
+    if origin and origin in trusted:
+        return None
+    fetch_site = headers.get("sec-fetch-site", "").lower()
+    if fetch_site:
+        if fetch_site in ("same-origin", "none"):
+            return None
+        return (
+            f"cross-site request refused: a page of another site ({origin or fetch_site}) may not change anything "
+            "here; add its origin to BOUNCER_TRUSTED_ORIGINS to allow it"
+        )
+    if not origin:
+        return None  # not sent by a browser
+    host = headers.get("host", "").lower()
+    if origin.partition("://")[2] == host:
+        return None
+    return (
+        f"cross-site request refused: Origin {origin} is not this server ({host or 'no Host header'}); "
+        "add it to BOUNCER_TRUSTED_ORIGINS to allow it"
+    )
+
+
+class RelativeRedirects:
+    """ASGI middleware: a redirect's ``Location`` is a path, never an absolute URL built from the request.
+
+    Starlette's router answers ``/ui`` with ``307 Location: http://<Host header>/ui/``:
+    the client's ``Host`` reflected into where it is sent next. Every redirect here
+    points into this server, so the path (and query) is all it needs.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_relative(message: Message) -> None:
+            if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                if location := headers.get("location"):
+                    target = urlsplit(location)
+                    headers["location"] = urlunsplit(("", "", target.path or "/", target.query, target.fragment))
+                    message = {**message, "headers": headers.raw}
+            await send(message)
+
+        await self.app(scope, receive, send_relative)
+
+
+class BodyBudget:
+    """The request bytes one worker holds at once: a request that would pass the budget waits for room.
+
+    Every body is read whole before an endpoint sees it, so 64 concurrent 20 MB
+    uploads held 1.3 GB. A request larger than the whole budget runs alone.
+    """
+
+    WAIT_S = 10.0
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._room = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of the budget for the block; TimeoutError after WAIT_S without room."""
+        async with self._room:
+            room = self._room.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            await asyncio.wait_for(room, self.WAIT_S)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._room:
+                self.used -= size
+                self._room.notify_all()
+
+
+class RequestGuard:
+    """ASGI middleware: a POST route's body checked from its headers, then read once, within its cap.
+
+    415 for an upload route without multipart or a JSON route without ``application/json``;
+    413 over the route's cap (from ``Content-Length`` before reading, else while reading);
+    400 for JSON that is not an object, names fields the route does not take, or holds NUL;
+    404 for a task's synchronous route (see :class:`WritePaths`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: Mapping[str, RouteInput],
+        budget: BodyBudget | None = None,
+        sync_task_routes: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.budget = budget or BodyBudget(1 << 62)
+        self.sync_task_routes = sync_task_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path in self.sync_task_routes:
+            message = f"{path} is not served: start a training with POST {path}/submit (a task to watch and cancel)"
+            await answer(scope, receive, send, HTTPStatus.NOT_FOUND, message)
+            return
+        route = self.routes.get(path)
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        declared = headers.get("content-length", "")
+        if not route.files and not media_type and declared == "0":
+            media_type = JSON  # no body at all: every field at its default, as '{}'
+        if problem := media_type_problem(path, route, media_type):
+            await answer(scope, receive, send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem)
+            return
+        if declared.isdigit() and int(declared) > route.max_body_bytes:
+            await self._too_large(scope, receive, send, route)
+            return
+        try:
+            async with self.budget.reserve(int(declared) if declared.isdigit() else route.max_body_bytes):
+                await self._read_and_pass(scope, receive, send, route, media_type)
+        except TimeoutError:
+            message = "too many large requests at once; try again in a moment"
+            await answer(scope, receive, send, HTTPStatus.SERVICE_UNAVAILABLE, message, {"Retry-After": "5"})
+
+    async def _read_and_pass(
+        self, scope: Scope, receive: Receive, send: Send, route: RouteInput, media_type: str
+    ) -> None:
+        try:
+            body = await read_body(receive, route.max_body_bytes)
+        except BodyTooLarge:
+            await self._too_large(scope, receive, send, route)
+            return
+        if not route.files and (problem := json_body_problem(body, scope["path"], route)):
+            await answer(scope, receive, send, HTTPStatus.BAD_REQUEST, problem)
+            return
+        if route.submit and (problem := await submitted_body_problem(scope, body, media_type, route)):
+            await answer(scope, receive, send, HTTPStatus.BAD_REQUEST, problem)
+            return
+        size = len(body)
+        try:
+            await self.app(scope, replaying(body, receive), send)
+        finally:
+            if size >= memory.MMAP_THRESHOLD_BYTES:
+                memory.trim()  # the body arrived in small pieces on the heap: hand their pages back
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, route: RouteInput) -> None:
+        if route.files:
+            setting = "BOUNCER_MAX_UPLOAD_BYTES per file, BOUNCER_MAX_REQUEST_BYTES in all"
+        else:
+            setting = "BOUNCER_MAX_JSON_BYTES"
+        message = f"request body over the {route.max_body_bytes}-byte limit of {scope['path']} ({setting})"
+        await answer(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+
+
+def media_type_problem(path: str, route: RouteInput, media_type: str) -> str | None:
+    """Why ``route`` refuses a body of ``media_type`` (a 415), or None."""
+    sent = media_type or "a body without content type"
+    if route.files and media_type != MULTIPART:
+        uploads = ", ".join(map(repr, sorted(route.files)))
+        return f"{path} takes {MULTIPART} with the file field {uploads}, not {sent}"
+    if not route.files and media_type != JSON:
+        return f"{path} takes {JSON} (send 'Content-Type: {JSON}'), not {sent}"
+    return None
+
+
+def json_body_problem(body: bytes, path: str, route: RouteInput) -> str | None:
+    """A 400 message for a JSON body that is no object, names fields ``route`` does not take, or holds NUL."""
+    if problem := json_nul_problem(body):
+        return problem
+    try:
+        document = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        return f"invalid JSON: {exc}"
+    if not isinstance(document, dict):
+        return f"the JSON body of {path} must be an object of its fields, not {type(document).__name__}"
+    if unknown := [name for name in document if name not in route.fields]:
+        listed = unknown[:UNKNOWN_FIELDS_LISTED]
+        more = f" (and {len(unknown) - len(listed)} more)" if len(unknown) > len(listed) else ""
+        return unknown_fields_message(listed, path, route.fields) + more
+    return None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing it as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # client went away: let the app see the disconnect
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class WriteGate:
+    """ASGI middleware: a write without a valid token is a 401 saying what is missing; a second training a 409.
+
+    ``write_paths``: every path of a write endpoint (see :func:`write_paths`). A cancel
+    (``PUT <task>/cancel?task_id=``) is answered here: it stops the training's process.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, write_paths: WritePaths) -> None:
+        self.app = app
+        self.token = settings.api_token
+        self.write_paths = write_paths
+        self.runner = TrainRunner(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in self.write_paths:
+            await self.app(scope, receive, send)
+            return
+        if not authorized(self.token, Headers(scope=scope).get("authorization", "")):
+            message = f"{path} needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"
+            await answer(scope, receive, send, HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
+        elif path in self.write_paths.cancels:
+            await self._cancel(scope, receive, send)
+        elif (
+            path in self.write_paths.starts
+            and scope["method"] == "POST"
+            and (busy := await asyncio.to_thread(self.runner.busy))
+        ):
+            await answer(scope, receive, send, HTTPStatus.CONFLICT, busy)
+        else:  # another method than the route's reaches the router: its 405 names the one it takes
+            await self.app(scope, receive, send)
+
+    async def _cancel(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stop the training of ``?task_id=``: 200 once its process is gone, 409 if it is not running.
+
+        BentoML's own cancel route runs first, its answer discarded ("not supported in
+        local development"): it records the task as canceled in the result store, which
+        then keeps that state when the task's answer arrives (``upstream``).
+        """
+        if scope["method"] != "PUT":
+            message = f"{scope['path']} takes PUT"
+            await answer(scope, receive, send, HTTPStatus.METHOD_NOT_ALLOWED, message, {"Allow": "PUT"})
+            return
+        task_id = QueryParams(scope.get("query_string", b"")).get("task_id")
+        if not task_id:
+            await answer(scope, receive, send, HTTPStatus.BAD_REQUEST, "task_id is required")
+            return
+        try:
+            await asyncio.to_thread(self.runner.cancelable, task_id)
+            await self.app(scope, _disconnected, _discard)
+            response = JSONResponse(await asyncio.to_thread(self.runner.cancel, task_id))
+        except NotRunning as exc:
+            response = JSONResponse({"error": str(exc)}, status_code=HTTPStatus.CONFLICT)
+        await response(scope, receive, send)
+
+
+async def _discard(message: Message) -> None:
+    """A send for an answer nobody reads."""
