@@ -100,9 +100,12 @@ def test_models_and_promote_answer_as_the_endpoints(demo_copy: Settings, trained
 
 
 def write_two_tone(data: Path) -> None:
-    """Dark and light squares of noise: a class any network tells apart in a few steps."""
+    """Dark and light squares of noise: a class any network tells apart in a few steps.
+
+    10 test images a class: the fewest that calibrate the OOD threshold (else a warning).
+    """
     rng = np.random.default_rng(0)
-    for split, count in (("train", 24), ("test", 8)):
+    for split, count in (("train", 24), ("test", 10)):
         for name, level in (("dark", 40), ("light", 215)):
             folder = data / split / name
             folder.mkdir(parents=True)
