@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from training.data.folders import ScanResult, scan_folder
+from training.labels.events import bump_revision, record_event
 from training.labels.records import LabelChange
 from training.labels.schema import ClassRow, ImageRow
-from training.labels.store import LabelStore, bump_revision, record_event
+from training.labels.store import LabelStore
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class SyncReport:
 def import_folder(settings: Settings, store: LabelStore) -> SyncReport:
     """Scan DATA_DIR and merge it into the label store (which rewrites labels.csv)."""
     scan = scan_folder(
-        settings.data_dir, settings.splits, max_pixels=settings.max_image_pixels, known=store.fingerprints()
+        settings.data_dir, settings.splits, max_pixels=settings.max_image_pixels, known=store.queries.fingerprints()
     )
     report = sync_folder(store, scan)
     log.info(
@@ -59,7 +60,7 @@ def sync_folder(store: LabelStore, scan: ScanResult, *, actor: str = "scan") -> 
     Long on purpose: added, moved, restored, rewritten and removed files in one transaction.
     """
     report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
-    with store.transaction() as session:
+    with store.events.transaction() as session:
         rows = {row.path: row for row in session.scalars(select(ImageRow))}
         scanned_paths = {f.path for f in scan.files}
         vanished: dict[tuple[str, str], list[ImageRow]] = {}
