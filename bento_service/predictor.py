@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +25,7 @@ from PIL import Image
 from bento_service.live_model import LiveModel
 from training.data.images import ImageError, load_model_input
 from training.errors import Invalid, Unavailable
+from training.model.inference import PredictionAnswer
 from training.monitoring.prediction_log import PredictionLog
 from training.registry.serving import RegisteredModel
 from training.settings import Settings
@@ -50,7 +50,7 @@ class _ModelChanged(Exception):
 @dataclass
 class _Job:
     pixels: np.ndarray  # (n, s, s, 3)
-    future: asyncio.Future[list[dict[str, Any]]]
+    future: asyncio.Future[list[PredictionAnswer]]
     uploads: Sequence[bytes] | None = None  # the files the pixels came from, for the prediction log
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -69,7 +69,7 @@ class Predictor:
         self._draining = False
         self.runs = 0  # ONNX runs so far; fewer than requests means concurrent requests shared runs
 
-    async def predict_uploads(self, uploads: Sequence[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    async def predict_uploads(self, uploads: Sequence[tuple[str, bytes]]) -> list[PredictionAnswer]:
         """Predictions for uploaded files, given as (field name, bytes): judged by their bytes alone.
 
         BadUpload names the field of the first upload that is too big or not a readable image.
@@ -98,7 +98,7 @@ class Predictor:
                 raise BadUpload(f"{name}: {exc}") from None
         return np.stack(rows)
 
-    async def predict(self, pixels: np.ndarray, *, uploads: Sequence[bytes] | None = None) -> list[dict[str, Any]]:
+    async def predict(self, pixels: np.ndarray, *, uploads: Sequence[bytes] | None = None) -> list[PredictionAnswer]:
         """The prediction for each of ``pixels`` (n, s, s, 3): label, confidence, probabilities,
         model_version, ood_score, ood."""
         loop = asyncio.get_running_loop()
@@ -218,7 +218,7 @@ def answer_rows(
     version: str,
     ood: tuple[list[float], list[bool | None]] | None = None,
     ood_warning: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[PredictionAnswer]:
     """The documented Prediction for each row of class probabilities."""
     best = probabilities.argmax(axis=1)
     rows = probabilities.tolist()  # Python floats in one call, not one float() per cell

@@ -436,9 +436,9 @@ class Bouncer:
                 raise  # a 409, as TrainingBusy (training.errors.Conflict)
             log.error("training failed: %s", exc)
             raise TrainingError(str(exc)) from exc
-        if result["promoted"]:  # the training announced it: every worker on this machine already follows
-            self.live.swap_to(result["tag"])
-        return TrainResult(**result)
+        if result.promoted:  # the training announced it: every worker on this machine already follows
+            self.live.swap_to(result.tag)
+        return TrainResult.model_validate(result.as_dict())
 
     @bentoml.api
     def drift(

@@ -35,7 +35,7 @@ def test_a_backbone_from_scratch_trains_exports_and_registers(
     )
     result = run_training(tuned, epochs=1)
     model = load_registered(result.tag)
-    assert model.metadata["recipe"]["backbone"] == backbone
+    assert model.metadata.recipe["backbone"] == backbone
     assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance
     if folds:
         assert model.audit is not None and model.audit.out_of_fold.shape == (30, 3)  # fold networks from scratch
@@ -115,7 +115,7 @@ def test_fine_tuning_trains_the_pretrained_backbone_and_the_onnx_export_still_ma
     assert result.epochs_run == 2  # the head's epoch, then the fine-tuning one
 
     registered = load_registered(result.tag)
-    assert registered.metadata["recipe"]["fine_tune_epochs"] == 1
+    assert registered.metadata.recipe["fine_tune_epochs"] == 1
     trained = keras.models.load_model(
         Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
     )
@@ -132,7 +132,7 @@ def test_fine_tuning_trains_the_pretrained_backbone_and_the_onnx_export_still_ma
 
     assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance  # checked before registering
     with open_store(tuned) as store:  # every image as training decodes it
-        images = load_records(tuned, store.images(), 32)
+        images = load_records(tuned, store.queries.images(), 32)
     keras_probabilities = np.asarray(trained.predict(images.astype(np.float32), verbose=0)[OUTPUT_PROBABILITIES])
     onnx_probabilities = registered.classifier.predict(images).probabilities
     np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=settings.parity_tolerance)
@@ -195,8 +195,8 @@ def test_auto_backbone_uses_weights_in_keras_cache_or_given_as_a_file_else_the_c
     cached = _keras_weights_file(tmp_path / "keras" / "models", "mobilenet_v3_small")
     result = run_training(auto, epochs=1)  # the cached file: a frozen, pretrained backbone and fold heads
     registered = load_registered(result.tag)
-    assert registered.metadata["recipe"]["backbone"] == "mobilenet_v3_small"
-    assert str(cached) in registered.metadata["recipe"]["backbone_from"]
+    assert registered.metadata.recipe["backbone"] == "mobilenet_v3_small"
+    assert str(cached) in registered.metadata.recipe["backbone_from"]
     trained = keras.models.load_model(
         Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
     )

@@ -19,6 +19,7 @@ import psutil
 from training.errors import Conflict
 from training.jobs.processes import stop_tree
 from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingLock, read_json
+from training.pipeline.results import RetrainResult
 from training.progress import TrainingProgress, write_json_atomic
 from training.settings import SOURCE_ROOT, Settings
 
@@ -64,8 +65,8 @@ class TrainRunner:
 
     async def run(
         self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str, task_id: str | None = None
-    ) -> dict[str, Any]:
-        """Run one training to the end; its result dict, or TrainingBusy / TrainingFailed / TrainingCanceled."""
+    ) -> RetrainResult:
+        """Run one training to the end; its result, or TrainingBusy / TrainingFailed / TrainingCanceled."""
         lock = TrainingLock(self.files.lock)
         # is_running() probes by taking the lock for a moment: retry so a probe is not a "busy"
         for _ in range(ACQUIRE_ATTEMPTS):
@@ -105,7 +106,7 @@ class TrainRunner:
             raise TrainingCanceled(outcome["error"])
         if outcome["state"] != "succeeded":
             raise TrainingFailed(f"{outcome['error']}\n{self._log_tail()}")
-        return outcome["result"]
+        return RetrainResult.of(outcome["result"])
 
     def _outcome(self, run_id: str, code: int, started: float) -> dict[str, Any]:
         """What the child reported, or what its end says if it could not (killed, canceled at start-up).

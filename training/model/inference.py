@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,22 @@ OUTPUT_EMBEDDING = "embedding"
 # Optional: per-channel spatial means, then means of squares, of the network's first activation (the
 # OOD score's low-level half, training.model.ood). Versions exported before issue 25 lack it.
 OUTPUT_EARLY = "early_features"
+
+
+class PredictionAnswer(TypedDict):
+    """One served prediction, as the API answers it (``Prediction`` in the OpenAPI document).
+
+    A plain dict at run time: predict serializes it straight to JSON on its hot path, where a
+    dataclass's conversion would cost per image; the type checker still sees every field.
+    """
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: str
+    ood_score: float | None
+    ood: bool | None
+    ood_warning: str | None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import (
@@ -50,6 +50,9 @@ from sqlalchemy import (
 )
 
 from training.settings import Settings
+
+if TYPE_CHECKING:
+    from training.model.inference import PredictionAnswer
 
 
 class ServedVersion(Protocol):
@@ -112,7 +115,7 @@ class _Pending:
 
     at: float
     model: ServedVersion
-    answers: list[dict[str, Any]]
+    answers: list[PredictionAnswer]
     embeddings: np.ndarray
     uploads: Sequence[bytes] | None
 
@@ -188,7 +191,7 @@ class PredictionLog:
     def record(
         self,
         model: ServedVersion,
-        answers: list[dict[str, Any]],
+        answers: list[PredictionAnswer],
         embeddings: np.ndarray,
         uploads: Sequence[bytes] | None = None,
     ) -> None:

@@ -7,11 +7,10 @@ split does not make the serving model look better or worse than it is.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from training.curation.labels import Labels
 from training.model.evaluation import indistinguishable_warning
+from training.pipeline.results import RetrainResult
 from training.pipeline.training_run import run_training
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.serving import Registry, version_of
@@ -20,31 +19,6 @@ from training.settings import Settings
 log = logging.getLogger(__name__)
 
 GATE_METRIC = "test_accuracy"
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    model_version: str
-    tag: str
-    metrics: dict[str, float]
-    previous_version: str | None
-    previous_metrics: dict[str, float] | None
-    promoted: bool
-    promotion_message: str
-    bento_tag: str | None
-    bento_message: str
-    data_version: str
-    mlflow_run_id: str
-    epochs_run: int
-    beats_baseline: bool | None  # test accuracy above always answering the most common label; None without test
-    warning: str | None  # for people: the new model is no better than that baseline, or there was no test split
-    test_accuracy_interval: list[float] | None = None  # 95% interval of the new model's test accuracy
-    promotion_warning: str | None = None  # the test split cannot tell the new and the serving model apart
-    ood_calibrated: bool | None = None  # False: too few held-out images per class; predictions answer ood: null
-    ood_warning: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def should_promote(new: float | None, serving: float | None, *, force: bool) -> tuple[bool, str]:

@@ -27,6 +27,7 @@ from training.model.ood import Head, OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
 from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
+from training.registry.metadata import VersionMetadata
 from training.registry.store import register_model
 from training.settings import Settings
 from training.vectors.faiss_index import FaissIndex
@@ -226,10 +227,10 @@ def _import(settings: Settings) -> _Dataset:
     with open_store(settings) as store:
         import_folder(settings, store)
         data = _Dataset(
-            train=store.images(split=settings.train_split),
-            test=store.images(split=settings.test_split),
-            classes=store.classes(),
-            version=store.data_version(),
+            train=store.queries.images(split=settings.train_split),
+            test=store.queries.images(split=settings.test_split),
+            classes=store.queries.classes(),
+            version=store.csv.data_version(),
             dataset_id=store.dataset_id,
         )
     if not data.train:
@@ -367,23 +368,23 @@ def _register(
     reference: DriftReference,
 ) -> str:
     """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
-    metadata = {
-        "class_names": data.classes,
-        "image_size": recipe.config.image_size,
-        "recipe": recipe.params(),
-        "data_version": data.version,
-        "dataset_id": data.dataset_id,  # whose model this is: see registry.serving
-        "data_dir": str(settings.data_dir),  # for humans reading `bentoml models get`
-        "metrics": metrics,
-        "parity": exported.parity,
-        "embedder": settings.embedder,
-        "embedding_dim": index.dim,
-        "epochs_run": epochs_run,
-        "mlflow_run_id": run.info.run_id,
-        "onnx_opset": exported.onnx_model.opset_import[0].version,
-        "out_of_fold_folds": 0 if audit is None else audit.folds,
-        **(ood.describe() if ood is not None else {}),
-    }
+    metadata = VersionMetadata(
+        class_names=data.classes,
+        image_size=recipe.config.image_size,
+        recipe=recipe.params(),
+        data_version=data.version,
+        dataset_id=data.dataset_id,
+        data_dir=str(settings.data_dir),
+        metrics=metrics,
+        parity=exported.parity,
+        embedder=settings.embedder,
+        embedding_dim=index.dim,
+        epochs_run=epochs_run,
+        mlflow_run_id=run.info.run_id,
+        onnx_opset=exported.onnx_model.opset_import[0].version,
+        out_of_fold_folds=0 if audit is None else audit.folds,
+        ood=ood.describe() if ood is not None else {},
+    )
     return register_model(
         settings.model_name,
         exported.onnx_model,

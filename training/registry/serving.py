@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,9 @@ from training.curation.labels import Labels
 from training.errors import Invalid, NotFound
 from training.labels.store import LabelStore
 from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
+from training.registry import promotions
 from training.registry.bento import BuildOutcome, build_bento
+from training.registry.metadata import VersionMetadata
 from training.registry.store import RegisteredModel, list_versions, load_registered, use_home_model_store, version_of
 from training.settings import Settings
 
@@ -49,31 +51,30 @@ class ModelResolutionError(Invalid):
     """No stored version can serve this dataset; the message says what to do (a 4xx / CLI error, not a crash)."""
 
 
-def dataset_matches(metadata: Mapping[str, Any], dataset_id: str, classes: list[str]) -> bool:
+def dataset_matches(metadata: VersionMetadata, dataset_id: str, classes: list[str]) -> bool:
     """Was the version with this metadata trained on this dataset?"""
-    recorded = metadata.get("dataset_id")
-    if recorded is None:
+    if metadata.dataset_id is None:
         # Registered before datasets had an identity: it is this dataset's when it predicts
         # exactly this dataset's classes (the best evidence such a version carries).
-        return list(metadata.get("class_names", [])) == classes
-    return recorded == dataset_id
+        return metadata.class_names == classes
+    return metadata.dataset_id == dataset_id
 
 
 def versions_for_dataset(name: str, store: LabelStore) -> list[bentoml.Model]:
     """The stored versions of ``name`` trained on the dataset ``store`` curates, newest first."""
-    classes = store.classes()
-    return [m for m in list_versions(name) if dataset_matches(m.info.metadata, store.dataset_id, classes)]
+    classes = store.queries.classes()
+    return [m for m in list_versions(name) if dataset_matches(metadata_of(m), store.dataset_id, classes)]
 
 
 def check_classes(
-    tag: str, metadata: Mapping[str, Any], store: LabelStore, *, chosen_as: str = "", then: str = ""
+    tag: str, metadata: VersionMetadata, store: LabelStore, *, chosen_as: str = "", then: str = ""
 ) -> None:
     """Refuse a version whose classes are not this dataset's: its answers would name the wrong classes.
 
     ``chosen_as`` says how the version was picked (" (the promoted version)"), ``then`` what to
     do after training; both go into the message.
     """
-    model_classes, classes = list(metadata.get("class_names", [])), store.classes()
+    model_classes, classes = metadata.class_names, store.queries.classes()
     if not classes:
         raise ModelResolutionError(
             f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
@@ -93,7 +94,7 @@ def fitting_tag(tag: str, store: LabelStore, *, chosen_as: str = "") -> str:
     except bentoml.exceptions.NotFound:
         message = f"model {tag}{chosen_as} is not in the model store (see `bentoml models list`)"
         raise ModelResolutionError(message) from None
-    check_classes(str(model.tag), model.info.metadata, store, chosen_as=chosen_as)
+    check_classes(str(model.tag), metadata_of(model), store, chosen_as=chosen_as)
     return str(model.tag)
 
 
@@ -105,7 +106,7 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
     if set; else the newest version trained on this dataset. A ModelResolutionError when
     there is none, or when the chosen version's classes are not the dataset's.
     """
-    promoted = store.serving(settings.model_name)
+    promoted = promotions.serving(store.database, settings.model_name)
     if promoted is not None:
         try:
             model = bentoml.models.get(promoted.tag)
@@ -114,7 +115,7 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
         else:
             check_classes(
                 str(model.tag),
-                model.info.metadata,
+                metadata_of(model),
                 store,
                 chosen_as=" (the promoted version)",
                 then=", then promote it (`bouncer promote VERSION`)",
@@ -132,7 +133,7 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
             + (f"; the {others} stored version(s) belong to other datasets" if others else "")
             + "): train one with `bouncer train`"
         )
-    check_classes(str(matching[0].tag), matching[0].info.metadata, store, chosen_as=" (the newest of this dataset)")
+    check_classes(str(matching[0].tag), metadata_of(matching[0]), store, chosen_as=" (the newest of this dataset)")
     return str(matching[0].tag)
 
 
@@ -187,29 +188,33 @@ def describe_versions(settings: Settings, store: LabelStore, serving_tag: str) -
 
 
 def _describe(model: bentoml.Model, serving_tag: str) -> VersionInfo:
-    metadata = model.info.metadata
-    metrics = {k: v if isinstance(v, int) else float(v) for k, v in dict(metadata.get("metrics", {})).items()}
+    metadata = metadata_of(model)
+    metrics = {k: v if isinstance(v, int) else float(v) for k, v in metadata.metrics.items()}
     baseline, accuracy = metrics.get("baseline_accuracy"), metrics.get("test_accuracy")
     known = baseline is not None and accuracy is not None
-    n_test = int(metrics.get("n_test", 0))
+    n_test = metadata.n_test()
     interval = accuracy_interval(round(accuracy * n_test), n_test) if accuracy is not None and n_test else None
     return VersionInfo(
         version=model.tag.version,
         tag=str(model.tag),
         created_at=model.info.creation_time.isoformat(),
         metrics=metrics,
-        data_version=metadata.get("data_version"),
+        data_version=metadata.data_version,
         serving=str(model.tag) == serving_tag,
         beats_baseline=accuracy > baseline if known else None,  # type: ignore[operator]
         warning=join_warnings(
             weak_model_warning(accuracy, baseline) if known else None,  # type: ignore[arg-type]
             small_test_warning(accuracy, n_test) if accuracy is not None else None,
         ),
-        recipe=dict(metadata["recipe"]) if "recipe" in metadata else None,
+        recipe=metadata.recipe,
         test_accuracy_interval=list(interval) if interval else None,
-        ood_calibrated=bool(metadata["ood_calibrated"]) if "ood_calibrated" in metadata else None,
-        ood_warning=metadata.get("ood_warning"),
+        ood_calibrated=metadata.ood_calibrated,
+        ood_warning=metadata.ood_warning,
     )
+
+
+def metadata_of(model: bentoml.Model) -> VersionMetadata:
+    return VersionMetadata.of(model.info.metadata)
 
 
 def promotion_signal(settings: Settings) -> Path:
@@ -224,7 +229,7 @@ def promotion_signal(settings: Settings) -> Path:
 
 def record_promotion(settings: Settings, store: LabelStore, tag: str, *, actor: str, reason: str) -> None:
     """The promotion row, then the signal: workers here follow from their next request, others on their next poll."""
-    store.promote(settings.model_name, tag, actor=actor, reason=reason)
+    promotions.promote(store.database, settings.model_name, tag, actor=actor, reason=reason)
     signal = promotion_signal(settings)
     signal.parent.mkdir(parents=True, exist_ok=True)
     signal.write_text(tag)
@@ -259,7 +264,7 @@ class Registry:
 
     def promoted_tag(self) -> str | None:
         """The tag of the last promotion recorded for this dataset, if any."""
-        promoted = self.labels.store.serving(self.settings.model_name)
+        promoted = promotions.serving(self.labels.store.database, self.settings.model_name)
         return None if promoted is None else promoted.tag
 
     def fitting_tag(self, tag: str, *, chosen_as: str = "") -> str:

@@ -24,6 +24,7 @@ from training.curation.audit import LabelAudit
 from training.model.inference import OnnxClassifier
 from training.model.ood import OodScorer
 from training.model.reference import DriftReference
+from training.registry.metadata import VersionMetadata
 from training.settings import Settings
 from training.vectors.base import VectorIndex
 from training.vectors.open import load_index
@@ -46,7 +47,7 @@ class RegisteredModel:
     classifier: OnnxClassifier
     embedder: Pipeline
     index: VectorIndex
-    metadata: dict[str, Any]
+    metadata: VersionMetadata
     audit: LabelAudit | None = None  # None for versions trained without out-of-fold probabilities
     ood: OodScorer | None = None  # None for versions trained before the OOD score existed
     reference: DriftReference | None = None  # likewise
@@ -74,7 +75,7 @@ def register_model(
     embedder: Pipeline,
     index: VectorIndex,
     *,
-    metadata: dict[str, Any],
+    metadata: VersionMetadata,
     labels: dict[str, str] | None = None,
     keras_model: Any | None = None,
     audit: LabelAudit | None = None,
@@ -82,10 +83,9 @@ def register_model(
     reference: DriftReference | None = None,
 ) -> str:
     """Save a new version under ``name``; returns its tag ``name:version``."""
-    for key in ("class_names", "image_size"):
-        if key not in metadata:
-            raise ValueError(f"metadata needs {key!r}")
-    with bentoml.models.create(name, metadata=metadata, labels=labels or {}) as model:
+    if not metadata.class_names or metadata.image_size <= 0:
+        raise ValueError(f"a version needs its class names and image size, got {metadata}")
+    with bentoml.models.create(name, metadata=metadata.as_dict(), labels=labels or {}) as model:
         onnx.save(onnx_model, model.path_of(MODEL_FILE))
         joblib.dump(embedder, model.path_of(EMBEDDER_FILE))
         index.save(Path(model.path))
@@ -106,9 +106,9 @@ def load_registered(tag: str, *, threads: int = 0, settings: Settings | None = N
     ``settings`` choose the vector index backend and its options (default: the embedded faiss index).
     """
     model = bentoml.models.get(tag)
-    metadata = dict(model.info.metadata)
+    metadata = VersionMetadata.of(model.info.metadata)
     classifier = OnnxClassifier(
-        Path(model.path_of(MODEL_FILE)), list(metadata["class_names"]), int(metadata["image_size"]), threads=threads
+        Path(model.path_of(MODEL_FILE)), metadata.class_names, metadata.image_size, threads=threads
     )
     embedder = joblib.load(model.path_of(EMBEDDER_FILE))
     index = load_index(Path(model.path), str(model.tag), settings or Settings())

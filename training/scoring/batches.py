@@ -197,16 +197,17 @@ def model_files(tag: str) -> ModelFiles:
     """
     import bentoml
 
+    from training.registry.metadata import VersionMetadata
     from training.registry.store import EMBEDDER_FILE, MODEL_FILE
 
     model = bentoml.models.get(tag)
-    metadata = model.info.metadata
+    metadata = VersionMetadata.of(model.info.metadata)
     return ModelFiles(
         str(model.tag),
         Path(model.path_of(MODEL_FILE)),
         Path(model.path_of(EMBEDDER_FILE)),
-        list(metadata["class_names"]),
-        int(metadata["image_size"]),
+        metadata.class_names,
+        metadata.image_size,
     )
 
 
