@@ -33,6 +33,7 @@ quiet_tensorflow()  # as the entry points do: for this process and every server 
 # collection order, so these start at once, one on each worker, and the short ones fill in around them.
 LONGEST_FIRST = (
     "tests/notebook/test_photos.py",  # 730: two trainings with every default (photos, 104 px, folds)
+    "tests/container/test_container.py",  # ~600 cold: the image built (mostly I/O and download), containers run
     "tests/notebook/test_demonstration.py",  # 520: two trainings of the silhouette demo
     "tests/model/test_backbones.py",  # 330: keras.applications networks from scratch, ONNX export
 )

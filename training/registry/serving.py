@@ -30,7 +30,7 @@ from training.model.evaluation import accuracy_interval, join_warnings, small_te
 from training.registry import promotions
 from training.registry.bento import BuildOutcome, build_bento
 from training.registry.metadata import VersionMetadata
-from training.registry.store import RegisteredModel, list_versions, load_registered, version_of
+from training.registry.store import RegisteredModel, list_versions, load_registered, use_home_model_store, version_of
 from training.settings import Settings
 
 __all__ = [
@@ -297,6 +297,12 @@ class Registry:
     def build_bento(self, tag: str) -> BuildOutcome:
         """``bentoml build`` of the service with ``tag`` packed (what ``bentoml containerize`` ships)."""
         return build_bento(tag)
+
+    @staticmethod
+    def use_home_model_store() -> list[str]:
+        """In a server run from a built bento (an image): its models and those trained since, all in BENTOML_HOME's
+        store, where trainings register; call it first in each worker. See store.use_home_model_store."""
+        return use_home_model_store()
 
     def curator(self, model_tag: str | None = None, *, cache: CurationCache | None = None) -> Curator:
         """The curation façade over ``model_tag`` (default: the version that serves), loaded now."""
