@@ -6,8 +6,10 @@ the whole session shares one throw-away BentoML store. Nothing touches the user'
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from PIL import Image
 # BentoML reads BENTOML_HOME once per process, so the whole test session shares one
 # throw-away model store (never the user's ~/bentoml).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)  # each process its own
 
 from tests.postgres import HOW as POSTGRES_HOW  # noqa: E402
 from tests.postgres import debian_has_pgvector, fresh_database, pgserver_binaries, throwaway_server  # noqa: E402
