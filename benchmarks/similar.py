@@ -109,7 +109,7 @@ def old_nearest(
     label: str | None,
     exclude: str | None,
 ) -> list[str]:
-    candidates = store.images(split=split, label=label)  # type: ignore[attr-defined]
+    candidates = store.queries.images(split=split, label=label)  # type: ignore[attr-defined]
     mask = np.isin(all_ids, [r.image_id for r in candidates])
     if exclude is not None:
         mask &= all_ids != exclude
@@ -119,8 +119,8 @@ def old_nearest(
 
 
 def old_expand(store: object, all_ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, split: str) -> list[str]:
-    reviewed = store.reviewed_image_ids()  # type: ignore[attr-defined]
-    candidates = [r for r in store.images(split=split) if r.image_id not in reviewed]  # type: ignore[attr-defined]
+    reviewed = store.queries.reviewed_ids()  # type: ignore[attr-defined]
+    candidates = [r for r in store.queries.images(split=split) if r.image_id not in reviewed]  # type: ignore[attr-defined]
     rows = np.flatnonzero(np.isin(all_ids, [r.image_id for r in candidates]))
     distances = np.full(len(rows), np.inf, dtype=np.float32)
     for query in queries:
@@ -129,8 +129,8 @@ def old_expand(store: object, all_ids: np.ndarray, vectors: np.ndarray, queries:
 
 
 def old_trace(store: object, all_ids: np.ndarray, vectors: np.ndarray, errors: np.ndarray, predicted: list[str]) -> int:
-    reviewed = store.reviewed_image_ids()  # type: ignore[attr-defined]
-    train = [r for r in store.images(split="train") if r.image_id not in reviewed]  # type: ignore[attr-defined]
+    reviewed = store.queries.reviewed_ids()  # type: ignore[attr-defined]
+    train = [r for r in store.queries.images(split="train") if r.image_id not in reviewed]  # type: ignore[attr-defined]
     position = {image_id: i for i, image_id in enumerate(all_ids.tolist())}
     rows = np.array([position[r.image_id] for r in train])
     train_labels = np.array([r.label for r in train])

@@ -109,7 +109,19 @@ class ConfusionMatrix(Out):
     matrix: list[list[int]] = Field(description="Rows are the true labels, columns the predicted ones.")
 
 
-class Evaluation(Out):
+class OodCalibration(Out):
+    """Whether a version's OOD threshold can be trusted: in ``evaluate``, ``models`` and the train result alike."""
+
+    ood_calibrated: bool | None = Field(
+        None,
+        description="The version's OOD threshold was calibrated on enough held-out images per class "
+        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
+        "(versions trained before this check, or without an OOD score).",
+    )
+    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
+
+
+class Evaluation(OodCalibration):
     n: int
     accuracy: float
     loss: float
@@ -126,16 +138,9 @@ class Evaluation(Out):
     accuracy_interval: list[float] | None = Field(
         None, description="[low, high]: where the accuracy lies, 95% (Wilson score interval); null without images."
     )
-    ood_calibrated: bool | None = Field(
-        None,
-        description="The version's OOD threshold was calibrated on enough held-out images per class "
-        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
-        "(versions trained before this check, or without an OOD score).",
-    )
-    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
-class ModelVersion(Out):
+class ModelVersion(OodCalibration):
     version: str = Field(description="The version name in the BentoML store (what `promote` takes).")
     tag: str = Field(description="name:version")
     created_at: str = Field(description="When it was registered (ISO 8601).")
@@ -154,13 +159,6 @@ class ModelVersion(Out):
     test_accuracy_interval: list[float] | None = Field(
         None, description="[low, high]: its test accuracy, 95% (Wilson); null without test figures."
     )
-    ood_calibrated: bool | None = Field(
-        None,
-        description="The version's OOD threshold was calibrated on enough held-out images per class "
-        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
-        "(versions trained before this check, or without an OOD score).",
-    )
-    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class SuspectOut(Out):
@@ -222,7 +220,7 @@ class PromoteResult(Out):
     previous_version: str
 
 
-class TrainResult(Out):
+class TrainResult(OodCalibration):
     model_version: str
     metrics: dict[str, int | float]
     previous_metrics: dict[str, int | float] | None = Field(
@@ -249,13 +247,6 @@ class TrainResult(Out):
     promotion_warning: str | None = Field(
         None, description="Set when the test split is too small to tell the new and the serving model apart."
     )
-    ood_calibrated: bool | None = Field(
-        None,
-        description="The version's OOD threshold was calibrated on enough held-out images per class "
-        "(BOUNCER_OOD_MIN_HELD_OUT_PER_CLASS); false: predictions answer `ood` null; null: not recorded "
-        "(versions trained before this check, or without an OOD score).",
-    )
-    ood_warning: str | None = Field(None, description="Why the OOD threshold is uncalibrated, for people.")
 
 
 class TrainProgress(Out):

@@ -16,6 +16,7 @@ every patch to it: the ``http`` package; the train task's process: ``training.jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -68,6 +69,7 @@ from training.labels.errors import REASON_MAX
 from training.model.ood import calibration_status
 from training.monitoring.drift import DURATION_PATTERN
 from training.monitoring.prediction_log import PredictionLog
+from training.registry.preflight import EXIT_CODE, CannotServe, check_can_serve
 from training.registry.serving import Registry
 from training.settings import Settings, get_settings
 from training.tf_logs import quiet_tensorflow
@@ -93,7 +95,11 @@ def use_the_datasets_task_results(settings: Settings) -> Path:
     reads BENTOML_RESULT_STORE after importing the service, in the server and in every worker.
     """
     path = settings.runtime_dir / "task_result.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not where the start-up check (_preflight) will refuse to serve: a missing data folder would be
+    # created (a mistyped path), an unwritable one ended the server with a traceback instead of one line.
+    if settings.data_dir.is_dir():
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
     os.environ["BENTOML_RESULT_STORE"] = str(path)
     return path
 
@@ -153,8 +159,18 @@ _QUIET = [
 class Bouncer:
     bento_model = bentoml.models.BentoModel(_STARTUP.default_model_tag)  # what `bentoml build` packs
 
+    @bentoml.on_deployment
+    def _preflight() -> None:
+        """Once, in BentoML's main process, before any worker: a server that cannot serve says why and exits."""
+        try:
+            log.info("will serve %s", check_can_serve(get_settings()))
+        except CannotServe as exc:
+            log.error("Bouncer cannot start: %s", exc)
+            raise SystemExit(EXIT_CODE) from None
+
     def __init__(self) -> None:
         self.settings = get_settings()
+        Registry.use_home_model_store()  # in an image: the bento's models and later ones, in BENTOML_HOME's store
         self.labels = Labels.open(self.settings, export_delay_s=self.settings.labels_csv_delay_ms / 1000)
         if self.labels.repair_labels_csv():  # a crash came between a label commit and its export
             log.warning("labels.csv disagreed with the label database: rewritten from it")

@@ -6,8 +6,10 @@ the whole session shares one throw-away BentoML store. Nothing touches the user'
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from PIL import Image
 # BentoML reads BENTOML_HOME once per process, so the whole test session shares one
 # throw-away model store (never the user's ~/bentoml).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bouncer-test-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)  # each process its own
 
 from tests.postgres import HOW as POSTGRES_HOW  # noqa: E402
 from tests.postgres import debian_has_pgvector, fresh_database, pgserver_binaries, throwaway_server  # noqa: E402
@@ -33,6 +36,7 @@ quiet_tensorflow()  # as the entry points do: for this process and every server 
 # collection order, so these start at once, one on each worker, and the short ones fill in around them.
 LONGEST_FIRST = (
     "tests/notebook/test_photos.py",  # 730: two trainings with every default (photos, 104 px, folds)
+    "tests/container/test_container.py",  # ~600 cold: the image built (mostly I/O and download), containers run
     "tests/notebook/test_demonstration.py",  # 520: two trainings of the silhouette demo
     "tests/model/test_backbones.py",  # 330: keras.applications networks from scratch, ONNX export
 )

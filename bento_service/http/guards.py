@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
@@ -78,6 +79,8 @@ def write_paths(service: Any, endpoints: Iterable[str]) -> WritePaths:
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# After a cancel stopped the training, how long it may wait for the task to record its answer.
+CANCEL_SETTLE_S = 30.0
 
 
 class CrossSiteGuard:
@@ -367,9 +370,33 @@ class WriteGate:
             await asyncio.to_thread(self.runner.cancelable, task_id)
             await self.app(scope, _disconnected, _discard)
             response = JSONResponse(await asyncio.to_thread(self.runner.cancel, task_id))
+            await self._until_answered(scope, task_id)
         except NotRunning as exc:
             response = JSONResponse({"error": str(exc)}, status_code=HTTPStatus.CONFLICT)
         await response(scope, receive, send)
+
+    async def _until_answered(self, scope: Scope, task_id: str) -> None:
+        """Wait (bounded) until the task's answer is in BentoML's result store, asking its own ``get`` route.
+
+        The process is gone, but the task still closes its MLflow run and records its answer: a
+        client that reads ``get`` right after the cancel must find "canceled" (409), not BentoML's
+        "not completed yet" (400).
+        """
+        path = scope["path"].removesuffix("/cancel") + "/get"
+        query = urlencode({"task_id": task_id}).encode()
+        get = {**scope, "method": "GET", "path": path, "raw_path": path.encode(), "query_string": query}
+        deadline = time.monotonic() + CANCEL_SETTLE_S
+        while time.monotonic() < deadline:
+            statuses: list[int] = []
+
+            async def keep_status(message: Message, statuses: list[int] = statuses) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(int(message["status"]))
+
+            await self.app(get, _disconnected, keep_status)
+            if statuses and statuses[0] != HTTPStatus.BAD_REQUEST:  # 400: "task ... is not completed yet"
+                return
+            await asyncio.sleep(0.1)
 
 
 async def _discard(message: Message) -> None:

@@ -31,7 +31,7 @@ def test_split_folders_in_any_case_and_long_form(settings: Settings, train: str,
     with open_store(settings) as store:
         report = import_folder(settings, store)
         assert report.added == 10 and report.warnings == []
-        records = store.images()
+        records = store.queries.images()
     # the label DB knows the canonical split; the path is the file's real one on disk
     assert {r.split for r in records if r.path.startswith(f"{train}/")} == {"train"}
     assert {r.split for r in records if r.path.startswith(f"{test}/")} == {"test"}
@@ -85,7 +85,7 @@ def test_a_class_folder_without_a_readable_image_is_reported_and_not_a_class(set
     (data / "train" / "zebra" / "notes.jpg").write_text("not an image")  # nothing readable either
     with open_store(settings) as store:
         report = import_folder(settings, store)
-        assert store.classes() == ["cross", "ring"]
+        assert store.queries.classes() == ["cross", "ring"]
     assert report.classes == ["cross", "ring"]
     assert "train/square/ holds no readable image: 'square' is not a class" in report.warnings
     assert "train/zebra/ holds no readable image: 'zebra' is not a class" in report.warnings

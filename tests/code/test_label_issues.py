@@ -163,7 +163,7 @@ def test_tracing_finds_the_training_images_that_pull_errors() -> None:
 def test_nearest_to_any_measures_to_the_closest_query(settings: Settings, shapes_dataset: Path) -> None:
     with open_store(settings) as store:
         import_folder(settings, store)
-        ids = [r.image_id for r in store.images(split="train")[:4]]
+        ids = [r.image_id for r in store.queries.images(split="train")[:4]]
         index = FaissIndex.build(ids, np.array([[0.0], [1.0], [5.0], [9.0]]))
         index.refresh(store)
         hits = nearest_to_any(index, store, np.array([[0.0], [10.0]]), 2, Where.of(exclude=[ids[0]]))

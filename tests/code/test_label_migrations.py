@@ -25,9 +25,9 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from training.labels.errors import UndoConflictError
 from training.labels.migrate import LabelDatabaseSchemaError, alembic_config, head_revision, migration_transaction
-from training.labels.records import Promotion
 from training.labels.schema import Base
 from training.labels.store import LabelStore
+from training.registry.promotions import Promotion, serving
 
 PROJECT = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE_DDL = Path(__file__).with_name("fixtures") / "labels_1b62949.sql"
@@ -143,7 +143,7 @@ def test_a_database_from_before_migrations_is_stamped_by_its_tables_then_upgrade
         connection.execute(text("INSERT INTO classes (name) VALUES ('cat')"))
     engine.dispose()
     with LabelStore(new_database) as store:
-        assert store.classes() == ["cat"]
+        assert store.queries.classes() == ["cat"]
         assert uuid.UUID(store.dataset_id)
     assert stamped_revision(new_database) == [head_revision()]
     assert differences_from_the_code(new_database) == []
@@ -168,14 +168,14 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
         dataset_id = store.dataset_id
         assert uuid.UUID(dataset_id)
 
-        assert store.classes() == ["cat", "dog"]
-        assert [(r.image_id, r.path, r.split, r.folder_label, r.label) for r in store.images()] == [
+        assert store.queries.classes() == ["cat", "dog"]
+        assert [(r.image_id, r.path, r.split, r.folder_label, r.label) for r in store.queries.images()] == [
             ("c3", "test/cat/3.png", "test", "cat", "cat"),
             ("a1", "train/cat/1.png", "train", "cat", "dog"),
             ("b2", "train/dog/2.png", "train", "dog", "dog"),
         ]  # d4 was removed from disk: still in the database, still hidden
 
-        history = store.history()
+        history = store.queries.history()
         assert [(e.event_id, e.kind, e.actor, e.reason) for e in history] == [
             (3, "relabel", "alice", "only this one"),
             (2, "undo", "bob", "undo event 1"),
@@ -188,9 +188,9 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
             [("a1", "cat", "dog"), ("c3", "cat", "dog")],
         ]
         assert history[2].created_at.isoformat() == "2026-11-20T10:00:00+00:00"
-        assert [e.event_id for e in store.history(image_id="c3")] == [2, 1]
+        assert [e.event_id for e in store.queries.history(image_id="c3")] == [2, 1]
 
-        assert store.serving("bouncer") == Promotion(
+        assert serving(store.database, "bouncer") == Promotion(
             "bouncer:second", datetime(2026, 11, 21, 9), "carol", "rollback test"
         )
 
@@ -203,7 +203,7 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
         ]
 
         csv_path = tmp_path / "labels.csv"
-        store.export_csv(csv_path)
+        store.csv.export(csv_path)
         assert csv_path.read_text().splitlines() == [
             "path,image_id,split,label,sha256",
             "test/cat/3.png,c3,test,cat,cc",
@@ -213,10 +213,10 @@ def test_a_previous_release_database_keeps_labels_history_and_promotions(tmp_pat
 
         # The trail goes on where it stopped: undo links and ids continue, the old undo still guards.
         with pytest.raises(UndoConflictError, match="already undone by event 2"):
-            store.undo(1)
-        assert store.undo(3, actor="dave").event_id == 4
-        assert store.get("a1").label == "cat"
-        assert store.history(limit=1)[0].reverts_event_id == 3
+            store.events.undo(1)
+        assert store.events.undo(3, actor="dave").event_id == 4
+        assert store.queries.get("a1").label == "cat"
+        assert store.queries.history(limit=1)[0].reverts_event_id == 3
 
     schema_version = query(path, "PRAGMA schema_version")
     with statements_sent() as sent, LabelStore(url) as again:
@@ -231,20 +231,20 @@ def test_a_revision_may_copy_a_table_that_others_reference(tmp_path: Path) -> No
     """SQLite changes a column by copying the table (batch mode): images and label_events have children."""
     url = f"sqlite:///{previous_release_database(tmp_path / 'labels.db')}"
     with LabelStore(url) as store:
-        with migration_transaction(store.engine) as connection:
+        with migration_transaction(store.database.engine) as connection:
             operations = Operations(MigrationContext.configure(connection))
             for table in ("images", "label_events"):
                 with operations.batch_alter_table(table, recreate="always") as batch:
                     batch.add_column(sa.Column("note", sa.String(64), nullable=True))
-        assert [e.event_id for e in store.history(image_id="a1")] == [3, 2, 1]
+        assert [e.event_id for e in store.queries.history(image_id="a1")] == [3, 2, 1]
         assert query(tmp_path / "labels.db", "SELECT count(*) FROM images WHERE note IS NULL") == [(4,)]
-        with store.engine.connect() as connection:  # back on for the store's own writes
+        with store.database.engine.connect() as connection:  # back on for the store's own writes
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
         dangling = pytest.raises(LabelDatabaseSchemaError, match="foreign keys point nowhere")
-        with dangling, migration_transaction(store.engine) as connection:
+        with dangling, migration_transaction(store.database.engine) as connection:
             connection.execute(text("DELETE FROM images WHERE image_id = 'a1'"))  # its changes would dangle
-        assert store.get("a1").label == "dog"  # rolled back
+        assert store.queries.get("a1").label == "dog"  # rolled back
 
 
 def test_a_database_at_head_costs_one_query_and_no_lock(tmp_path: Path) -> None:
@@ -267,11 +267,12 @@ def test_processes_opening_a_new_database_at_once_all_get_a_migrated_store(new_d
         f"""
         import pathlib, sys, time
         from training.labels.store import LabelStore
+        from training.registry.promotions import promote
         pathlib.Path(sys.argv[1]).touch()  # ready
         while not pathlib.Path({str(go)!r}).exists():
             time.sleep(0.001)
         with LabelStore({url!r}) as store:
-            store.promote("bouncer", "bouncer:" + sys.argv[2], actor=sys.argv[2])
+            promote(store.database, "bouncer", "bouncer:" + sys.argv[2], actor=sys.argv[2])
             print(store.dataset_id)
         """
     )

@@ -45,7 +45,7 @@ def test_pgvector_answers_like_exact_faiss_and_follows_labels(
 
     with open_store(postgres_settings) as store:
         import_folder(postgres_settings, store)
-        records = store.images()
+        records = store.queries.images()
         ids = [r.image_id for r in records]
         vectors = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
         stored = FaissIndex.build(ids[1:], vectors[1:])
@@ -71,7 +71,7 @@ def test_pgvector_answers_like_exact_faiss_and_follows_labels(
         other = next(r for r in records[1:] if r.label != label and r.split == "train")
         query = vectors[ids.index(other.image_id)][None]
         assert index.search(query, 1, Where.of(split="train", label=label))[0][0].image_id != other.image_id
-        store.relabel([other.image_id], label, reason="test", actor="t")
+        store.events.relabel([other.image_id], label, reason="test", actor="t")
         hits = index.search(query, 1, Where.of(split="train", label=label))[0]
         assert hits[0].image_id == other.image_id
         assert other.image_id in [h.image_id for h in index.search(vectors[:1], 50, Where.of(label=label))[0]]

@@ -21,6 +21,7 @@ from training.curation.labels import Labels
 from training.labels.migrate import alembic_config
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import import_folder
+from training.registry.promotions import promote
 from training.registry.serving import ModelResolutionError, Registry, resolve_serving_tag, versions_for_dataset
 from training.settings import Settings
 
@@ -95,9 +96,9 @@ def test_no_version_of_this_dataset_is_an_error_saying_to_train(named: Settings,
 def test_the_promoted_version_wins_when_this_store_holds_it(named: Settings, store: LabelStore) -> None:
     promoted = save_version(named.model_name, dataset_id=store.dataset_id, class_names=SHAPE_CLASSES)
     newest = save_version(named.model_name, dataset_id=store.dataset_id, class_names=SHAPE_CLASSES)
-    store.promote(named.model_name, promoted)
+    promote(store.database, named.model_name, promoted)
     assert resolve_serving_tag(named, store) == promoted
-    store.promote(named.model_name, f"{named.model_name}:trainedelsewhere")  # another replica's version
+    promote(store.database, named.model_name, f"{named.model_name}:trainedelsewhere")  # another replica's version
     assert resolve_serving_tag(named, store) == newest
 
 
@@ -116,7 +117,7 @@ def test_a_pinned_version_serves_but_not_with_another_datasets_classes(named: Se
 
 def test_a_promoted_version_with_other_classes_is_refused(named: Settings, store: LabelStore) -> None:
     tag = save_version(named.model_name, dataset_id=store.dataset_id, class_names=["cross", "ring"])
-    store.promote(named.model_name, tag)
+    promote(store.database, named.model_name, tag)
     with pytest.raises(ModelResolutionError, match=r"\(the promoted version\) predicts .* then promote it"):
         resolve_serving_tag(named, store)
 

@@ -29,14 +29,15 @@ class SlowStore:
 
     def __init__(self, store: LabelStore) -> None:
         self.store = store
+        self.queries = self  # the façade reads through ``store.queries``
 
     def get(self, image_id: str) -> Any:
         time.sleep(SLOW_READ_S)
-        return self.store.get(image_id)
+        return self.store.queries.get(image_id)
 
     def records(self, image_ids: list[str]) -> Any:
         time.sleep(SLOW_READ_S)
-        return self.store.records(image_ids)
+        return self.store.queries.records(image_ids)
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def _site(settings: Settings, store: Any) -> Starlette:
 
 
 def test_a_slow_database_read_does_not_delay_a_concurrent_predict(settings: Settings, store: LabelStore) -> None:
-    image_id = store.images(split="train", limit=1)[0].image_id
+    image_id = store.queries.images(split="train", limit=1)[0].image_id
     site = _site(settings, SlowStore(store))
 
     async def run() -> tuple[float, float, int]:
@@ -78,7 +79,7 @@ def test_a_slow_database_read_does_not_delay_a_concurrent_predict(settings: Sett
 
 
 def test_the_page_reads_through_the_curation_facade(settings: Settings, store: LabelStore) -> None:
-    records = store.images(split="train", limit=2)
+    records = store.queries.images(split="train", limit=2)
     site = _site(settings, store)
 
     async def get(path: str) -> httpx.Response:

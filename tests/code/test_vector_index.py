@@ -143,7 +143,7 @@ def test_a_version_saved_before_the_index_loads_from_its_index_npz(tmp_path: Pat
 def test_filters_follow_the_label_store_and_new_images_are_missing(settings: Settings, shapes_dataset: Path) -> None:
     with open_store(settings) as store:
         import_folder(settings, store)
-        records = store.images()
+        records = store.queries.images()
         ids = [r.image_id for r in records]
         rng = np.random.default_rng(0)
         vectors = rng.normal(size=(len(ids), 4)).astype(np.float32)
@@ -157,7 +157,7 @@ def test_filters_follow_the_label_store_and_new_images_are_missing(settings: Set
         where = Where.of(split="train", label=other_label)
         assert target.image_id not in [h.image_id for h in index.search(query, 3, where)[0]]
 
-        store.relabel([target.image_id], other_label, reason="test", actor="t")
+        store.events.relabel([target.image_id], other_label, reason="test", actor="t")
         index.refresh(store)
         assert index.search(query, 1, where)[0][0].image_id == target.image_id
         unreviewed = Where.of(split="train", label=other_label, unreviewed=True)
@@ -190,7 +190,7 @@ def test_new_images_take_their_vectors_from_score_shards(settings: Settings, sha
 
     with open_store(settings) as store:
         import_folder(settings, store)
-        records = store.images()
+        records = store.queries.images()
         index = FaissIndex.build([r.image_id for r in records[3:]], np.zeros((len(records) - 3, 2)))
         new = records[:3]
         folder = default_scores_dir(settings, _ScoredOnly.version)
@@ -243,7 +243,7 @@ def test_a_new_image_whose_file_is_gone_does_not_break_search(settings: Settings
 
     with open_store(settings) as store:
         import_folder(settings, store)
-        records = store.images()
+        records = store.queries.images()
         index = FaissIndex.build([r.image_id for r in records[3:]], np.ones((len(records) - 3, 2)))
         (settings.data_dir / records[1].path).unlink()  # deleted after its import, before any rescan
         add_missing_vectors(index, store, settings, _Zeros())

@@ -132,7 +132,7 @@ def test_fine_tuning_trains_the_pretrained_backbone_and_the_onnx_export_still_ma
 
     assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance  # checked before registering
     with open_store(tuned) as store:  # every image as training decodes it
-        images = load_records(tuned, store.images(), 32)
+        images = load_records(tuned, store.queries.images(), 32)
     keras_probabilities = np.asarray(trained.predict(images.astype(np.float32), verbose=0)[OUTPUT_PROBABILITIES])
     onnx_probabilities = registered.classifier.predict(images).probabilities
     np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=settings.parity_tolerance)

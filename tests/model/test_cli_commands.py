@@ -20,6 +20,7 @@ from bento_service.schemas import ModelVersion, Neighbour, PromoteResult, Simila
 from tests.conftest import TrainedDemo
 from training.cli import app
 from training.labels.store import open_store
+from training.registry.promotions import serving
 from training.registry.serving import describe_versions, open_curator, resolve_serving_tag
 from training.settings import Settings
 
@@ -84,7 +85,7 @@ def test_models_and_promote_answer_as_the_endpoints(demo_copy: Settings, trained
     promoted = bouncer("promote", version, "--reason", "pin it for good")
     assert promoted == PromoteResult(version=version, tag=result.tag, previous_version=version).model_dump()
     with open_store(demo_copy) as store:
-        record = store.serving(demo_copy.model_name)
+        record = serving(store.database, demo_copy.model_name)
     assert record is not None and (record.tag, record.reason) == (result.tag, "pin it for good")
     assert [v["version"] for v in bouncer("models") if v["serving"]] == [version]
 
@@ -93,16 +94,19 @@ def test_models_and_promote_answer_as_the_endpoints(demo_copy: Settings, trained
     assert "unknown model version 'no-such-version'; see `models`" in unknown.output
     assert "Traceback" not in unknown.output and isinstance(unknown.exception, SystemExit)  # no crash, an exit
     with open_store(demo_copy) as store:
-        assert store.serving(demo_copy.model_name).tag == result.tag
+        assert serving(store.database, demo_copy.model_name).tag == result.tag
 
 
 # --- `bouncer train` says whether the model beat the majority label; promote rolls back -------------
 
 
 def write_two_tone(data: Path) -> None:
-    """Dark and light squares of noise: a class any network tells apart in a few steps."""
+    """Dark and light squares of noise: a class any network tells apart in a few steps.
+
+    10 test images a class: the fewest that calibrate the OOD threshold (else a warning).
+    """
     rng = np.random.default_rng(0)
-    for split, count in (("train", 24), ("test", 8)):
+    for split, count in (("train", 24), ("test", 10)):
         for name, level in (("dark", 40), ("light", 215)):
             folder = data / split / name
             folder.mkdir(parents=True)

@@ -72,7 +72,7 @@ def test_drift_and_import_predictions_from_the_command_line(
     assert len(imported) == len(uploads)  # every picture was kept (BOUNCER_LOG_IMAGES=all), each once
     assert all((data_dir / i["path"]).is_file() and i["path"].startswith("train/") for i in imported)
     with open_store(settings) as store:
-        records = store.records([i["image_id"] for i in imported])
+        records = store.queries.records([i["image_id"] for i in imported])
     assert {r.label for r in records.values()} == {i["label"] for i in imported}
     again = CliRunner().invoke(app, ["--quiet", "import-predictions", "--since", "1h", "--all-logged"])
     assert again.exit_code == 0 and json.loads(again.stdout) == []

@@ -36,7 +36,7 @@ def test_model_store_round_trip(trained_demo: TrainedDemo) -> None:
     assert model.class_names == sorted(model.class_names) and "dog" in model.class_names
 
     store = open_store(trained_demo.settings)
-    records = store.images(split="test")[:16]
+    records = store.queries.images(split="test")[:16]
     store.close()
     predictions = model.classifier.predict(load_records(trained_demo.settings, records, model.image_size))
     assert predictions.probabilities.shape == (16, len(model.class_names))
@@ -57,7 +57,7 @@ def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedD
     model = load_registered(trained_demo.result.tag)
     assert model.audit is not None and model.audit.folds == trained_demo.settings.out_of_fold_folds >= 2
     with open_store(trained_demo.settings) as store:
-        train = store.images(split="train")
+        train = store.queries.images(split="train")
     assert sorted(model.audit.image_ids.tolist()) == sorted(r.image_id for r in train)
     np.testing.assert_allclose(model.audit.out_of_fold.sum(axis=1), 1.0, atol=1e-5)
     # held-out scores are not the final model's memory of its own training images
@@ -66,7 +66,7 @@ def test_every_train_image_gets_out_of_fold_probabilities(trained_demo: TrainedD
     # each image's neighbours: other train images and test images, nearest first, never itself
     audit, n = model.audit, len(train)
     with open_store(trained_demo.settings) as store:
-        test = store.images(split="test")
+        test = store.queries.images(split="test")
     assert audit.neighbours.shape == audit.test_neighbours.shape == (n, 10)
     assert sorted(audit.test_ids.tolist()) == sorted(r.image_id for r in test)
     assert ((audit.neighbours >= 0) & (audit.neighbours < n)).all() and (audit.test_neighbours >= 0).all()
@@ -109,7 +109,7 @@ def test_the_version_holds_an_ood_score_calibrated_on_the_test_split(trained_dem
     assert model.ood is not None and model.reference is not None and model.classifier.has_early
     assert [c.kind for c in model.ood.components] == ["rmds", "early"] and model.ood.head is not None
     with open_store(trained_demo.settings) as store:
-        test = store.images(split="test")
+        test = store.queries.images(split="test")
     outputs = model.classifier.predict(load_records(trained_demo.settings, test, model.image_size))
     scores, flags = model.ood.score(outputs.embeddings, outputs.early)
     assert len(model.ood.calibration) == len(test)
@@ -155,7 +155,7 @@ def test_training_is_reproducible_with_a_seed(shapes_dataset, settings: Settings
     assert first.tag != second.tag
     a, b = load_registered(first.tag), load_registered(second.tag)
     with open_store(tuned) as store:
-        ids = [r.image_id for r in store.images()]
+        ids = [r.image_id for r in store.queries.images()]
     va, vb = a.index.vectors_of(ids), b.index.vectors_of(ids)
     assert len(va) == len(ids)
     np.testing.assert_array_equal(np.stack([va[i] for i in ids]), np.stack([vb[i] for i in ids]))

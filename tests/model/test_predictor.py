@@ -46,7 +46,7 @@ def png(pixels: np.ndarray) -> bytes:
 def test_concurrent_requests_share_runs_and_get_the_models_answers(trained_demo: TrainedDemo, live: LiveModel) -> None:
     settings = trained_demo.settings
     with open_store(settings) as store:
-        records = store.images(split="test")[:40]
+        records = store.queries.images(split="test")[:40]
     model = live.get()
     pixels = load_records(settings, records, model.image_size)
     expected = model.classifier.probabilities(pixels)
@@ -100,7 +100,7 @@ def registered_before_issue_25(trained_demo: TrainedDemo) -> str:
     source = bentoml.models.get(trained_demo.result.tag)
     model = load_registered(str(source.tag))
     with open_store(settings) as store:
-        train, test = store.images(split="train"), store.images(split="test")
+        train, test = store.queries.images(split="train"), store.queries.images(split="test")
     embed = lambda records: model.classifier.predict(load_records(settings, records, model.image_size)).embeddings  # noqa: E731
     labels = np.array([model.class_names.index(r.label) for r in train])
     old = fit_ood("mahalanobis", embed(train), labels, embed(test))
@@ -138,7 +138,7 @@ def test_a_version_registered_before_issue_25_keeps_serving_with_its_own_score(t
             model = live.get()
             assert model.tag == tag and not model.classifier.has_early and model.ood is not None
             assert model.ood.method == "mahalanobis" and model.ood.calibrated is None
-            records = store.images(split="test")[:8]
+            records = store.queries.images(split="test")[:8]
             pixels = load_records(settings, records, model.image_size)
             noise = np.random.default_rng(1).integers(0, 256, (4, model.image_size, model.image_size, 3))
             answers = asyncio.run(Predictor(live, settings).predict(np.concatenate([pixels, noise.astype(np.uint8)])))
@@ -156,7 +156,7 @@ def test_an_uncalibrated_version_answers_ood_null_and_says_why(trained_demo: Tra
     settings = trained_demo.settings
     model = live.get()
     with open_store(settings) as store:
-        train, test = store.images(split="train"), store.images(split="test")
+        train, test = store.queries.images(split="train"), store.queries.images(split="test")
     outputs = [model.classifier.predict(load_records(settings, r, model.image_size)) for r in (train, test)]
     to_index = model.class_names.index
     uncalibrated = fit_ood(

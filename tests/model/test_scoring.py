@@ -209,7 +209,7 @@ def test_every_readable_image_is_scored_and_broken_files_are_counted(scored: Sco
     assert scored.local.manifest.skipped == scored.ray.manifest.skipped == len(BROKEN)
     assert not set(BROKEN) & set(scored.ray.paths.tolist())
     with open_store(trained_demo.settings) as store:  # every image the label store knows, under its path
-        assert scored.local.paths.tolist() == [r.path for r in store.images()]
+        assert scored.local.paths.tolist() == [r.path for r in store.queries.images()]
 
 
 @pytest.mark.slow

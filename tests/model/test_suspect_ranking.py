@@ -35,14 +35,15 @@ def test_a_worker_that_followed_decisions_ranks_as_a_fresh_one(demo_copy: Settin
     with open_curator(demo_copy) as curator:
         before = curator.suspect_ranking()  # this process now keeps a ranking and follows changes
         confirmed = [s.image_id for s in before[:3]]
-        confirm = curator.store.confirm(confirmed, reason="checked")
+        confirm = curator.store.events.confirm(confirmed, reason="checked")
         wrong = next(s for s in before[3:] if s.suggested_label != s.label)
-        curator.store.relabel([wrong.image_id], wrong.suggested_label, reason="fixed")
+        curator.store.events.relabel([wrong.image_id], wrong.suggested_label, reason="fixed")
         followed = [s.__dict__ for s in curator.suspect_ranking()]
         assert not {*confirmed, wrong.image_id} & {s["image_id"] for s in followed}
         assert followed == fresh_process_ranking()
 
-        curator.store.undo(confirm.event_id, reason="not so sure")  # the three come back, where a fresh one puts them
+        # the three come back, where a fresh one puts them
+        curator.store.events.undo(confirm.event_id, reason="not so sure")
         followed = [s.__dict__ for s in curator.suspect_ranking()]
         assert set(confirmed) <= {s["image_id"] for s in followed}
         assert followed == fresh_process_ranking()

@@ -123,7 +123,7 @@ def test_sigkill_during_a_burst_of_relabels_loses_nothing_acknowledged(
             assert set(changes) <= set(chosen) and set(changes.values()) <= {label}  # exactly what was asked
         store = LabelStore(database or f"sqlite:///{data / 'labels.db'}")
         try:
-            assert eventually(lambda: (data / "labels.csv").read_text() == store.labels_csv(), timeout=10)
+            assert eventually(lambda: (data / "labels.csv").read_text() == store.csv.text(), timeout=10)
         finally:
             store.close()
     print(f"\n{len(acknowledged)} acknowledged relabels, all recorded once; {len(history)} events in all")

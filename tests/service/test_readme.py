@@ -67,11 +67,16 @@ COVERED_ELSEWHERE = {
     ),
     "export BOUNCER_TEST_POSTGRES_URL": "what tests/postgres.py does for every test session, with a throw-away server",
     "initdb -D /tmp/pgdata": "tests/postgres.py starts the same throw-away server (initdb, pg_ctl) for the tests",
-    ".venv/bin/bentoml build": (
-        "`bentoml build` and serving the bento: tests/service/test_service_train.py"
-        " (test_the_rebuilt_bento_serves_the_new_version). `bentoml containerize` and `docker run`"
-        " need a Docker daemon the tests do not assume: not run"
+    ".venv/bin/bentoml containerize --backend podman": (
+        "tests/container/test_container.py runs the README's block (the same in docs/container.md) as written"
+        " (readme_commands: only the placeholders, the container's name and host port filled in), with Debian's"
+        " podman"
     ),
+    "python -m training.cli import": (
+        "tests/container/test_container.py (test_a_dataset_never_imported_is_imported_with_the_documented_command)"
+        " runs this import in the image, with the test's volumes"
+    ),
+    "benchmarks/container.py": "a benchmark (builds and load for minutes, as root with podman), not a test",
 }
 
 # Answers a command's curl output with its HTTP status on a last line of its own; curl

@@ -30,7 +30,7 @@ from training.curation.ranking import Suspect, find_suspects
 from training.curation.tracing import TracedImage, trace_to_training
 from training.data.folders import load_records
 from training.errors import Conflict
-from training.labels.records import ImageRecord
+from training.labels.records import ImageChange, ImageRecord
 from training.labels.store import LabelStore
 from training.model.evaluation import EvaluationReport, Misclassified, evaluate_predictions
 from training.model.inference import OnnxClassifier
@@ -82,9 +82,7 @@ class _Evaluated:
     rows: list[Misclassified]  # every image: its label, the prediction and its confidence
 
 
-def _relabelled(
-    records: list[ImageRecord], changed: list[tuple[ImageRecord, bool]], split: str
-) -> list[ImageRecord] | None:
+def _relabelled(records: list[ImageRecord], changed: list[ImageChange], split: str) -> list[ImageRecord] | None:
     """``records`` (one split's) after ``changed`` rows, when those only relabelled some of them; None otherwise.
 
     Returns ``records`` itself when none of them changed. An image that came, went, moved or
@@ -92,7 +90,8 @@ def _relabelled(
     """
     position = {r.image_id: i for i, r in enumerate(records)}
     updated = records
-    for record, present in changed:
+    for change in changed:
+        record, present = change.record, change.present
         i = position.get(record.image_id)
         if i is None:
             if present and record.split == split:
@@ -216,10 +215,10 @@ class Curator:
         Recomputing per revision cost ~250 ms of CPU while reads waited (issue 14's soak).
         """
         self.labels.check_evaluable(split)
-        key = (str(self.store.engine.url), self.model.tag, "evaluate", split)
+        key = (self.store.database.url, self.model.tag, "evaluate", split)
         cached: _Evaluated | None = self.cache.get(key)
         if cached is not None:
-            revision, changed = self.store.records_since(cached.revision)
+            revision, changed = self.store.queries.changes_since(cached.revision)
             records = _relabelled(cached.records, changed, split)
             if records is cached.records:
                 return (
@@ -227,8 +226,8 @@ class Curator:
                 )
             if records is not None:
                 return self.cache.put(key, self._evaluation(revision, records, cached.probabilities))
-        revision = self.store.revision()  # first: a change committed after it is read again next time
-        records = self.store.images(split=split)
+        revision = self.store.queries.revision()  # first: a change committed after it is read again next time
+        records = self.store.queries.images(split=split)
         return self.cache.put(key, self._evaluation(revision, records, self._probabilities(records)))
 
     def _evaluation(self, revision: int, records: list[ImageRecord], probabilities: np.ndarray) -> _Evaluated:
@@ -266,8 +265,8 @@ class Curator:
 
     def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
         """Index vectors of known images; images newer than the model are embedded now (NotFoundError if unknown)."""
-        found = self.store.records(image_ids)
-        records = [found[image_id] if image_id in found else self.store.get(image_id) for image_id in image_ids]
+        found = self.store.queries.records(image_ids)
+        records = [found[image_id] if image_id in found else self.store.queries.get(image_id) for image_id in image_ids]
         stored = self.model.index.vectors_of([r.image_id for r in records])
         missing = [r for r in records if r.image_id not in stored]
         if missing:
@@ -325,7 +324,7 @@ class Curator:
         """
         model = self.model
         if image_ids:
-            records = [self.store.get(image_id) for image_id in image_ids]
+            records = [self.store.queries.get(image_id) for image_id in image_ids]
             pixels = load_records(self.settings, records, model.image_size)
             probabilities = model.classifier.predict(pixels).probabilities
             errors = [
@@ -375,25 +374,26 @@ class Curator:
         # reviewed ones included, and only then less the reviewed: so it is one function of the
         # labels, and each server worker (its own cache, following decisions) pages through the
         # same list as a fresh process. A confirm (or its undo) changes no label: only the filter.
-        key = (str(self.store.engine.url), self.model.tag, "suspects")
-        revision = self.store.revision()
+        key = (self.store.database.url, self.model.tag, "suspects")
+        revision = self.store.queries.revision()
         cached: _Ranking | None = self.cache.get(key)
         if cached is not None and cached.revision != revision:
-            _, changed = self.store.records_since(cached.revision)
-            if any(self._moves_the_ranking(record, present, cached.basis) for record, present in changed):
+            _, changed = self.store.queries.changes_since(cached.revision)
+            if any(self._moves_the_ranking(change.record, change.present, cached.basis) for change in changed):
                 cached = None
             else:
-                reviewed = self.store.reviewed_ids(self.settings.train_split)
+                reviewed = self.store.queries.reviewed_ids(self.settings.train_split)
                 ranking = [s for s in cached.ranked if s.image_id not in reviewed]
                 cached = self.cache.put(key, replace(cached, revision=revision, ranking=ranking))
         if cached is None:
-            train = self.store.images(split=self.settings.train_split)
-            reviewed = self.store.reviewed_ids(self.settings.train_split)
+            train = self.store.queries.images(split=self.settings.train_split)
+            reviewed = self.store.queries.reviewed_ids(self.settings.train_split)
             audited = set(self.model.audit.image_ids.tolist())
             scored = scored_rows(self.settings, self.model, [r for r in train if r.image_id not in audited])
             by_id = {r.image_id: r for r in train}
             audit = self.model.audit.extended(scored.ids, scored.probabilities, [by_id[i].sha256 for i in scored.ids])
-            test = self.store.images(split=self.settings.test_split)  # their labels vote too: trusted neighbours
+            # their labels vote too: trusted neighbours
+            test = self.store.queries.images(split=self.settings.test_split)
             ranked = find_suspects(audit, train, self.model.class_names, test)
             basis = {r.image_id: (r.split, r.label, r.sha256) for r in (*(by_id[s.image_id] for s in ranked), *test)}
             ranking = [s for s in ranked if s.image_id not in reviewed]

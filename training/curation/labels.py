@@ -67,11 +67,11 @@ class Labels:
     def check_evaluable(self, split: str) -> None:
         """A known split with images: an accuracy of 0.0 over no images would be a lie."""
         self.check_split(split)
-        if self.store.count(split=split) == 0:
+        if self.store.queries.count(split=split) == 0:
             raise MissingSplitError(self.settings.data_dir, split, test_split=self.settings.test_split)
 
     def check_label(self, label: str | None) -> None:
-        if label is not None and label not in (classes := self.store.classes()):
+        if label is not None and label not in (classes := self.store.queries.classes()):
             raise InvalidRequest(f"unknown label {label!r}; known classes: {', '.join(classes)}")
 
     # --- reads --------------------------------------------------------------------
@@ -80,15 +80,15 @@ class Labels:
         return self.store.dataset_id
 
     def classes(self) -> list[str]:
-        return self.store.classes()
+        return self.store.queries.classes()
 
     def image(self, image_id: str) -> ImageRecord:
         """One image's record (NotFoundError when no present image has that id)."""
-        return self.store.get(image_id)
+        return self.store.queries.get(image_id)
 
     def image_records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
         """The present images among ``image_ids``, by id (unknown ones are left out)."""
-        return self.store.records(image_ids)
+        return self.store.queries.records(image_ids)
 
     def images(
         self, *, split: str | None = None, label: str | None = None, limit: int | None = None, offset: int = 0
@@ -97,31 +97,31 @@ class Labels:
         if split is not None:
             self.check_split(split)
         self.check_label(label)
-        return self.store.images(split=split, label=label, limit=limit, offset=offset)
+        return self.store.queries.images(split=split, label=label, limit=limit, offset=offset)
 
     def image_count(self, *, split: str | None = None, label: str | None = None) -> int:
-        return self.store.count(split=split, label=label)
+        return self.store.queries.count(split=split, label=label)
 
     def reviewed_ids(self) -> set[str]:
         """Images a person relabelled or confirmed (and no undo took back)."""
-        return self.store.reviewed_image_ids()
+        return self.store.queries.reviewed_ids()
 
     def history(self, *, image_id: str | None = None, limit: int = 50) -> list[LabelEvent]:
-        return self.store.history(image_id=image_id, limit=limit)
+        return self.store.queries.history(image_id=image_id, limit=limit)
 
     def data_version(self) -> str:
         """Hash of every present image's content and curated label: what a model is trained on."""
-        return self.store.data_version()
+        return self.store.csv.data_version()
 
     # --- decisions (each one transaction, recorded, undoable) -----------------------
     def relabel(self, image_ids: Sequence[str], label: str, *, reason: str, actor: str) -> RelabelResult:
-        return self.store.relabel(image_ids, label, reason=reason, actor=actor)
+        return self.store.events.relabel(image_ids, label, reason=reason, actor=actor)
 
     def confirm(self, image_ids: Sequence[str], *, reason: str, actor: str) -> ConfirmResult:
-        return self.store.confirm(image_ids, reason=reason, actor=actor)
+        return self.store.events.confirm(image_ids, reason=reason, actor=actor)
 
     def undo(self, event_id: int, *, actor: str, reason: str = "") -> RelabelResult:
-        return self.store.undo(event_id, actor=actor, reason=reason)
+        return self.store.events.undo(event_id, actor=actor, reason=reason)
 
     def import_folder(self) -> SyncReport:
         """Scan DATA_DIR into the labels (relabels kept, moves followed); labels.csv rewritten."""
@@ -130,8 +130,8 @@ class Labels:
     # --- labels.csv -----------------------------------------------------------------
     def export_csv(self, path: Path | None = None) -> str:
         """Write labels.csv (default DATA_DIR/labels.csv) atomically; return the data version."""
-        return self.store.export_csv(path or self.settings.labels_csv)
+        return self.store.csv.export(path or self.settings.labels_csv)
 
     def repair_labels_csv(self) -> bool:
         """Rewrite labels.csv if a crash came between a label commit and its export (at a server's start)."""
-        return self.store.repair_labels_csv()
+        return self.store.csv.repair()

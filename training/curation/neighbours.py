@@ -32,7 +32,7 @@ class Neighbour:
 
 def joined(store: LabelStore, hits: Sequence[Hit]) -> list[Neighbour]:
     """Hits with their current rows (a hit removed from the store since the search is dropped)."""
-    records = store.records([hit.image_id for hit in hits])
+    records = store.queries.records([hit.image_id for hit in hits])
     return [Neighbour.of(records[hit.image_id], hit.distance) for hit in hits if hit.image_id in records]
 
 

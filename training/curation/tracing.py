@@ -62,7 +62,7 @@ def trace_to_training(
 ) -> list[TracedImage]:
     """Training images that pull misclassified images to the wrong class, most votes first."""
     pulled = trace_votes(index, error_vectors, predicted, true_labels, k=k, split=split)
-    records = store.records(list(pulled))
+    records = store.queries.records(list(pulled))
     traced = [
         TracedImage(
             image_id,

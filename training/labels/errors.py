@@ -47,3 +47,9 @@ def checked_text(value: str, name: str, limit: int) -> str:
     if len(value) > limit:
         raise InvalidTextError(f"{name} is {len(value)} characters; at most {limit}")
     return value
+
+
+def check_reason_and_actor(reason: str, actor: str) -> None:
+    """Refused before any write: a 1 MB reason or a NUL character (PostgreSQL rejects it) is a 400, not a 500."""
+    checked_text(reason, "reason", REASON_MAX)
+    checked_text(actor, "actor", ACTOR_MAX)

@@ -49,8 +49,8 @@ def import_predictions(
     split = split or settings.train_split
     if split not in settings.splits:
         raise ImportInputError(f"split {split!r} is not one of {list(settings.splits)}")
-    if label is not None and label not in store.classes():
-        raise ImportInputError(f"label {label!r} is not a class of this dataset ({', '.join(store.classes())})")
+    if label is not None and label not in store.queries.classes():
+        raise ImportInputError(f"label {label!r} is not a class of this dataset ({', '.join(store.queries.classes())})")
     candidates = log.recent(since=time.time() - since_s, limit=limit, ood_only=ood_only, with_image=True)
     copied: list[tuple[str, str, float | None, float, str]] = []  # path, label, score, logged_at, hash
     for logged in candidates:
@@ -68,7 +68,7 @@ def import_predictions(
     if not copied:
         return []
     import_folder(settings, store)
-    by_path = {r.path: r for r in store.images(split=split)}
+    by_path = {r.path: r for r in store.queries.images(split=split)}
     imported = []
     for relative, _, score, logged_at, digest in copied:
         record = by_path.get(relative)

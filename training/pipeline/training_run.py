@@ -273,10 +273,10 @@ def _import(settings: Settings) -> _Dataset:
     with open_store(settings) as store:
         import_folder(settings, store)
         data = _Dataset(
-            train=store.images(split=settings.train_split),
-            test=store.images(split=settings.test_split),
-            classes=store.classes(),
-            version=store.data_version(),
+            train=store.queries.images(split=settings.train_split),
+            test=store.queries.images(split=settings.test_split),
+            classes=store.queries.classes(),
+            version=store.csv.data_version(),
             dataset_id=store.dataset_id,
         )
     if not data.train:

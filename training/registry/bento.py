@@ -1,4 +1,8 @@
-"""Rebuild the bento after a promotion, so `bentoml containerize` ships the new model."""
+"""Rebuild the bento after a promotion, so `bentoml containerize` ships the new model.
+
+Only where Bouncer's source is: a server running from a built bento (a container) has no
+bentofile.yaml and no build context, and says how to ship the new version instead.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,15 @@ def build_context(project: Path = PROJECT_DIR) -> Path | None:
 def build_bento(model_tag: str, project: Path = PROJECT_DIR) -> BuildOutcome:
     """`bentoml build` with ``model_tag`` as the model the bento carries and serves by default."""
     context = build_context(project)
-    if context is None:
-        return BuildOutcome(None, f"no bentofile.yaml in {project} (running from a built bento?): bento not rebuilt")
+    if context is None:  # e.g. inside an image made by `bentoml containerize`: no source tree, no build tool
+        home = os.environ.get("BENTOML_HOME", "~/bentoml")
+        return BuildOutcome(
+            None,
+            f"bento not rebuilt: this server runs from a built bento ({project.parent}), which holds no source to "
+            f"build from. {model_tag} serves now and is kept in the model store of BENTOML_HOME={home}; to ship it "
+            f"in an image, build from Bouncer's source with that store: BENTOML_HOME=<its folder> bentoml build "
+            f"--arg model_tag={model_tag}, then bentoml containerize",
+        )
     env = {**os.environ, "BOUNCER_MODEL_TAG": model_tag}
     done = subprocess.run(
         # --arg pins the model: `bentoml serve <bento>` from a store would otherwise serve its newest version

@@ -27,9 +27,10 @@ from training.curation.labels import Labels
 from training.errors import Invalid, NotFound
 from training.labels.store import LabelStore
 from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
+from training.registry import promotions
 from training.registry.bento import BuildOutcome, build_bento
 from training.registry.metadata import VersionMetadata
-from training.registry.store import RegisteredModel, list_versions, load_registered, version_of
+from training.registry.store import RegisteredModel, list_versions, load_registered, use_home_model_store, version_of
 from training.settings import Settings
 
 __all__ = [
@@ -61,7 +62,7 @@ def dataset_matches(metadata: VersionMetadata, dataset_id: str, classes: list[st
 
 def versions_for_dataset(name: str, store: LabelStore) -> list[bentoml.Model]:
     """The stored versions of ``name`` trained on the dataset ``store`` curates, newest first."""
-    classes = store.classes()
+    classes = store.queries.classes()
     return [m for m in list_versions(name) if dataset_matches(metadata_of(m), store.dataset_id, classes)]
 
 
@@ -73,7 +74,7 @@ def check_classes(
     ``chosen_as`` says how the version was picked (" (the promoted version)"), ``then`` what to
     do after training; both go into the message.
     """
-    model_classes, classes = metadata.class_names, store.classes()
+    model_classes, classes = metadata.class_names, store.queries.classes()
     if not classes:
         raise ModelResolutionError(
             f"model {tag}{chosen_as} predicts the classes {model_classes}, but this dataset has no classes yet: "
@@ -105,7 +106,7 @@ def resolve_serving_tag(settings: Settings, store: LabelStore) -> str:
     if set; else the newest version trained on this dataset. A ModelResolutionError when
     there is none, or when the chosen version's classes are not the dataset's.
     """
-    promoted = store.serving(settings.model_name)
+    promoted = promotions.serving(store.database, settings.model_name)
     if promoted is not None:
         try:
             model = bentoml.models.get(promoted.tag)
@@ -228,7 +229,7 @@ def promotion_signal(settings: Settings) -> Path:
 
 def record_promotion(settings: Settings, store: LabelStore, tag: str, *, actor: str, reason: str) -> None:
     """The promotion row, then the signal: workers here follow from their next request, others on their next poll."""
-    store.promote(settings.model_name, tag, actor=actor, reason=reason)
+    promotions.promote(store.database, settings.model_name, tag, actor=actor, reason=reason)
     signal = promotion_signal(settings)
     signal.parent.mkdir(parents=True, exist_ok=True)
     signal.write_text(tag)
@@ -263,7 +264,7 @@ class Registry:
 
     def promoted_tag(self) -> str | None:
         """The tag of the last promotion recorded for this dataset, if any."""
-        promoted = self.labels.store.serving(self.settings.model_name)
+        promoted = promotions.serving(self.labels.store.database, self.settings.model_name)
         return None if promoted is None else promoted.tag
 
     def fitting_tag(self, tag: str, *, chosen_as: str = "") -> str:
@@ -296,6 +297,12 @@ class Registry:
     def build_bento(self, tag: str) -> BuildOutcome:
         """``bentoml build`` of the service with ``tag`` packed (what ``bentoml containerize`` ships)."""
         return build_bento(tag)
+
+    @staticmethod
+    def use_home_model_store() -> list[str]:
+        """In a server run from a built bento (an image): its models and those trained since, all in BENTOML_HOME's
+        store, where trainings register; call it first in each worker. See store.use_home_model_store."""
+        return use_home_model_store()
 
     def curator(self, model_tag: str | None = None, *, cache: CurationCache | None = None) -> Curator:
         """The curation façade over ``model_tag`` (default: the version that serves), loaded now."""

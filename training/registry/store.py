@@ -8,6 +8,8 @@ nothing but the tag to answer every endpoint. Which version serves is :mod:`trai
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,42 @@ def list_versions(name: str) -> list[bentoml.Model]:
 def version_of(tag: str) -> str:
     """The version part of a model tag ('bouncer:abc' -> 'abc'), as BentoML parses tags."""
     return str(bentoml.Tag.from_taglike(tag).version)
+
+
+def use_home_model_store() -> list[str]:
+    """Make BENTOML_HOME's model store this process's store, holding the models of the bento it serves.
+
+    Serving a built bento that carries its models (an image made by ``bentoml containerize``),
+    BentoML reads models from the bento's own folder only, while a training registers into
+    BENTOML_HOME's store: the train task could not find the serving version, and the service
+    never saw a newly trained one. So the bento's models are copied into BENTOML_HOME's store
+    (once; later starts find them there) and every lookup uses that store. Elsewhere the two are
+    one store and nothing changes. Returns the tags copied now.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    current = BentoMLContainer.model_store.get()
+    home = Path(BentoMLContainer.model_store_dir.get())
+    if Path(current._path).resolve() == home.resolve():
+        return []
+    staging_root = Path(BentoMLContainer.tmp_bento_store_dir.get())  # under BENTOML_HOME: a rename moves it
+    copied = []
+    for model in current.list():
+        target = home / model.tag.name / model.tag.version
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"model-{model.tag.version}-", dir=staging_root))
+        shutil.copytree(model.path, staging, dirs_exist_ok=True)
+        try:
+            staging.rename(target)  # whole or not at all: a crash leaves no half-copied version
+        except OSError:  # another process on the same store was first
+            shutil.rmtree(staging, ignore_errors=True)
+            continue
+        latest = home / model.tag.name / "latest"
+        if not latest.exists():
+            latest.write_text(model.tag.version)
+        copied.append(str(model.tag))
+    BentoMLContainer.model_store.set(ModelStore(home))
+    return copied

@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from training.labels.records import ImageState
+from training.labels.records import ImageChange, ImageState
 from training.labels.store import LabelStore
 from training.vectors.base import Hit, VectorIndex, Where, register_backend
 
@@ -64,7 +64,7 @@ class FaissIndex(VectorIndex):
         self._label = np.zeros(0, np.int32)
         self._present = np.zeros(0, bool)
         self._reviewed = np.zeros(0, bool)
-        self._pending: dict[str, ImageState] = {}  # images in the store without a vector yet
+        self._pending: dict[str, ImageState | ImageChange] = {}  # images in the store without a vector yet
 
     # --- building -------------------------------------------------------------------
     @classmethod
@@ -210,19 +210,19 @@ class FaissIndex(VectorIndex):
 
     # --- following the label store ------------------------------------------------------
     def refresh(self, store: LabelStore) -> None:
-        url = str(store.engine.url)
+        url = store.database.url
         with self._lock:
             if url != self._store_url:  # another database: read every row
                 self._store_url, self._revision = url, -1
                 self._present[:] = False
                 self._pending.clear()
-            if self._revision >= 0 and store.revision() == self._revision:
+            if self._revision >= 0 and store.queries.revision() == self._revision:
                 return
-            revision, states = store.changed_since(self._revision)
-            self.set_states(states)
+            revision, changes = store.queries.changes_since(self._revision)
+            self.set_states(changes)
             self._revision = revision
 
-    def set_states(self, states: Iterable[ImageState]) -> None:
+    def set_states(self, states: Iterable[ImageState | ImageChange]) -> None:
         """What filters see for these images (ids without a vector yet wait for their :meth:`add`)."""
         with self._lock:
             for state in states:
@@ -232,7 +232,7 @@ class FaissIndex(VectorIndex):
                 else:
                     self._set_state(position, state)
 
-    def _set_state(self, position: int, state: ImageState) -> None:
+    def _set_state(self, position: int, state: ImageState | ImageChange) -> None:
         self._split[position] = self._splits.setdefault(state.split, len(self._splits))
         self._label[position] = self._labels.setdefault(state.label, len(self._labels))
         self._present[position] = state.present

@@ -57,7 +57,7 @@ def add_missing_vectors(index: VectorIndex, store: LabelStore, settings: Setting
     missing = [image_id for image_id in index.missing(store) if image_id not in failed]
     if not missing:
         return
-    scored = scored_rows(settings, model, list(store.records(missing).values()))
+    scored = scored_rows(settings, model, list(store.queries.records(missing).values()))
     if scored.ids:
         index.add(scored.ids, scored.vectors)
         missing = sorted(set(missing) - set(scored.ids))
@@ -81,7 +81,7 @@ def _embed(
     index: VectorIndex, store: LabelStore, settings: Settings, model: Embeds, image_ids: list[str], failed: set[str]
 ) -> int:
     """Embed and add these images; one whose file vanished or broke is skipped and remembered in ``failed``."""
-    records = list(store.records(image_ids).values())
+    records = list(store.queries.records(image_ids).values())
     try:
         if records:
             index.add([r.image_id for r in records], model.reduce(load_records(settings, records, model.image_size)))
