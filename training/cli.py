@@ -222,6 +222,11 @@ def readiness_notes(settings: Settings) -> list[str]:
     return ready.notes
 
 
+class TrainEngine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 @_friendly
 def train(
@@ -233,12 +238,21 @@ def train(
     ] = None,
     metrics_file: Annotated[Path | None, typer.Option(help="Write run metrics as JSON here (for DVC).")] = None,
     progress_file: Annotated[Path | None, typer.Option(help="Keep live progress as JSON here.")] = None,
+    engine: Annotated[
+        TrainEngine | None,
+        typer.Option(help="local, or ray: the out-of-fold models as Ray tasks (BOUNCER_TRAIN_ENGINE)."),
+    ] = None,
 ) -> None:
     """Train on the current labels, export to ONNX, fit the embedder, register a new model version."""
     from training.pipeline.training_run import run_training
     from training.progress import JsonFileProgress, console_progress, fan_out
 
-    settings = _settings(image_size=image_size, embedder=embedder, seed=seed)
+    settings = _settings(
+        image_size=image_size,
+        embedder=embedder,
+        seed=seed,
+        train_engine=engine.value if engine else None,
+    )
     import_tensorflow_quietly()
     sink = console_progress(log)  # a line that updates in a terminal; a line per phase (and every 30 s) in a log
     result = run_training(

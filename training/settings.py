@@ -208,6 +208,29 @@ class Settings(BaseSettings):
     out_of_fold_epochs: int | None = Field(
         None, ge=1, description="Epochs per fold model trained from scratch; default half the main budget."
     )
+    train_input: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="How a training holds its images: memory (one decoded array, as before), stream (decoded once "
+        "into STATE_DIR/decoded, read a batch at a time); auto: memory while the decoded train and test images fit "
+        "in input_memory_mb, else stream.",
+    )
+    input_memory_mb: int = Field(
+        256,
+        ge=16,
+        description="Decoded pixels a training may hold at once: larger datasets stream (train_input auto), and "
+        "streamed passes read chunks of a tenth of it. 256 MB: 85,000 images at 32 px, 3,400 at 160 px.",
+    )
+    train_engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this machine; ray: the out-of-fold models as Ray tasks on any node (pip install -e "
+        '".[ray]"; RAY_ADDRESS for a cluster, DATA_DIR and STATE_DIR mounted at the same path on every node).',
+    )
+    train_task_cpus: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="train_engine ray: CPUs each fold task asks for (and TensorFlow's thread count in it).",
+    )
     embedder: EmbedderKind = "pca"
     embedding_dim: int = Field(32, ge=2, description="Dimensions kept by the PCA/UMAP embedder.")
     vector_index: Literal["faiss", "pgvector"] = Field(

@@ -44,6 +44,10 @@ COVERED_ELSEWHERE = {
         " extra declares what benchmarks/ imports"
     ),
     "benchmarks/ood.py": "a benchmark (four trainings and load for minutes), not a test",
+    "benchmarks/scale.py": (
+        "benchmarks (the loop at 10k-100k images: an hour and more on 2 cores), not tests;"
+        " tests/model/test_streaming.py and test_ray_training.py test what they measure"
+    ),
     "benchmarks/label_issues.py": (
         "a benchmark (four datasets, about an hour on 2 cores), not a test; tests/code/test_label_issues.py and"
         " tests/model/test_suspect_ranking.py test the ranking it measures"

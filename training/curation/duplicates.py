@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from training.data.decoded import DecodedImages, chunk_rows, chunks
+
 
 def thumbnails(images: np.ndarray, size: int = 16) -> np.ndarray:
     """(n, size*size) grey thumbnails of (n, s, s, 3) images, mean-centred.
@@ -22,17 +24,21 @@ def thumbnails(images: np.ndarray, size: int = 16) -> np.ndarray:
     return small - small.mean(axis=1, keepdims=True)
 
 
-def near_duplicate_groups(images: np.ndarray, *, tolerance: float) -> np.ndarray:
+def near_duplicate_groups(images: np.ndarray | DecodedImages, *, tolerance: float) -> np.ndarray:
     """Group id per image (-1: no near duplicate): connected components of thumbnails closer than ``tolerance``.
 
     ``tolerance`` is an RMS difference in 0..1 grey levels (BOUNCER_NEAR_DUPLICATE_TOLERANCE).
+    A decoded file is read a chunk at a time: only the thumbnails (1 KB an image) are held.
     """
     from scipy.sparse.csgraph import connected_components
     from sklearn.neighbors import NearestNeighbors
 
     if len(images) == 0:
         return np.zeros(0, dtype=np.int64)
-    thumbs = thumbnails(images)
+    if isinstance(images, np.ndarray):
+        thumbs = thumbnails(images)
+    else:
+        thumbs = np.concatenate([thumbnails(chunk) for chunk in chunks(images, chunk_rows(images.image_size))])
     radius = tolerance * np.sqrt(thumbs.shape[1])
     graph = NearestNeighbors(radius=radius).fit(thumbs).radius_neighbors_graph(thumbs, mode="connectivity")
     _, component = connected_components(graph, directed=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
+from training.data.decoded import DecodedImages, InMemoryImages, chunk_rows, chunks, subset
 from training.model.network import (
     STATISTICS_BATCH,
     build_classifier,
@@ -39,6 +40,8 @@ MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 64
 # Early stopping watches an exponential moving average of val_loss with this weight on the newest epoch.
 SMOOTHING = 0.5
 FINE_TUNE_RATE_FACTOR = 0.1  # fine-tuning a pretrained backbone: a tenth of the head's learning rate
+STREAM_PREFETCH = 4  # batches read ahead of the model when streaming
+PREDICT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -181,24 +184,69 @@ def augmenter(kind: AugmentKind, seed: int) -> keras.Sequential | None:
 
 
 def make_dataset(
-    images: np.ndarray, targets: np.ndarray, *, batch_size: int, seed: int, augment: AugmentKind
+    images: np.ndarray | DecodedImages,
+    targets: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    augment: AugmentKind,
+    prefetch: int = STREAM_PREFETCH,
 ) -> tf.data.Dataset:
-    """Decoded uint8 arrays -> cached, shuffled, augmented float batches."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+    """Decoded uint8 images -> shuffled, augmented float batches, read a batch at a time.
+
+    One path whatever holds the images (an array in memory or a decoded file): the same
+    seed gives the same batches, so a streamed training learns the same weights. Each
+    epoch reads the rows in a new seeded order (a whole-dataset shuffle of row numbers,
+    not a shuffle buffer of images); ``prefetch`` batches are read ahead of the model
+    (not tf.data's autotuning, which may buffer up to half the machine's memory).
+    """
+    source = InMemoryImages(images) if isinstance(images, np.ndarray) else images
     layer = augmenter(augment, seed)
-    if layer is not None:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    dataset = streamed_batches(source, targets, batch_size=batch_size, seed=seed, shuffle=layer is not None)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if layer is not None:
         dataset = dataset.map(
             lambda x, y: (tf.clip_by_value(layer(x, training=True), 0.0, 255.0), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(prefetch)
+
+
+class _EpochBatches:
+    """The generator behind a streamed dataset: each call (each epoch) a new seeded order, a batch at a time."""
+
+    def __init__(self, images: DecodedImages, targets: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> None:
+        self.images, self.targets = images, targets
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.epoch = 0
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n = len(self.images)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        self.epoch += 1
+        for start in range(0, n, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            yield self.images.take(rows), self.targets[rows]
+
+
+def streamed_batches(
+    images: DecodedImages, targets: np.ndarray, *, batch_size: int, seed: int, shuffle: bool
+) -> tf.data.Dataset:
+    """uint8 batches read from ``images`` (a whole-dataset shuffle of row numbers, not a shuffle buffer)."""
+    size = images.image_size
+    dataset = tf.data.Dataset.from_generator(
+        _EpochBatches(images, np.asarray(targets, dtype=np.int32), batch_size, seed, shuffle),
+        output_signature=(
+            tf.TensorSpec((None, size, size, 3), tf.uint8),
+            tf.TensorSpec((None,), tf.int32),
+        ),
+    )
+    # Known length: the cosine schedule counts steps, and Keras shows progress, from it.
+    return dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(len(images) / batch_size)))
 
 
 def train_classifier(
-    images: np.ndarray,
+    images: np.ndarray | DecodedImages,
     labels: Sequence[str],
     class_names: Sequence[str],
     config: TrainConfig,
@@ -208,7 +256,7 @@ def train_classifier(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     label: str | None = None,
 ) -> TrainedClassifier:
-    """Train from decoded images (n, s, s, 3) uint8 and their string labels.
+    """Train from decoded images (n, s, s, 3) uint8 (an array, or a :class:`DecodedImages` source) and string labels.
 
     ``label``: names a helper model (e.g. an out-of-fold one) in progress messages; its
     epochs do not count as the run's epochs.
@@ -223,8 +271,11 @@ def train_classifier(
     if len(images) == 0:
         raise ValueError("no training images")
     seed_everything(config.seed)
+    source = InMemoryImages(images) if isinstance(images, np.ndarray) else images
     targets = np.array([index[name] for name in labels], dtype=np.int32)
-    x_train, y_train, x_val, y_val = _hold_out(images, targets, len(class_names), config)
+    train_rows, val_rows = hold_out(targets, len(class_names), config)
+    x_train, y_train = subset(source, train_rows), targets[train_rows]
+    x_val, y_val = (subset(source, val_rows), targets[val_rows]) if val_rows is not None else (None, None)
     validation = None
     if x_val is not None:
         validation = make_dataset(x_val, y_val, batch_size=config.batch_size, seed=config.seed, augment="none")
@@ -270,8 +321,8 @@ def train_classifier(
     wall = time.perf_counter() - started
     validation_accuracy = None
     if x_val is not None:
-        logits = model.predict(x_val.astype(np.float32), batch_size=256, verbose=0)
-        validation_accuracy = float(np.mean(np.asarray(logits).argmax(axis=1) == y_val))
+        logits = predict_logits(model, x_val)
+        validation_accuracy = float(np.mean(logits.argmax(axis=1) == y_val))
     log.info(
         "trained %d of %d epochs (batch %d, %d images) in %.1fs",
         len(history),
@@ -283,19 +334,29 @@ def train_classifier(
     return TrainedClassifier(model, class_names, history, len(history), wall, total, validation_accuracy)
 
 
-def _hold_out(
-    images: np.ndarray, targets: np.ndarray, n_classes: int, config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """A stratified validation share of the train split (none when too few images for one per class)."""
-    n_val = int(round(config.validation_fraction * len(images)))
-    if n_val < n_classes or len(images) - n_val < n_classes:
-        return images, targets, None, None
+def predict_logits(model: keras.Model, images: DecodedImages) -> np.ndarray:
+    """The model's output on every image, a chunk at a time cast to float32 (:func:`chunk_rows`)."""
+    found = [
+        np.asarray(model.predict(part.astype(np.float32), batch_size=PREDICT_BATCH, verbose=0))
+        for part in chunks(images, chunk_rows(images.image_size))
+    ]
+    return np.concatenate(found) if found else np.zeros((0, model.output.shape[-1]), np.float32)
+
+
+def hold_out(targets: np.ndarray, n_classes: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row numbers of a stratified validation share of the train split (none when too few for one per class).
+
+    The rows ``train_test_split`` picks depend only on the targets and the seed, so an
+    array and a decoded file of the same images hold out the same ones.
+    """
+    n = len(targets)
+    n_val = int(round(config.validation_fraction * n))
+    if n_val < n_classes or n - n_val < n_classes:
+        return np.arange(n), None
     counts = np.bincount(targets)
     stratify = targets if counts[counts > 0].min() >= 2 else None
-    x_train, x_val, y_train, y_val = train_test_split(
-        images, targets, test_size=n_val, random_state=config.seed, stratify=stratify
-    )
-    return x_train, y_train, x_val, y_val
+    train_rows, val_rows = train_test_split(np.arange(n), test_size=n_val, random_state=config.seed, stratify=stratify)
+    return train_rows, val_rows
 
 
 def _fit(

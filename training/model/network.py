@@ -276,8 +276,13 @@ def early_features(classifier: keras.Model) -> keras.KerasTensor:
         activations = activations if isinstance(activations, list | tuple) else [activations]
     else:
         activations = [layer.output for layer in _first_activations(classifier.layers)]
-    means = [layers.GlobalAveragePooling2D()(x) for x in activations]
-    squares = [layers.GlobalAveragePooling2D()(layers.Multiply()([x, x])) for x in activations]
+    # Named: auto names count from 0 in each process, so a model loaded from a file (a resumed
+    # training's checkpoint) may already hold a "global_average_pooling2d" and two would clash.
+    means = [layers.GlobalAveragePooling2D(name=f"early_mean_{i}")(x) for i, x in enumerate(activations)]
+    squares = [
+        layers.GlobalAveragePooling2D(name=f"early_square_mean_{i}")(layers.Multiply(name=f"early_square_{i}")([x, x]))
+        for i, x in enumerate(activations)
+    ]
     return layers.Concatenate(name=OUTPUT_EARLY)(means + squares)
 
 

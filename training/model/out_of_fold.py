@@ -21,9 +21,14 @@ Zhu, Dong and Liu, ICML 2022), a second signal independent of the probabilities.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from training.data.decoded import DecodedImages, InMemoryImages, chunk_rows, chunks, subset
 from training.model.feature_neighbours import NEIGHBOURS, nearest
 from training.model.fit import TrainConfig, train_classifier
 from training.model.network import EMBEDDING_LAYER, build_classifier, feature_extractor, is_pretrained
@@ -40,7 +46,6 @@ from training.progress import ProgressSink, TrainingProgress
 log = logging.getLogger(__name__)
 
 FEATURE_BATCH = 128
-PREDICT_CHUNK = 4096  # images cast to float32 at once when a fold model scores the whole train split
 
 
 @dataclass(frozen=True)
@@ -51,19 +56,78 @@ class OutOfFold:
     test_neighbours: np.ndarray  # (n, k) int32: rows of the (trusted) test images most like image i (-1: none)
     test_similarities: np.ndarray  # (n, k) float32
     neighbour_seconds: float = 0.0  # what the neighbours cost beyond the probabilities (benchmarks/label_issues.py)
+    fold_nodes: tuple[str, ...] = ()  # where each fold model was trained (hostname, or Ray node id), fold order
+
+
+@dataclass(frozen=True)
+class FoldInputs:
+    """What every fold model needs, shared by the k of them (a Ray engine puts it in the object store once)."""
+
+    images: DecodedImages
+    targets: np.ndarray  # (n,) int32 rows of class_names
+    class_names: list[str]
+    config: TrainConfig  # the fold models' recipe; fold f is trained with seed config.seed + f
+    test_images: DecodedImages
+    neighbours: int
+    folds: int
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold model's answers about the images it held out: rows of the train split, and what it found."""
+
+    fold: int  # 1-based
+    held_rows: np.ndarray  # (m,) int64
+    probabilities: np.ndarray  # (m, K) float32
+    neighbours: np.ndarray  # (m, k) int32
+    similarities: np.ndarray  # (m, k) float32
+    test_neighbours: np.ndarray  # (m, k) int32
+    test_similarities: np.ndarray  # (m, k) float32
+    epochs_run: int
+    seconds: float
+    neighbour_seconds: float
+    node: str  # where it ran
+
+    def save(self, path: Path) -> None:
+        """Atomically: a fold file is whole or absent (a resumed run trusts what it finds)."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(f.name, path)
+
+    @classmethod
+    def load(cls, path: Path) -> FoldResult:
+        with np.load(path) as f:
+            kinds = {"fold": int, "epochs_run": int, "seconds": float, "neighbour_seconds": float, "node": str}
+            return cls(**{name: kinds[name](f[name]) if name in kinds else f[name] for name in f.files})
+
+
+# The engine: given the fold jobs (fold number, the rows it fits on, the rows it holds out), their results in any order.
+FoldJob = tuple[int, np.ndarray, np.ndarray]
+FoldRunner = Callable[[FoldInputs, list[FoldJob]], Iterable[FoldResult]]
+
+
+def fold_splits(targets: np.ndarray, folds: int, seed: int) -> list[FoldJob]:
+    """k stratified folds (stratified when every class can appear in every fold; rare classes break it otherwise)."""
+    counts = np.bincount(targets)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    split_on = targets if counts[counts > 0].min() >= folds else np.zeros_like(targets)
+    return [(fold, fit, held) for fold, (fit, held) in enumerate(splitter.split(targets, split_on), start=1)]
 
 
 def out_of_fold_probabilities(
-    images: np.ndarray,
+    images: np.ndarray | DecodedImages,
     labels: Sequence[str],
     class_names: Sequence[str],
     config: TrainConfig,
     *,
     folds: int,
-    test_images: np.ndarray | None = None,
+    test_images: np.ndarray | DecodedImages | None = None,
     neighbours: int = NEIGHBOURS,
     progress: TrainingProgress | None = None,
     sink: ProgressSink | None = None,
+    runner: FoldRunner | None = None,
 ) -> OutOfFold:
     """Probabilities and feature-space neighbours of every image, each from a model that never saw its label.
 
@@ -73,62 +137,137 @@ def out_of_fold_probabilities(
     so where i lands says what it looks like, not what it was called. Likewise its
     nearest ``test_images``, whose labels are trusted: a poisoned group teaches the
     fold models its wrong label, but the test images that look like it keep their own.
+
+    ``runner`` trains the fold models (default: one after another here, with progress);
+    the Ray engine's runs them as tasks on any node.
     """
     if folds < 2:
         raise ValueError(f"need at least 2 folds, got {folds}")
     class_names = list(class_names)
-    targets = np.array([class_names.index(label) for label in labels])
-    counts = np.bincount(targets, minlength=len(class_names))
-    # Stratify when every class can appear in every fold; rare classes otherwise break StratifiedKFold.
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    split_on = targets if counts[counts > 0].min() >= folds else np.zeros_like(targets)
-    splits = list(splitter.split(images, split_on))
-    pretrained = is_pretrained(config.backbone, config.backbone_weights)
-    test_images = images[:0] if test_images is None else test_images
-    features = _backbone_features(images, config) if pretrained else None
-    probabilities = np.zeros((len(images), len(class_names)), dtype=np.float32)
-    near = np.full((len(images), neighbours), -1, dtype=np.int32)
-    similar = np.zeros((len(images), neighbours), dtype=np.float32)
+    images = InMemoryImages(images) if isinstance(images, np.ndarray) else images
+    if test_images is None:
+        test_images = InMemoryImages(np.zeros((0, images.image_size, images.image_size, 3), np.uint8))
+    elif isinstance(test_images, np.ndarray):
+        test_images = InMemoryImages(test_images)
+    targets = np.array([class_names.index(label) for label in labels], dtype=np.int32)
+    splits = fold_splits(targets, folds, config.seed)
+    if is_pretrained(config.backbone, config.backbone_weights):
+        return _pretrained_out_of_fold(images, targets, class_names, config, splits, test_images, neighbours)
+    inputs = FoldInputs(images, targets, class_names, config, test_images, neighbours, folds)
+    run = runner or partial(run_folds_here, progress=progress, sink=sink)
+    n = len(images)
+    probabilities = np.zeros((n, len(class_names)), dtype=np.float32)
+    near = np.full((n, neighbours), -1, dtype=np.int32)
+    similar = np.zeros((n, neighbours), dtype=np.float32)
     near_test, similar_test = near.copy(), similar.copy()
-    started, neighbour_seconds = time.perf_counter(), 0.0
-    if features is not None:  # one space for all: no label touched the frozen backbone
-        near, similar = nearest(features, features, neighbours)
-        if len(test_images):
-            test_features = _backbone_features(test_images, config)
-            near_test, similar_test = nearest(features, test_features, neighbours, query_rows=_outside(features))
-        neighbour_seconds = time.perf_counter() - started
-    for fold, (fit_idx, held_idx) in enumerate(splits, start=1):
-        label = f"out-of-fold model {fold}/{folds}"
-        if progress is not None and sink is not None:
-            progress.message = label
-            sink(progress)
-        if features is not None:
-            probabilities[held_idx] = _head_probabilities(features, targets, fit_idx, held_idx, len(class_names))
-            continue
-        trained = train_classifier(
-            images[fit_idx],
-            [labels[i] for i in fit_idx],
-            class_names,
-            replace(config, seed=config.seed + fold),
-            progress=progress,
-            sink=sink,
-            label=label,
-        )
-        both = keras.Model(trained.model.input, [trained.model.output, trained.model.get_layer(EMBEDDING_LAYER).output])
-        logits, queries = _logits_and_embeddings(both, images[held_idx])
-        probabilities[held_idx] = _softmax(logits)
-        started = time.perf_counter()  # the neighbours' own cost: embedding the rest, and the searches
-        embedded = np.zeros((len(images), queries.shape[1]), np.float32)
-        embedded[held_idx], embedded[fit_idx] = queries, _logits_and_embeddings(both, images[fit_idx])[1]
-        near[held_idx], similar[held_idx] = nearest(queries, embedded, neighbours, query_rows=held_idx)
-        if len(test_images):
-            test_embedded = _logits_and_embeddings(both, test_images)[1]
-            near_test[held_idx], similar_test[held_idx] = nearest(
-                queries, test_embedded, neighbours, query_rows=_outside(queries)
-            )
-        neighbour_seconds += time.perf_counter() - started
-        log.info("%s: %d held out, %d epochs", label, len(held_idx), trained.epochs_run)
-    return OutOfFold(probabilities, near, similar, near_test, similar_test, neighbour_seconds)
+    nodes, neighbour_seconds = {}, 0.0
+    for result in run(inputs, splits):
+        held = result.held_rows
+        probabilities[held], near[held], similar[held] = result.probabilities, result.neighbours, result.similarities
+        near_test[held], similar_test[held] = result.test_neighbours, result.test_similarities
+        nodes[result.fold] = result.node
+        neighbour_seconds += result.neighbour_seconds
+    if sorted(nodes) != list(range(1, folds + 1)):
+        raise RuntimeError(f"the fold runner returned folds {sorted(nodes)}, expected 1..{folds}")
+    fold_nodes = tuple(nodes[fold] for fold in sorted(nodes))
+    return OutOfFold(probabilities, near, similar, near_test, similar_test, neighbour_seconds, fold_nodes)
+
+
+def run_folds_here(
+    inputs: FoldInputs,
+    jobs: list[FoldJob],
+    *,
+    progress: TrainingProgress | None = None,
+    sink: ProgressSink | None = None,
+) -> Iterator[FoldResult]:
+    """The local engine: the fold models one after another in this process."""
+    for job in jobs:
+        yield fit_fold(inputs, job, progress=progress, sink=sink)
+
+
+def fit_fold(
+    inputs: FoldInputs,
+    job: FoldJob,
+    *,
+    progress: TrainingProgress | None = None,
+    sink: ProgressSink | None = None,
+    node: str | None = None,
+) -> FoldResult:
+    """Train fold ``job``'s model and score the images it held out: probabilities, and neighbours in its embedding."""
+    fold, fit_rows, held_rows = job
+    label = f"out-of-fold model {fold}/{inputs.folds}"
+    if progress is not None and sink is not None:
+        progress.message = label
+        sink(progress)
+    started = time.perf_counter()
+    images, class_names = inputs.images, inputs.class_names
+    trained = train_classifier(
+        subset(images, fit_rows),
+        [class_names[t] for t in inputs.targets[fit_rows]],
+        class_names,
+        replace(inputs.config, seed=inputs.config.seed + fold),
+        progress=progress,
+        sink=sink,
+        label=label,
+    )
+    both = keras.Model(trained.model.input, [trained.model.output, trained.model.get_layer(EMBEDDING_LAYER).output])
+    logits, queries = _logits_and_embeddings(both, subset(images, held_rows))
+    probabilities = _softmax(logits)
+    neighbours_started = time.perf_counter()  # the neighbours' own cost: embedding the rest, and the searches
+    embedded = np.zeros((len(images), queries.shape[1]), np.float32)
+    embedded[held_rows] = queries
+    step = chunk_rows(images.image_size)
+    for start in range(0, len(fit_rows), step):  # written in place: no second (n, D) array at 1M images
+        rows = fit_rows[start : start + step]
+        embedded[rows] = _logits_and_embeddings(both, subset(images, rows))[1]
+    near, similar = nearest(queries, embedded, inputs.neighbours, query_rows=held_rows)
+    del embedded
+    near_test = np.full((len(held_rows), inputs.neighbours), -1, dtype=np.int32)
+    similar_test = np.zeros((len(held_rows), inputs.neighbours), dtype=np.float32)
+    if len(inputs.test_images):
+        test_embedded = _logits_and_embeddings(both, inputs.test_images)[1]
+        near_test, similar_test = nearest(queries, test_embedded, inputs.neighbours, query_rows=_outside(queries))
+    done = time.perf_counter()
+    log.info("%s: %d held out, %d epochs", label, len(held_rows), trained.epochs_run)
+    return FoldResult(
+        fold,
+        np.asarray(held_rows, dtype=np.int64),
+        probabilities.astype(np.float32),
+        near,
+        similar,
+        near_test,
+        similar_test,
+        trained.epochs_run,
+        done - started,
+        done - neighbours_started,
+        node or socket.gethostname(),
+    )
+
+
+def _pretrained_out_of_fold(
+    images: DecodedImages,
+    targets: np.ndarray,
+    class_names: list[str],
+    config: TrainConfig,
+    splits: list[FoldJob],
+    test_images: DecodedImages,
+    neighbours: int,
+) -> OutOfFold:
+    """A frozen pretrained backbone: its features once, one logistic regression per fold, one neighbour space."""
+    features = _backbone_features(images, config)
+    started = time.perf_counter()
+    near, similar = nearest(features, features, neighbours)
+    near_test = np.full((len(images), neighbours), -1, dtype=np.int32)
+    similar_test = np.zeros((len(images), neighbours), dtype=np.float32)
+    if len(test_images):
+        test_features = _backbone_features(test_images, config)
+        near_test, similar_test = nearest(features, test_features, neighbours, query_rows=_outside(features))
+    neighbour_seconds = time.perf_counter() - started
+    probabilities = np.zeros((len(images), len(class_names)), dtype=np.float32)
+    for _, fit_rows, held_rows in splits:
+        probabilities[held_rows] = _head_probabilities(features, targets, fit_rows, held_rows, len(class_names))
+    host = socket.gethostname()
+    return OutOfFold(probabilities, near, similar, near_test, similar_test, neighbour_seconds, (host,) * len(splits))
 
 
 def _outside(queries: np.ndarray) -> np.ndarray:
@@ -136,24 +275,27 @@ def _outside(queries: np.ndarray) -> np.ndarray:
     return np.full(len(queries), -1)
 
 
-def _logits_and_embeddings(both: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _logits_and_embeddings(both: keras.Model, images: DecodedImages) -> tuple[np.ndarray, np.ndarray]:
     """A fold network's logits and penultimate embedding (``both``: a model with the two outputs) of ``images``."""
     logits = [np.zeros((0, both.outputs[0].shape[-1]), np.float32)]
     embedded = [np.zeros((0, both.outputs[1].shape[-1]), np.float32)]
-    for start in range(0, len(images), PREDICT_CHUNK):  # float32 copies of a chunk at a time, not of all
-        chunk = images[start : start + PREDICT_CHUNK].astype(np.float32)
-        found = both.predict(chunk, batch_size=FEATURE_BATCH, verbose=0)
+    for part in chunks(images, chunk_rows(images.image_size)):  # float32 copies of a chunk at a time, not of all
+        found = both.predict(part.astype(np.float32), batch_size=FEATURE_BATCH, verbose=0)
         logits.append(np.asarray(found[0]))
         embedded.append(np.asarray(found[1]))
     return np.concatenate(logits), np.concatenate(embedded)
 
 
-def _backbone_features(images: np.ndarray, config: TrainConfig) -> np.ndarray:
+def _backbone_features(images: DecodedImages, config: TrainConfig) -> np.ndarray:
     """Pooled features of the pretrained backbone, which no label has touched."""
-    network = build_classifier(2, config.image_size, backbone=config.backbone, weights=config.backbone_weights)
-    return np.asarray(
-        feature_extractor(network).predict(images.astype(np.float32), batch_size=FEATURE_BATCH, verbose=0)
+    network = feature_extractor(
+        build_classifier(2, config.image_size, backbone=config.backbone, weights=config.backbone_weights)
     )
+    found = [
+        np.asarray(network.predict(part.astype(np.float32), batch_size=FEATURE_BATCH, verbose=0))
+        for part in chunks(images, chunk_rows(images.image_size))
+    ]
+    return np.concatenate(found) if found else np.zeros((0, network.output.shape[-1]), np.float32)
 
 
 def _head_probabilities(

@@ -11,13 +11,22 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training.curation.audit import LabelAudit
-from training.data.folders import load_records
+from training.data.decoded import (
+    DecodedFile,
+    DecodedImages,
+    InMemoryImages,
+    chunk_rows,
+    chunks,
+    decode_records,
+    streams,
+)
 from training.labels.records import ImageRecord
 from training.labels.store import open_store
 from training.labels.sync import import_folder
@@ -25,6 +34,8 @@ from training.model.evaluation import EvaluationReport, evaluate_predictions
 from training.model.inference import OnnxClassifier, Predictions
 from training.model.ood import Head, OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
+from training.pipeline.checkpoints import Checkpoints, run_key
+from training.pipeline.engines import Engine, open_engine
 from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.metadata import VersionMetadata
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from training.model.fit import TrainConfig, TrainedClassifier
+    from training.model.out_of_fold import FoldRunner
     from training.model.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -111,6 +123,7 @@ def run_training(
     """
     import mlflow  # heavy imports here, so importing this module (e.g. from the service) stays cheap
 
+    from training.model.out_of_fold import run_folds_here
     from training.model.recipe import resolve_recipe
     from training.pipeline.tracking import mlflow_run
 
@@ -119,6 +132,7 @@ def run_training(
         phase="importing", epochs=epochs or settings.epochs, message=f"scanning {settings.data_dir}"
     )
     sink(progress)
+    clock = PhaseClock(progress, sink, "importing")
     data = _import(settings)
     ready = assess(settings, [r.label for r in data.train], len(data.test))  # stops a hopeless run here
     log.info("%s", ready.summary())
@@ -126,51 +140,83 @@ def run_training(
         log.warning("%s", note)
     recipe = resolve_recipe(settings, [r.path for r in data.train], epochs=epochs, verbose=verbose)
     size = recipe.config.image_size
-    report_phase(progress, sink, "loading", f"decoding {len(data.train) + len(data.test)} images at {size} px")
-    x_train, x_test = load_records(settings, data.train, size), load_records(settings, data.test, size)
+    with open_engine(settings) as engine:
+        streamed = streams(settings, len(data.train) + len(data.test), size) or engine.needs_files
+        how = "into a file read a batch at a time" if streamed else "into memory"
+        clock.enter("loading", f"decoding {len(data.train) + len(data.test)} images at {size} px {how}")
+        x_train = decode_records(settings, data.train, size, to_file=streamed)
+        x_test = decode_records(settings, data.test, size, to_file=streamed)
+        checkpoints = _checkpoints(settings, data, recipe, x_train, x_test, ready.out_of_fold)
 
-    with mlflow_run(settings, run_name=f"train-{data.version}") as run:
-        mlflow.set_tags({"data_version": data.version, "data_dir": str(settings.data_dir)})
-        mlflow.log_params({**recipe.params(), **data.params(), "embedder": settings.embedder})
-        report_phase(progress, sink, "training", f"training on {len(data.train)} images")
-        trained = _fit(data, x_train, recipe.config, progress, sink)
-        report_phase(progress, sink, "exporting", "converting to ONNX and checking parity")
-        exported = _export(settings, trained.model, data.classes, size, np.concatenate([x_train, x_test]))
-        report_phase(progress, sink, "evaluating", f"evaluating the ONNX model on {len(data.test)} test images")
-        train_predictions = exported.classifier.predict(x_train)
-        test_predictions = exported.classifier.predict(x_test)
-        evaluation = _evaluate(data, test_predictions)
-        report_phase(progress, sink, "embedding", f"fitting the {settings.embedder} embedder")
-        embedder, index = _embed(settings, data, train_predictions, test_predictions)
-        fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
-        report_phase(progress, sink, "ood", f"fitting {fitting}the drift reference")
-        ood, reference = _baseline(
-            settings, data, train_predictions, test_predictions, embedder, ready.ood, exported.head
-        )
-        audit, phase_seconds = None, {}
-        if ready.out_of_fold:
-            folds = settings.out_of_fold_folds
-            report_phase(progress, sink, "out-of-fold", f"{folds} fold models for out-of-fold probabilities")
-            audit, phase_seconds = _label_audit(
-                settings,
-                recipe.config,
-                x_train,
-                data.train,
-                data.classes,
-                train_predictions,
-                progress,
-                sink,
-                x_test,
-                data.test,
+        with mlflow_run(settings, run_name=f"train-{data.version}") as run:
+            mlflow.set_tags({"data_version": data.version, "data_dir": str(settings.data_dir)})
+            how_trained = {"train_input": "stream" if streamed else "memory", **engine.describe()}
+            mlflow.log_params({**recipe.params(), **data.params(), "embedder": settings.embedder, **how_trained})
+            clock.enter("training", f"training on {len(data.train)} images")
+            trained = checkpoints.main_model() if checkpoints else None
+            if trained is None:
+                trained = _fit(engine, data, x_train, recipe.config, progress, sink)
+                if checkpoints:
+                    checkpoints.save_main(trained)
+            clock.enter("exporting", "converting to ONNX and checking parity")
+            exported = _export(settings, trained.model, data.classes, size, x_train, x_test)
+            clock.enter("evaluating", f"evaluating the ONNX model on {len(data.test)} test images")
+            train_predictions = _predict(exported.classifier, x_train)
+            test_predictions = _predict(exported.classifier, x_test)
+            evaluation = _evaluate(data, test_predictions)
+            clock.enter("embedding", f"fitting the {settings.embedder} embedder")
+            embedder, index = _embed(settings, data, train_predictions, test_predictions)
+            fitting = f"the {settings.ood_method} OOD score and " if ready.ood else "no OOD score (too few images), "
+            clock.enter("ood", f"fitting {fitting}the drift reference")
+            ood, reference = _baseline(
+                settings, data, train_predictions, test_predictions, embedder, ready.ood, exported.head
             )
-        report_phase(progress, sink, "registering", "saving to the BentoML model store and MLflow")
-        metrics = training_metrics(
-            evaluation, _accuracy(train_predictions, data.train, data.classes), trained.validation_accuracy
-        )
-        tag = _register(
-            settings, data, recipe, trained.epochs_run, exported, embedder, index, audit, metrics, run, ood, reference
-        )
-        _track(settings, tag, metrics, exported, evaluation, ood, reference)
+            audit, phase_seconds, fold_nodes = None, {}, ()
+            if ready.out_of_fold:
+                folds = settings.out_of_fold_folds
+                on = "" if engine.name == "local" else f" on {engine.name}"
+                clock.enter("out-of-fold", f"{folds} fold models for out-of-fold probabilities{on}")
+                runner = engine.fold_runner()
+                if checkpoints:
+                    runner = checkpoints.resuming(runner or partial(run_folds_here, progress=progress, sink=sink))
+                audit, phase_seconds, fold_nodes = _label_audit(
+                    settings,
+                    recipe.config,
+                    x_train,
+                    data.train,
+                    data.classes,
+                    train_predictions,
+                    progress,
+                    sink,
+                    x_test,
+                    data.test,
+                    runner,
+                )
+            clock.enter("registering", "saving to the BentoML model store and MLflow")
+            metrics = training_metrics(
+                evaluation, _accuracy(train_predictions, data.train, data.classes), trained.validation_accuracy
+            )
+            how_trained |= {"fold_nodes": list(fold_nodes)}
+            tag = _register(
+                settings,
+                data,
+                recipe,
+                trained.epochs_run,
+                exported,
+                embedder,
+                index,
+                audit,
+                metrics,
+                run,
+                ood,
+                reference,
+                how_trained,
+            )
+            _track(settings, tag, metrics, exported, evaluation, ood, reference)
+            if checkpoints:
+                checkpoints.clear()
+    clock.stop()
+    phase_seconds = {**clock.seconds, **phase_seconds}
 
     result = TrainingResult(
         tag=tag,
@@ -240,13 +286,78 @@ def _import(settings: Settings) -> _Dataset:
     return data
 
 
+class PhaseClock:
+    """Reports each phase and keeps the seconds each took (``TrainingResult.phase_seconds``, benchmarks/scale.py)."""
+
+    def __init__(self, progress: TrainingProgress, sink: ProgressSink, first: str) -> None:
+        self.progress, self.sink = progress, sink
+        self.phase, self.since = first, time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def enter(self, phase: str, message: str) -> None:
+        self.stop()
+        self.phase, self.since = phase, time.perf_counter()
+        report_phase(self.progress, self.sink, phase, message)
+
+    def stop(self) -> None:
+        self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + time.perf_counter() - self.since
+        self.since = time.perf_counter()
+
+
+def _checkpoints(
+    settings: Settings,
+    data: _Dataset,
+    recipe: Recipe,
+    x_train: DecodedImages,
+    x_test: DecodedImages,
+    with_folds: bool,
+) -> Checkpoints | None:
+    """Where this run saves its main model and fold models as they finish, so a rerun after a crash resumes.
+
+    Only for streamed (large) datasets: a small one trains again in less time than saving takes.
+    """
+    from training.model.recipe import fold_config
+
+    if not isinstance(x_train, DecodedFile):
+        return None
+    configs = [recipe.config, *([fold_config(recipe.config, settings)] if with_folds else [])]
+    image_keys = [x_train.path.stem, getattr(x_test, "path", Path("in-memory")).stem]
+    key = run_key(
+        image_keys,
+        [r.label for r in data.train],
+        data.classes,
+        configs,
+        folds=settings.out_of_fold_folds if with_folds else 0,
+        test_labels=[r.label for r in data.test],
+    )
+    return Checkpoints.open(settings, key)
+
+
+def _predict(classifier: OnnxClassifier, images: DecodedImages) -> Predictions:
+    """The ONNX graph's outputs for every image: the array at once, or a decoded file a chunk at a time."""
+    if isinstance(images, InMemoryImages):
+        return classifier.predict(images.array)
+    parts = [classifier.predict(chunk) for chunk in chunks(images, chunk_rows(images.image_size))]
+    if not parts:
+        return classifier.predict(np.zeros((0, images.image_size, images.image_size, 3), np.uint8))
+    return Predictions(
+        np.concatenate([p.probabilities for p in parts]),
+        np.concatenate([p.embeddings for p in parts]),
+        None if parts[0].early is None else np.concatenate([p.early for p in parts]),  # type: ignore[misc]
+    )
+
+
 def _fit(
-    data: _Dataset, x_train: np.ndarray, config: TrainConfig, progress: TrainingProgress, sink: ProgressSink
+    engine: Engine,
+    data: _Dataset,
+    x_train: DecodedImages,
+    config: TrainConfig,
+    progress: TrainingProgress,
+    sink: ProgressSink,
 ) -> TrainedClassifier:
-    from training.model.fit import train_classifier
     from training.pipeline.tracking import MlflowEpochMetrics
 
-    return train_classifier(
+    return engine.fit(
         x_train,
         [r.label for r in data.train],
         data.classes,
@@ -257,7 +368,9 @@ def _fit(
     )
 
 
-def _export(settings: Settings, model: Any, classes: list[str], size: int, images: np.ndarray) -> _Exported:
+def _export(
+    settings: Settings, model: Any, classes: list[str], size: int, x_train: DecodedImages, x_test: DecodedImages
+) -> _Exported:
     """ONNX graph of the trained network, refused unless it computes what Keras computes on real images."""
     from training.model.network import inference_model
     from training.model.onnx_export import check_parity, export_onnx
@@ -266,7 +379,12 @@ def _export(settings: Settings, model: Any, classes: list[str], size: int, image
     onnx_model = export_onnx(keras_inference, size)
     classifier = OnnxClassifier(onnx_model.SerializeToString(), classes, size)
     rng = np.random.default_rng(settings.seed)
-    sample = images[rng.choice(len(images), size=min(PARITY_SAMPLE, len(images)), replace=False)]
+    n = len(x_train) + len(x_test)
+    rows = rng.choice(n, size=min(PARITY_SAMPLE, n), replace=False)  # rows of train and test, one after the other
+    from_train = rows < len(x_train)
+    sample = np.empty((len(rows), size, size, 3), np.uint8)
+    sample[from_train] = x_train.take(rows[from_train])
+    sample[~from_train] = x_test.take(rows[~from_train] - len(x_train))
     parity = check_parity(keras_inference, classifier, sample, tolerance=settings.parity_tolerance)
     figures = {
         "max_abs_diff_probabilities": parity.max_abs_diff_probabilities,
@@ -366,8 +484,12 @@ def _register(
     run: Any,
     ood: OodScorer | None,
     reference: DriftReference,
+    how_trained: dict[str, Any],
 ) -> str:
-    """A new version in the BentoML store, with what serving needs and metadata that says how it was made."""
+    """A new version in the BentoML store, with what serving needs and metadata that says how it was made.
+
+    ``how_trained``: the input path and the engine (``train_input``, ``train_engine``, ``fold_nodes``...).
+    """
     metadata = VersionMetadata(
         class_names=data.classes,
         image_size=recipe.config.image_size,
@@ -384,6 +506,7 @@ def _register(
         onnx_opset=exported.onnx_model.opset_import[0].version,
         out_of_fold_folds=0 if audit is None else audit.folds,
         ood=ood.describe() if ood is not None else {},
+        **how_trained,
     )
     return register_model(
         settings.model_name,
@@ -456,15 +579,16 @@ def training_metrics(
 def _label_audit(
     settings: Settings,
     config: TrainConfig,
-    x_train: np.ndarray,
+    x_train: DecodedImages,
     records: list[ImageRecord],
     classes: list[str],
     in_sample: Predictions,
     progress: TrainingProgress,
     sink: ProgressSink,
-    x_test: np.ndarray,
+    x_test: DecodedImages,
     test: list[ImageRecord],
-) -> tuple[LabelAudit, dict[str, float]]:
+    runner: FoldRunner | None,
+) -> tuple[LabelAudit, dict[str, float], tuple[str, ...]]:
     from training.curation.duplicates import near_duplicate_groups
     from training.model.out_of_fold import out_of_fold_probabilities
     from training.model.recipe import fold_config
@@ -479,14 +603,18 @@ def _label_audit(
         test_images=x_test,
         progress=progress,
         sink=sink,
+        runner=runner,
     )
     seconds = {"out_of_fold": time.perf_counter() - started, "neighbours": found.neighbour_seconds}
     log.info("out-of-fold probabilities in %.1fs, of which neighbours %.1fs", *seconds.values())
+    started = time.perf_counter()
+    duplicate_groups = near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance)
+    seconds["near_duplicates"] = time.perf_counter() - started
     audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
         out_of_fold=found.probabilities,
         in_sample=in_sample.probabilities,
-        duplicate_groups=near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance),
+        duplicate_groups=duplicate_groups,
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
         neighbours=found.neighbours,
@@ -495,4 +623,4 @@ def _label_audit(
         test_neighbours=found.test_neighbours,
         test_similarities=found.test_similarities,
     )
-    return audit, seconds
+    return audit, seconds, found.fold_nodes

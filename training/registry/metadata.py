@@ -31,6 +31,11 @@ class VersionMetadata:
     mlflow_run_id: str | None = None
     onnx_opset: int | None = None
     out_of_fold_folds: int = 0
+    train_input: str | None = None  # memory or stream (training.data.decoded)
+    train_engine: str | None = None  # local or ray (training.pipeline.engines)
+    fold_nodes: list[str] | None = None  # where each out-of-fold model was trained, fold order
+    ray_nodes: int | None = None  # the Ray cluster's live nodes at the time
+    train_task_cpus: int | None = None  # CPUs each Ray fold task asked for
     ood: dict[str, Any] = field(default_factory=dict)  # ood_* keys; empty for a version without an OOD score
     extra: dict[str, Any] = field(default_factory=dict)  # keys this Bouncer does not know (a newer one wrote them)
 
