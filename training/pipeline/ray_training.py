@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -29,12 +29,7 @@ from training.scoring.ray_engine import ray_session
 from training.settings import Settings
 
 if TYPE_CHECKING:
-    import keras
-
-    from training.data.decoded import DecodedImages
-    from training.model.fit import TrainConfig, TrainedClassifier
     from training.model.out_of_fold import FoldInputs, FoldJob, FoldResult, FoldRunner
-    from training.progress import ProgressSink, TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +99,6 @@ class RayEngine:
         finally:
             for ref in pending:  # the run failed or was stopped: no fold keeps training for nobody
                 self.ray.cancel(ref, force=True)
-
-    def fit(
-        self,
-        images: DecodedImages,
-        labels: Sequence[str],
-        class_names: Sequence[str],
-        config: TrainConfig,
-        *,
-        progress: TrainingProgress,
-        sink: ProgressSink,
-        extra_callbacks: Sequence[keras.callbacks.Callback],
-    ) -> TrainedClassifier:
-        """The main model in this process (see the module's note on Ray Train)."""
-        from training.model.fit import train_classifier
-
-        return train_classifier(
-            images, labels, class_names, config, progress=progress, sink=sink, extra_callbacks=extra_callbacks
-        )
 
 
 @contextmanager

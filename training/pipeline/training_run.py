@@ -35,7 +35,7 @@ from training.model.inference import OnnxClassifier, Predictions
 from training.model.ood import Head, OodScorer, fit_ood
 from training.model.reference import DriftReference, fit_reference
 from training.pipeline.checkpoints import Checkpoints, run_key
-from training.pipeline.engines import Engine, open_engine
+from training.pipeline.engines import open_engine
 from training.pipeline.readiness import NotEnoughImages, assess
 from training.progress import ProgressSink, TrainingProgress, ignore_progress, report_phase
 from training.registry.metadata import VersionMetadata
@@ -155,7 +155,7 @@ def run_training(
             clock.enter("training", f"training on {len(data.train)} images")
             trained = checkpoints.main_model() if checkpoints else None
             if trained is None:
-                trained = _fit(engine, data, x_train, recipe.config, progress, sink)
+                trained = _fit(data, x_train, recipe.config, progress, sink)
                 if checkpoints:
                     checkpoints.save_main(trained)
             clock.enter("exporting", "converting to ONNX and checking parity")
@@ -348,16 +348,16 @@ def _predict(classifier: OnnxClassifier, images: DecodedImages) -> Predictions:
 
 
 def _fit(
-    engine: Engine,
     data: _Dataset,
     x_train: DecodedImages,
     config: TrainConfig,
     progress: TrainingProgress,
     sink: ProgressSink,
 ) -> TrainedClassifier:
+    from training.model.fit import train_classifier
     from training.pipeline.tracking import MlflowEpochMetrics
 
-    return engine.fit(
+    return train_classifier(
         x_train,
         [r.label for r in data.train],
         data.classes,
