@@ -221,12 +221,12 @@ def write_variants(data_dir: Path, total: int, *, seed: int = 0) -> int:
     if needed <= 0:
         return 0
     per_image, extra = divmod(needed, len(originals))
-    most = (2 * SHIFT + 1) ** 2 * 2 - 1
-    if per_image + (extra > 0) > most:
-        raise SystemExit(f"--images {total}: at most {existing + most * len(originals)} with {SHIFT} px shifts")
+    shift = SHIFT  # moves further when more variants are asked (1M images: 4 px)
+    while (2 * shift + 1) ** 2 * 2 - 1 < per_image + (extra > 0):
+        shift += 1
     counts = [(str(p), per_image + (i < extra)) for i, p in enumerate(originals) if per_image or i < extra]
     workers = os.cpu_count() or 1
-    jobs = [(counts[i::workers], seed, SHIFT) for i in range(workers)]
+    jobs = [(counts[i::workers], seed, shift) for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
         return sum(pool.map(write_variants_of, jobs))
 

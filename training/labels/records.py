@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a training holds one per image, 48 bytes less each
 class ImageRecord:
     image_id: str
     path: str

@@ -171,6 +171,10 @@ def run_training(
             ood, reference = _baseline(
                 settings, data, train_predictions, test_predictions, embedder, ready.ood, exported.head
             )
+            # the embeddings and early features now live in the index and the OOD score: at 1M images
+            # they are ~0.8 GB that the out-of-fold models (the longest phase) need not hold
+            in_sample = train_predictions.probabilities
+            del train_predictions, test_predictions
             audit, phase_seconds, fold_nodes = None, {}, ()
             if ready.out_of_fold:
                 folds = settings.out_of_fold_folds
@@ -185,7 +189,7 @@ def run_training(
                     x_train,
                     data.train,
                     data.classes,
-                    train_predictions,
+                    in_sample,
                     progress,
                     sink,
                     x_test,
@@ -194,7 +198,7 @@ def run_training(
                 )
             clock.enter("registering", "saving to the BentoML model store and MLflow")
             metrics = training_metrics(
-                evaluation, _accuracy(train_predictions, data.train, data.classes), trained.validation_accuracy
+                evaluation, _accuracy(in_sample, data.train, data.classes), trained.validation_accuracy
             )
             how_trained |= {"fold_nodes": list(fold_nodes)}
             tag = _register(
@@ -334,17 +338,36 @@ def _checkpoints(
 
 
 def _predict(classifier: OnnxClassifier, images: DecodedImages) -> Predictions:
-    """The ONNX graph's outputs for every image: the array at once, or a decoded file a chunk at a time."""
-    if isinstance(images, InMemoryImages):
-        return classifier.predict(images.array)
-    parts = [classifier.predict(chunk) for chunk in chunks(images, chunk_rows(images.image_size))]
-    if not parts:
-        return classifier.predict(np.zeros((0, images.image_size, images.image_size, 3), np.uint8))
-    return Predictions(
-        np.concatenate([p.probabilities for p in parts]),
-        np.concatenate([p.embeddings for p in parts]),
-        None if parts[0].early is None else np.concatenate([p.early for p in parts]),  # type: ignore[misc]
-    )
+    """The ONNX graph's outputs for every image: the array at once, or a decoded file a chunk at a time.
+
+    Chunks are written into arrays sized once, not concatenated: a list of parts and their
+    concatenation would hold every image's outputs twice (~1.5 GB at 1M images).
+    """
+    if isinstance(images, InMemoryImages) or len(images) == 0:
+        return classifier.predict(images.array if isinstance(images, InMemoryImages) else _empty(images))
+    rows = chunk_rows(images.image_size)
+    out: Predictions | None = None
+    for start, chunk in zip(range(0, len(images), rows), chunks(images, rows), strict=True):
+        part = classifier.predict(chunk)
+        if out is None:
+            out = Predictions(*(_rows_like(a, len(images)) for a in _fields(part)))  # type: ignore[arg-type]
+        for whole, piece in zip(_fields(out), _fields(part), strict=True):
+            if whole is not None and piece is not None:
+                whole[start : start + len(piece)] = piece
+    assert out is not None
+    return out
+
+
+def _fields(predictions: Predictions) -> tuple[np.ndarray | None, ...]:
+    return predictions.probabilities, predictions.embeddings, predictions.early
+
+
+def _empty(images: DecodedImages) -> np.ndarray:
+    return np.zeros((0, images.image_size, images.image_size, 3), np.uint8)
+
+
+def _rows_like(part: np.ndarray | None, rows: int) -> np.ndarray | None:
+    return None if part is None else np.empty((rows, *part.shape[1:]), part.dtype)
 
 
 def _fit(
@@ -407,9 +430,9 @@ def _evaluate(data: _Dataset, predictions: Predictions) -> EvaluationReport:
     )
 
 
-def _accuracy(predictions: Predictions, records: list[ImageRecord], classes: list[str]) -> float:
+def _accuracy(probabilities: np.ndarray, records: list[ImageRecord], classes: list[str]) -> float:
     targets = np.array([classes.index(r.label) for r in records])
-    return float(np.mean(predictions.probabilities.argmax(axis=1) == targets))
+    return float(np.mean(probabilities.argmax(axis=1) == targets))
 
 
 def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predictions) -> tuple[Pipeline, FaissIndex]:
@@ -418,7 +441,14 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
 
     embedder = fit_embedder(settings.embedder, train.embeddings, settings.embedding_dim, seed=settings.seed)
     records = data.train + data.test
-    vectors = embedder.transform(np.concatenate([train.embeddings, test.embeddings])).astype(np.float32)
+    step = 65_536  # reduced a slice at a time: no second copy of every embedding (0.5 GB at 1M images)
+    vectors = np.concatenate(
+        [
+            embedder.transform(part[start : start + step]).astype(np.float32)
+            for part in (train.embeddings, test.embeddings)
+            for start in range(0, len(part), step)
+        ]
+    )
     return embedder, build_index(settings, [r.image_id for r in records], vectors)
 
 
@@ -582,7 +612,7 @@ def _label_audit(
     x_train: DecodedImages,
     records: list[ImageRecord],
     classes: list[str],
-    in_sample: Predictions,
+    in_sample: np.ndarray,
     progress: TrainingProgress,
     sink: ProgressSink,
     x_test: DecodedImages,
@@ -613,7 +643,7 @@ def _label_audit(
     audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
         out_of_fold=found.probabilities,
-        in_sample=in_sample.probabilities,
+        in_sample=in_sample,
         duplicate_groups=duplicate_groups,
         sha256s=np.array([r.sha256 for r in records]),
         folds=settings.out_of_fold_folds,
