@@ -205,6 +205,17 @@ class Settings(BaseSettings):
             "0.03; the closest distinct pictures are 0.05 and more apart. 0 keeps only identical thumbnails."
         ),
     )
+    exact_search_max: int = Field(
+        200_000,
+        ge=0,
+        description=(
+            "Most candidates searched exactly for the near-duplicate groups and the out-of-fold feature neighbours "
+            "(faiss flat, scikit-learn radius search: n^2 cost, over half an hour at 1M images on two cores). Beyond, "
+            "a seeded 8-bit faiss IVF index (4 sqrt(n) lists): near-duplicate pairs it finds are checked on exact "
+            "thumbnails (256 bytes an image held instead of 1 KB), neighbours re-ranked by exact cosine "
+            "(recall@10 >= 0.95 on clustered embeddings, benchmarks/neighbour_search.py)."
+        ),
+    )
     out_of_fold_epochs: int | None = Field(
         None, ge=1, description="Epochs per fold model trained from scratch; default half the main budget."
     )

@@ -92,6 +92,41 @@ def test_near_duplicates_group_copies_of_a_picture_not_different_pictures() -> N
     assert (near_duplicate_groups(np.stack([a, brighter]), tolerance=0.0) == -1).all()
 
 
+def _planted_copies(rng: np.random.Generator, distinct: int, copies: int, size: int = 32) -> np.ndarray:
+    """Distinct pictures of four kinds (noise, smooth gradients, blocks, near-flat with a small square: the last
+    two crowd each other within the tolerance), and noisy copies of some, a third of them also brighter, shuffled."""
+    pictures = []
+    x = np.linspace(0.0, 1.0, size)
+    for i in range(distinct):
+        kind = i % 4
+        if kind == 0:
+            picture = rng.integers(0, 256, (size, size, 3)).astype(float)
+        elif kind == 1:
+            a, b = rng.uniform(-1, 1, 2)
+            picture = np.repeat(((a * x[:, None] + b * x[None, :] + 2) / 4 * 255)[..., None], 3, axis=2)
+        elif kind == 2:
+            picture = np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((size // 4, size // 4, 1)))
+        else:
+            picture = np.full((size, size, 3), float(rng.integers(0, 256)))
+            top, left = rng.integers(0, size - 6, 2)
+            picture[top : top + 6, left : left + 6] = rng.integers(0, 256)
+        pictures.append(picture)
+    sources = rng.choice(distinct, copies, replace=False)
+    for j, i in enumerate(sources):
+        pictures.append(pictures[i] + rng.normal(0, 3, pictures[i].shape) + (15 if j % 3 == 0 else 0))
+    images = np.clip(np.stack(pictures), 0, 255).astype(np.uint8)
+    return images[rng.permutation(len(images))]
+
+
+@pytest.mark.parametrize("tolerance", [0.03, 0.0])
+def test_near_duplicates_beyond_the_exact_threshold_are_the_exact_groups(tolerance: float) -> None:
+    images = _planted_copies(np.random.default_rng(0), distinct=1600, copies=250)
+    exact = near_duplicate_groups(images, tolerance=tolerance)
+    approximate = near_duplicate_groups(images, tolerance=tolerance, exact_max=500)  # the IVF path
+    assert (exact >= 0).sum() >= 500 if tolerance else (exact >= 0).sum() < 10  # many groups, chains among them
+    assert approximate.tolist() == exact.tolist()
+
+
 def test_duplicate_conflicts_join_any_shared_key_and_skip_agreeing_groups() -> None:
     sha = ["x", "x", "y", "z", "w", "w", "", ""]
     near = ["h1", "h2", "h3", "h3", "h4", "h5", "", ""]
@@ -180,6 +215,23 @@ def test_nearest_finds_the_most_similar_other_rows_never_itself() -> None:
     assert (np.diff(similarities, axis=1) <= 0).all() and similarities.max() <= 1.0 + 1e-6
     few, _ = nearest(points[:1], points[1:2], 3, query_rows=np.array([-1]))  # fewer candidates than k
     assert few.tolist() == [[0, -1, -1]]
+
+
+def test_nearest_beyond_the_exact_threshold_recalls_the_exact_neighbours() -> None:
+    from training.model.feature_neighbours import nearest
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 128))
+    points = (centres[rng.integers(0, 40, 6000)] + rng.normal(scale=0.6, size=(6000, 128))).astype(np.float32)
+    held = np.arange(0, 6000, 3)  # a fold's queries, numbered among all the candidates
+    exact_rows, exact_similarities = nearest(points[held], points, 10, query_rows=held)
+    rows, similarities = nearest(points[held], points, 10, query_rows=held, exact_max=500)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact_rows.tolist(), strict=True)])
+    assert recall >= 0.95
+    assert not (rows == held[:, None]).any() and (rows >= 0).all()
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    assert np.allclose(similarities, np.einsum("qd,qkd->qk", unit[held], unit[rows]), atol=1e-5)  # exact cosines
+    assert (np.diff(similarities, axis=1) <= 1e-6).all() and (similarities <= exact_similarities + 1e-5).all()
 
 
 def _neighbour_audit(

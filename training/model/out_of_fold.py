@@ -38,7 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from training.data.decoded import DecodedImages, InMemoryImages, chunk_rows, chunks, subset
-from training.model.feature_neighbours import NEIGHBOURS, nearest
+from training.model.feature_neighbours import EXACT_SEARCH_MAX, NEIGHBOURS, nearest
 from training.model.fit import TrainConfig, train_classifier
 from training.model.network import EMBEDDING_LAYER, build_classifier, feature_extractor, is_pretrained
 from training.progress import ProgressSink, TrainingProgress
@@ -70,6 +70,7 @@ class FoldInputs:
     test_images: DecodedImages
     neighbours: int
     folds: int
+    exact_search_max: int = EXACT_SEARCH_MAX  # candidates searched exactly (BOUNCER_EXACT_SEARCH_MAX)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def out_of_fold_probabilities(
     progress: TrainingProgress | None = None,
     sink: ProgressSink | None = None,
     runner: FoldRunner | None = None,
+    exact_search_max: int = EXACT_SEARCH_MAX,
 ) -> OutOfFold:
     """Probabilities and feature-space neighbours of every image, each from a model that never saw its label.
 
@@ -152,8 +154,10 @@ def out_of_fold_probabilities(
     targets = np.array([class_names.index(label) for label in labels], dtype=np.int32)
     splits = fold_splits(targets, folds, config.seed)
     if is_pretrained(config.backbone, config.backbone_weights):
-        return _pretrained_out_of_fold(images, targets, class_names, config, splits, test_images, neighbours)
-    inputs = FoldInputs(images, targets, class_names, config, test_images, neighbours, folds)
+        return _pretrained_out_of_fold(
+            images, targets, class_names, config, splits, test_images, neighbours, exact_search_max
+        )
+    inputs = FoldInputs(images, targets, class_names, config, test_images, neighbours, folds, exact_search_max)
     run = runner or partial(run_folds_here, progress=progress, sink=sink)
     n = len(images)
     probabilities = np.zeros((n, len(class_names)), dtype=np.float32)
@@ -220,13 +224,16 @@ def fit_fold(
     for start in range(0, len(fit_rows), step):  # written in place: no second (n, D) array at 1M images
         rows = fit_rows[start : start + step]
         embedded[rows] = _logits_and_embeddings(both, subset(images, rows))[1]
-    near, similar = nearest(queries, embedded, inputs.neighbours, query_rows=held_rows)
+    exact_max = inputs.exact_search_max
+    near, similar = nearest(queries, embedded, inputs.neighbours, query_rows=held_rows, exact_max=exact_max)
     del embedded
     near_test = np.full((len(held_rows), inputs.neighbours), -1, dtype=np.int32)
     similar_test = np.zeros((len(held_rows), inputs.neighbours), dtype=np.float32)
     if len(inputs.test_images):
         test_embedded = _logits_and_embeddings(both, inputs.test_images)[1]
-        near_test, similar_test = nearest(queries, test_embedded, inputs.neighbours, query_rows=_outside(queries))
+        near_test, similar_test = nearest(
+            queries, test_embedded, inputs.neighbours, query_rows=_outside(queries), exact_max=exact_max
+        )
     done = time.perf_counter()
     log.info("%s: %d held out, %d epochs", label, len(held_rows), trained.epochs_run)
     return FoldResult(
@@ -252,16 +259,19 @@ def _pretrained_out_of_fold(
     splits: list[FoldJob],
     test_images: DecodedImages,
     neighbours: int,
+    exact_max: int,
 ) -> OutOfFold:
     """A frozen pretrained backbone: its features once, one logistic regression per fold, one neighbour space."""
     features = _backbone_features(images, config)
     started = time.perf_counter()
-    near, similar = nearest(features, features, neighbours)
+    near, similar = nearest(features, features, neighbours, exact_max=exact_max)
     near_test = np.full((len(images), neighbours), -1, dtype=np.int32)
     similar_test = np.zeros((len(images), neighbours), dtype=np.float32)
     if len(test_images):
         test_features = _backbone_features(test_images, config)
-        near_test, similar_test = nearest(features, test_features, neighbours, query_rows=_outside(features))
+        near_test, similar_test = nearest(
+            features, test_features, neighbours, query_rows=_outside(features), exact_max=exact_max
+        )
     neighbour_seconds = time.perf_counter() - started
     probabilities = np.zeros((len(images), len(class_names)), dtype=np.float32)
     for _, fit_rows, held_rows in splits:

@@ -634,11 +634,14 @@ def _label_audit(
         progress=progress,
         sink=sink,
         runner=runner,
+        exact_search_max=settings.exact_search_max,
     )
     seconds = {"out_of_fold": time.perf_counter() - started, "neighbours": found.neighbour_seconds}
     log.info("out-of-fold probabilities in %.1fs, of which neighbours %.1fs", *seconds.values())
     started = time.perf_counter()
-    duplicate_groups = near_duplicate_groups(x_train, tolerance=settings.near_duplicate_tolerance)
+    duplicate_groups = near_duplicate_groups(
+        x_train, tolerance=settings.near_duplicate_tolerance, exact_max=settings.exact_search_max
+    )
     seconds["near_duplicates"] = time.perf_counter() - started
     audit = LabelAudit(
         image_ids=np.array([r.image_id for r in records]),
