@@ -60,7 +60,18 @@ def test_the_ray_engine_trains_the_folds_on_both_nodes_and_its_version_serves(
         assert np.allclose(curator.model.audit.out_of_fold.sum(axis=1), 1.0, atol=1e-4)
         assert curator.suspects(5)  # the out-of-fold probabilities rank suspects
         assert curator.evaluate("test").n == 12
+        on_ray = curator.model.audit
     assert not list((run.runtime_dir / "checkpoints").glob("*/*"))
+
+    # the same data and seed on the local engine: the same model, and fold models that agree
+    local = run_training(run.model_copy(update={"train_engine": "local", "train_input": "stream"}), epochs=1)
+    assert local.metrics == result.metrics  # the main model trains in this process on either engine
+    with open_curator(run, model_tag=local.tag) as curator:
+        here = curator.model.audit
+        assert here is not None and list(here.image_ids) == list(on_ray.image_ids)
+        # a fold task runs TensorFlow on one thread, the local engine on all: float sums in another order
+        assert float(np.abs(here.out_of_fold - on_ray.out_of_fold).max()) < 0.05
+        assert (here.out_of_fold.argmax(axis=1) == on_ray.out_of_fold.argmax(axis=1)).mean() >= 0.95
 
 
 def test_train_says_which_engine_a_typo_is_not(shapes_dataset: Path) -> None:
