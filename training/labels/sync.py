@@ -167,35 +167,31 @@ def apply_sync(session: Session, plan: SyncPlan, *, actor: str) -> None:
     revision = bump_revision(session) if plan.stamps() else None
     images = ImageRow.__table__
     connection = session.connection()
-    key = images.c.image_id == bindparam("key")
+    by_id = update(images).where(images.c.image_id == bindparam("key"))  # SET: the other keys of each row's values
 
-    def fingerprint(scanned: ScannedFile) -> dict[str, Any]:
-        return {"sha256": scanned.sha256, "size": scanned.size, "mtime_ns": scanned.mtime_ns, "present": True}
+    def found(image_id: str, scanned: ScannedFile, **more: Any) -> dict[str, Any]:
+        """The update of a row whose file is on disk, as scanned."""
+        return {"key": image_id, **_fingerprint(scanned), **more}
 
-    found = (
-        update(images)
-        .where(key)
-        .values(sha256=bindparam("sha256"), size=bindparam("size"), mtime_ns=bindparam("mtime_ns"), present=True)
-    )
-    for stamped in (True, False):  # one statement shape per executemany
-        rows = [{"key": i, **fingerprint(f)} for i, f, s in plan.kept if s is stamped]
-        _write_many(connection, found.values(revision=revision) if stamped else found, rows)
-    moves: list[LabelChange] = []
-    for row, scanned in plan.moved:
-        if row.folder_label != scanned.folder_label:
-            moves.append(LabelChange(row.image_id, row.label, scanned.folder_label))
-    moved = found.values(path=bindparam("path"), folder_label=bindparam("folder_label"), label=bindparam("label"))
+    _write_many(connection, by_id, (found(i, f, revision=revision) for i, f, stamped in plan.kept if stamped))
+    _write_many(connection, by_id, (found(i, f) for i, f, stamped in plan.kept if not stamped))  # a new mtime only
+    moves = [
+        LabelChange(row.image_id, row.label, scanned.folder_label)
+        for row, scanned in plan.moved
+        if row.folder_label != scanned.folder_label
+    ]
     _write_many(
         connection,
-        moved.values(revision=revision),
+        by_id,
         (
-            {
-                "key": row.image_id,
-                "path": scanned.path,
-                "folder_label": scanned.folder_label,
-                "label": row.label if row.folder_label == scanned.folder_label else scanned.folder_label,
-                **fingerprint(scanned),
-            }
+            found(
+                row.image_id,
+                scanned,
+                path=scanned.path,
+                folder_label=scanned.folder_label,
+                label=row.label if row.folder_label == scanned.folder_label else scanned.folder_label,
+                revision=revision,
+            )
             for row, scanned in plan.moved
         ),
     )
@@ -209,22 +205,25 @@ def apply_sync(session: Session, plan: SyncPlan, *, actor: str) -> None:
                 "split": scanned.split,
                 "folder_label": scanned.folder_label,
                 "label": scanned.folder_label,
-                "revision": revision,
                 "reviewed": False,
-                **fingerprint(scanned),
+                "revision": revision,
+                **_fingerprint(scanned),
             }
             for image_id, scanned in plan.added
         ),
     )
     _write_many(
-        connection,
-        update(images).where(key).values(present=False, revision=revision),
-        ({"key": image_id} for image_id in plan.removed),
+        connection, by_id, ({"key": image_id, "present": False, "revision": revision} for image_id in plan.removed)
     )
     if moves:
         record_event(session, "move", moves, actor=actor, reason="file moved to another class folder")
     for name in plan.new_classes:
         session.add(ClassRow(name=name))
+
+
+def _fingerprint(scanned: ScannedFile) -> dict[str, Any]:
+    """A row's columns that say its file is on disk, as scanned."""
+    return {"sha256": scanned.sha256, "size": scanned.size, "mtime_ns": scanned.mtime_ns, "present": True}
 
 
 def _write_many(connection: Connection, statement: Executable, rows: Iterable[dict[str, Any]]) -> None:
