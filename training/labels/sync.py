@@ -118,7 +118,8 @@ class SyncPlan:
 def check_sync(session: Session, scan: ScanResult) -> SyncPlan:
     """Match each scanned file to its row (by path, else by content within its split: a move), reading only.
 
-    The table is read as a stream of plain rows (an ORM object per row was ~1 KB of a 4 GiB import at 1M).
+    The table is read as a stream of plain rows, and written by Core statements: the ORM objects of the rows
+    added, changed and checked were ~3.5 KB an image (725 MB of a first import of 200k images).
     """
     report = SyncReport(skipped=list(scan.skipped), classes=list(scan.classes), warnings=list(scan.warnings))
     plan = SyncPlan(report)
