@@ -212,10 +212,10 @@ def readiness_notes(settings: Settings) -> list[str]:
     from training.pipeline.readiness import NotEnoughImages, assess
 
     with _labels(settings) as labels:
-        train_labels = [record.label for record in labels.images(split=settings.train_split)]
+        train = {name: labels.image_count(split=settings.train_split, label=name) for name in labels.classes()}
         n_test = labels.image_count(split=settings.test_split)
     try:
-        ready = assess(settings, train_labels, n_test)
+        ready = assess(settings, train, n_test)
     except NotEnoughImages as exc:
         return [f"cannot train yet: {exc}"]
     typer.echo(f"a training will fit: {', '.join(ready.fitted())}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -356,3 +357,71 @@ def test_a_writer_killed_during_its_turn_does_not_block_the_next(store: LabelSto
         holder.wait(timeout=60)
     image_id = store.queries.images(split="train", label="square")[0].image_id
     assert store.events.relabel([image_id], "ring").changed[0].new_label == "ring"
+
+
+def test_one_sync_that_adds_moves_restores_rewrites_touches_and_removes(store: LabelStore, settings: Settings) -> None:
+    """Every kind of change in one import: ids kept, labels followed, exactly the changed rows stamped, one event."""
+    data = settings.data_dir
+    crosses = store.queries.images(split="train", label="cross")
+    squares = store.queries.images(split="train", label="square")
+    back = store.queries.images(split="test", label="ring")[0]
+    relabelled, across, within = crosses[:3]
+    gone, rewritten, touched = squares[:3]
+    store.events.relabel([within.image_id], "ring", reason="r", actor="t")  # a curated label a move keeps
+    (data / back.path).rename(data / "aside.bin")
+    import_folder(settings, store)  # `back` is absent now
+    assert back.path not in {r.path for r in store.queries.images()}
+    start = store.queries.revision()
+
+    (data / "aside.bin").rename(data / back.path)  # restored
+    (data / across.path).rename(data / "train" / "square" / Path(across.path).name)  # moved to another class
+    (data / "train" / "cross" / "deeper").mkdir()
+    (data / within.path).rename(data / "train" / "cross" / "deeper" / Path(within.path).name)  # same class folder
+    (data / gone.path).unlink()  # removed
+    (data / rewritten.path).write_bytes((data / relabelled.path).read_bytes())  # new content, same path
+    os.utime(data / touched.path, ns=(1_000_000_000, 1_000_000_000))  # same content, other mtime
+    write_mixed_formats(data / "train" / "ring", "ring", 1, start=900)  # added
+    report = import_folder(settings, store)
+
+    assert (report.added, report.moved, report.restored, report.removed, report.rewritten) == (1, 2, 1, 1, 1)
+    revision, changed = store.queries.changes_since(start)
+    assert revision == start + 1
+    by_id = {c.image_id: c for c in changed}
+    added = [c for c in changed if c.path.startswith("train/ring/") and "900" in c.path]
+    assert len(added) == 1 and added[0].label == "ring" and added[0].present
+    expected = {back.image_id, across.image_id, within.image_id, gone.image_id, rewritten.image_id, added[0].image_id}
+    assert set(by_id) == expected  # the touched file's new mtime is no change readers see
+    assert by_id[back.image_id].present and by_id[back.image_id].path == back.path
+    assert by_id[across.image_id].path == f"train/square/{Path(across.path).name}"
+    assert (by_id[across.image_id].label, by_id[across.image_id].folder_label) == ("square", "square")
+    assert by_id[within.image_id].path == f"train/cross/deeper/{Path(within.path).name}"
+    assert (by_id[within.image_id].label, by_id[within.image_id].folder_label) == ("ring", "cross")
+    assert not by_id[gone.image_id].present
+    assert by_id[rewritten.image_id].sha256 == relabelled.sha256 and by_id[rewritten.image_id].present
+    fingerprints = store.queries.fingerprints()
+    assert fingerprints[touched.path].mtime_ns == 1_000_000_000  # recorded: the next scan does not decode it
+    assert fingerprints[touched.path].sha256 == touched.sha256
+    move = store.queries.history(limit=1)[0]
+    assert move.kind == "move" and move.actor == "scan"
+    assert [(c.image_id, c.old_label, c.new_label) for c in move.changes] == [(across.image_id, "cross", "square")]
+    assert settings.labels_csv.read_text() == store.csv.text() == labels_csv_text(store.queries.images())
+    again = import_folder(settings, store)  # nothing changed since: nothing written
+    assert (again.added, again.moved, again.restored, again.removed) == (0, 0, 0, 0)
+    assert store.queries.revision() == revision
+
+
+def test_a_new_file_whose_id_is_taken_gets_the_next_salt(store: LabelStore, settings: Settings) -> None:
+    """Ids come from the path; a path whose id a row already holds (a row moved away from it) gets another."""
+    data = settings.data_dir
+    first = store.queries.images(split="train", label="cross")[0]
+    name = Path(first.path).name
+    (data / first.path).rename(data / "train" / "cross" / f"moved-{name}")
+    import_folder(settings, store)  # a move: the row keeps the id made from its first path
+    (new,) = write_mixed_formats(data / "train" / "ring", "ring", 1, start=901)
+    new.rename(data / first.path)  # a new file at the first path: its salt-0 id is the moved row's
+    report = import_folder(settings, store)
+    assert report.added == 1
+    records = {r.path: r for r in store.queries.images()}
+    assert records[f"train/cross/moved-{name}"].image_id == first.image_id
+    assert first.image_id == hashlib.sha256(f"{first.path}\0{0}".encode()).hexdigest()[:16]
+    assert records[first.path].image_id == hashlib.sha256(f"{first.path}\0{1}".encode()).hexdigest()[:16]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from training.labels.csv_mirror import CsvMirror
@@ -31,6 +31,8 @@ from training.labels.schema import ChangeRow, ClassRow, DatasetRow, EventRow, Im
 
 # Events that are a person's decision about an image; "undo" reverts one, "move" is the folder's doing.
 DECISIONS = ("relabel", "confirm")
+# Change rows written per executemany.
+CHANGES_PER_WRITE = 10_000
 
 
 class Events:
@@ -219,10 +221,17 @@ def record_event(
     )
     session.add(row)
     session.flush()
-    session.add_all(
-        ChangeRow(event_id=row.event_id, image_id=c.image_id, old_label=c.old_label, new_label=c.new_label)
-        for c in changes
-    )
+    # executemany, not an ORM object per change: a folder renamed moves every image in it
+    batch: list[dict[str, object]] = []
+    for c in changes:
+        batch.append(
+            {"event_id": row.event_id, "image_id": c.image_id, "old_label": c.old_label, "new_label": c.new_label}
+        )
+        if len(batch) == CHANGES_PER_WRITE:
+            session.execute(insert(ChangeRow), batch)
+            batch = []
+    if batch:
+        session.execute(insert(ChangeRow), batch)
     return row.event_id
 
 

@@ -50,14 +50,22 @@ def write_labels_csv(text: str, path: Path) -> str:
     The file gets the permissions of any file the user makes (0666 less the umask, as git and DVC
     expect): a temporary file from ``mkstemp`` is 0600, and the rename kept that.
     """
+    return write_labels_csv_lines([text], path)
+
+
+def write_labels_csv_lines(parts: Iterable[str], path: Path) -> str:
+    """:func:`write_labels_csv` of the text these parts join to, never held whole; the data version."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".labels-{uuid.uuid4().hex}.csv"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            for part in parts:
+                handle.write(part)
+                digest.update(part.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return data_version_of(text)
+    return digest.hexdigest()[:16]

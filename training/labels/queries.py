@@ -8,7 +8,7 @@ else uses; ``present`` is False for a file gone from disk (its row and history s
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -62,6 +62,16 @@ class Queries:
             query = query.limit(limit)
         with self.database.read() as session:
             return [_record(*row) for row in session.connection().execute(query)]
+
+    def each_image(self, *, rows_per_fetch: int = 10_000) -> Iterator[ImageRecord]:
+        """Every present image in path order (as :meth:`images`), read as a stream in one read session.
+
+        For a pass over every image that keeps none of them (labels.csv written by a process without its cache).
+        """
+        query = _present_in(select(*_RECORD_COLUMNS), None, None).order_by(ImageRow.path)
+        with self.database.read() as session:
+            for row in session.execute(query.execution_options(yield_per=rows_per_fetch)):
+                yield ImageRecord(*row)
 
     def count(self, *, split: str | None = None, label: str | None = None) -> int:
         """How many present images :meth:`images` would list with the same filters."""

@@ -10,8 +10,7 @@ folder" lists these minimums.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from training.errors import Invalid
@@ -66,9 +65,13 @@ def minimum_train_images(settings: Settings) -> dict[str, int]:
     }
 
 
-def assess(settings: Settings, train_labels: Sequence[str], n_test: int) -> Readiness:
-    """What a training on these labels can fit; NotEnoughImages when it cannot train at all."""
-    per_class = dict(sorted(Counter(train_labels).items()))
+def assess(settings: Settings, train_per_class: Mapping[str, int], n_test: int) -> Readiness:
+    """What a training on these labels (train images per class) can fit; NotEnoughImages when it cannot train at all.
+
+    Counts, not a label per image: ``bouncer import`` asks the database for them (a label per image was ~0.4 KB
+    an image to read).
+    """
+    per_class = {name: count for name, count in sorted(train_per_class.items()) if count > 0}
     if len(per_class) < MIN_CLASSES:
         found = ", ".join(f"{name} ({count})" for name, count in per_class.items()) or "none"
         raise NotEnoughImages(

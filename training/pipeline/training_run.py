@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -134,7 +135,7 @@ def run_training(
     sink(progress)
     clock = PhaseClock(progress, sink, "importing")
     data = _import(settings)
-    ready = assess(settings, [r.label for r in data.train], len(data.test))  # stops a hopeless run here
+    ready = assess(settings, Counter(r.label for r in data.train), len(data.test))  # stops a hopeless run here
     log.info("%s", ready.summary())
     for note in ready.notes:
         log.warning("%s", note)
