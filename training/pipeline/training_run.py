@@ -440,7 +440,8 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
     """The embedder is fitted on the train split only; every image's reduced vector goes into the index."""
     from training.model.embedder import fit_embedder
 
-    embedder = fit_embedder(settings.embedder, train.embeddings, settings.embedding_dim, seed=settings.seed)
+    rows = fit_sample(len(train.embeddings), settings)
+    embedder = fit_embedder(settings.embedder, train.embeddings[rows], settings.embedding_dim, seed=settings.seed)
     records = data.train + data.test
     step = 65_536  # reduced a slice at a time: no second copy of every embedding (0.5 GB at 1M images)
     vectors = np.concatenate(
@@ -451,6 +452,15 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
         ]
     )
     return embedder, build_index(settings, [r.image_id for r in records], vectors)
+
+
+def fit_sample(n: int, settings: Settings) -> slice | np.ndarray:
+    """The train rows a fit reads: all of them (a view, the same fit as ever) up to ``fit_sample_max``, else a
+    seeded sample of that many, in row order."""
+    if n <= settings.fit_sample_max:
+        return slice(None)
+    rng = np.random.default_rng(settings.seed)
+    return np.sort(rng.choice(n, size=settings.fit_sample_max, replace=False))
 
 
 def _baseline(
@@ -466,15 +476,16 @@ def _baseline(
 
     No OOD score when the dataset is too small for one (``readiness``): its predictions carry none.
     """
+    rows = fit_sample(len(data.train), settings)
     targets = np.array([data.classes.index(r.label) for r in data.train])
     ood = (
         fit_ood(
             settings.ood_method,
-            train.embeddings,
-            targets,
+            train.embeddings[rows],
+            targets[rows],
             test.embeddings,
             held_out_labels=np.array([data.classes.index(r.label) for r in data.test], dtype=np.int64),
-            train_early=train.early,
+            train_early=None if train.early is None else train.early[rows],
             held_out_early=test.early,
             head=head,
             k=settings.ood_k,
