@@ -90,6 +90,14 @@ def draw_parameters(n: tf.Tensor, seed: tf.Tensor, kind: AugmentKind) -> dict[st
 
 def apply_augmentation(images: tf.Tensor, parameters: dict[str, tf.Tensor], kind: AugmentKind) -> tf.Tensor:
     """One warp of each image by its parameters' matrix, then (``photo``) its colour jitter."""
+    warped = warp(images, parameters, "REFLECT" if kind == "photo" else "CONSTANT")
+    if kind != "photo":
+        return warped
+    return jitter_colour(warped, parameters["brightness"] * PIXEL_MAX, parameters["contrast"], parameters["saturation"])
+
+
+def warp(images: tf.Tensor, parameters: dict[str, tf.Tensor], fill_mode: Literal["REFLECT", "CONSTANT"]) -> tf.Tensor:
+    """Each image resampled once (bilinear) through its flip, rotation, zoom and shift; outside per ``fill_mode``."""
     shape = tf.shape(images)
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     matrices = affine_matrices(
@@ -107,12 +115,9 @@ def apply_augmentation(images: tf.Tensor, parameters: dict[str, tf.Tensor], kind
         output_shape=shape[1:3],
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="REFLECT" if kind == "photo" else "CONSTANT",
+        fill_mode=fill_mode,
     )
-    warped = tf.ensure_shape(warped, images.shape)
-    if kind != "photo":
-        return warped
-    return jitter_colour(warped, parameters["brightness"] * PIXEL_MAX, parameters["contrast"], parameters["saturation"])
+    return tf.ensure_shape(warped, images.shape)
 
 
 def affine_matrices(
@@ -149,8 +154,13 @@ def affine_matrices(
 def jitter_colour(images: tf.Tensor, brightness: tf.Tensor, contrast: tf.Tensor, saturation: tf.Tensor) -> tf.Tensor:
     """Brightness (added), contrast (about each channel's mean), saturation (about each pixel's max), each clipped.
 
-    Written as blends, x * k + anchor * (1 - k): the Keras layers' arithmetic in fewer passes over the batch.
+    Compiled by XLA into a pass or two over the batch: as separate TensorFlow ops these eleven
+    elementwise steps, each writing a new batch-sized tensor, cost as much as the warp.
     """
+    return _compiled_jitter(images, brightness, contrast, saturation)
+
+
+def _jitter(images: tf.Tensor, brightness: tf.Tensor, contrast: tf.Tensor, saturation: tf.Tensor) -> tf.Tensor:
     per_image = (-1, 1, 1, 1)
     images = tf.clip_by_value(images + tf.reshape(brightness, per_image), 0.0, PIXEL_MAX)
     contrast = tf.reshape(contrast, per_image)
@@ -159,3 +169,6 @@ def jitter_colour(images: tf.Tensor, brightness: tf.Tensor, contrast: tf.Tensor,
     saturation = tf.reshape(saturation, per_image)
     value = tf.reduce_max(images, axis=3, keepdims=True)
     return tf.clip_by_value(images * saturation + value * (1.0 - saturation), 0.0, PIXEL_MAX)
+
+
+_compiled_jitter = tf.function(_jitter, jit_compile=True, reduce_retracing=True)
