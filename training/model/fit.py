@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 from training.data.decoded import DecodedImages, InMemoryImages, chunk_rows, chunks, subset
+from training.model.augment import AugmentKind, augment_batch
 from training.model.network import (
     STATISTICS_BATCH,
     build_classifier,
@@ -33,7 +33,6 @@ from training.progress import ProgressSink, TrainingProgress
 
 log = logging.getLogger(__name__)
 
-AugmentKind = Literal["none", "light", "photo"]
 # Batch size "auto": about this many steps an epoch, within [MIN_AUTO_BATCH, MAX_AUTO_BATCH].
 TARGET_STEPS_PER_EPOCH = 20
 MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 64
@@ -155,34 +154,6 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def augmenter(kind: AugmentKind, seed: int) -> keras.Sequential | None:
-    """``light``: flips and small shifts (drawings, small images); ``photo``: also rotation, zoom and colour."""
-    if kind == "none":
-        return None
-    steps: list[keras.layers.Layer] = [keras.layers.RandomFlip("horizontal", seed=seed)]
-    if kind == "light":
-        steps += [
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
-        ]
-    elif kind == "photo":
-        steps += [
-            keras.layers.RandomRotation(0.07, fill_mode="reflect", seed=seed + 1),  # +-25 degrees
-            keras.layers.RandomZoom((-0.3, 0.1), fill_mode="reflect", seed=seed + 2),  # mostly crops
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
-            keras.layers.RandomColorJitter(
-                value_range=(0, 255),
-                brightness_factor=0.2,
-                contrast_factor=0.2,
-                saturation_factor=(0.3, 0.7),
-                seed=seed + 4,
-            ),
-        ]
-    else:
-        raise ValueError(f"unknown augmentation {kind!r}; use none, light or photo")
-    return keras.Sequential(steps, name=f"augment_{kind}")
-
-
 def make_dataset(
     images: np.ndarray | DecodedImages,
     targets: np.ndarray,
@@ -201,44 +172,49 @@ def make_dataset(
     (not tf.data's autotuning, which may buffer up to half the machine's memory).
     """
     source = InMemoryImages(images) if isinstance(images, np.ndarray) else images
-    layer = augmenter(augment, seed)
-    dataset = streamed_batches(source, targets, batch_size=batch_size, seed=seed, shuffle=layer is not None)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    if layer is not None:
-        dataset = dataset.map(
-            lambda x, y: (tf.clip_by_value(layer(x, training=True), 0.0, 255.0), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return dataset.prefetch(prefetch)
+    dataset = streamed_batches(source, targets, batch_size=batch_size, seed=seed, shuffle=augment != "none")
+
+    def prepared(x: tf.Tensor, y: tf.Tensor, number: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # A batch's random draws come from (seed, its number since the first epoch): stateless, so
+        # the same seed gives the same batches however many map calls run in parallel.
+        key = tf.stack([tf.constant(seed, tf.int64), number])
+        return augment_batch(tf.cast(x, tf.float32), key, augment), y
+
+    return dataset.map(prepared, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
 
 
 class _EpochBatches:
-    """The generator behind a streamed dataset: each call (each epoch) a new seeded order, a batch at a time."""
+    """The generator behind a streamed dataset: each call (each epoch) a new seeded order, a batch at a time.
+
+    Each batch comes with its number counted from the first epoch on, which seeds its augmentation.
+    """
 
     def __init__(self, images: DecodedImages, targets: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> None:
         self.images, self.targets = images, targets
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.epoch = 0
 
-    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.int64]]:
         n = len(self.images)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        first = self.epoch * math.ceil(n / self.batch_size)
         self.epoch += 1
-        for start in range(0, n, self.batch_size):
+        for number, start in enumerate(range(0, n, self.batch_size)):
             rows = order[start : start + self.batch_size]
-            yield self.images.take(rows), self.targets[rows]
+            yield self.images.take(rows), self.targets[rows], np.int64(first + number)
 
 
 def streamed_batches(
     images: DecodedImages, targets: np.ndarray, *, batch_size: int, seed: int, shuffle: bool
 ) -> tf.data.Dataset:
-    """uint8 batches read from ``images`` (a whole-dataset shuffle of row numbers, not a shuffle buffer)."""
+    """(uint8 images, targets, batch number) read from ``images`` (a whole-dataset shuffle of row numbers)."""
     size = images.image_size
     dataset = tf.data.Dataset.from_generator(
         _EpochBatches(images, np.asarray(targets, dtype=np.int32), batch_size, seed, shuffle),
         output_signature=(
             tf.TensorSpec((None, size, size, 3), tf.uint8),
             tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.int64),
         ),
     )
     # Known length: the cosine schedule counts steps, and Keras shows progress, from it.
