@@ -1,4 +1,4 @@
-"""The embedder's and the OOD score's fits read every train image up to BOUNCER_FIT_SAMPLE_MAX, a seeded sample beyond."""
+"""Embedder and OOD fits read every train image up to BOUNCER_FIT_SAMPLE_MAX, a seeded sample beyond."""
 
 from __future__ import annotations
 
