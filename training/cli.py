@@ -306,7 +306,7 @@ def score(
     split: Annotated[
         list[str] | None, typer.Option(help="Score only this split (repeat for several); default every split.")
     ] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Images per ONNX run and per shard.")] = 1024,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Images per shard; its ONNX runs are sized by pixels.")] = 1024,
 ) -> None:
     """Score every image of DATA_DIR: probabilities, embeddings and reduced vectors, in .npz shards.
 

@@ -32,8 +32,8 @@ from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Images per ONNX run and per shard: memory stays bounded at any dataset size (1024 x 32 px
-# inputs are 3 MB, 79 MB at 160 px) and a shard is a few MB.
+# Images per shard (its ONNX runs are sized by pixels, inference.predict_batch): memory stays
+# bounded at any dataset size (1024 x 32 px inputs are 3 MB, 79 MB at 160 px); a shard is a few MB.
 CHUNK_SIZE = 1024
 # Skipped files named one by one in the log; the rest are only counted.
 SKIPPED_LOGGED = 10
@@ -163,7 +163,7 @@ class Scorer:
             k, d_embedding, d_vector = self.widths
             empty = (np.zeros((0, k), np.float32), np.zeros((0, d_embedding), np.float32))
             return ScoredBatch([], [], *empty, np.zeros((0, d_vector), np.float32), decoded.skipped)
-        predictions = self.classifier.predict(decoded.images, batch_size=len(decoded.images))
+        predictions = self.classifier.predict(decoded.images)  # ONNX runs sized by pixels, not the whole chunk
         vectors = np.asarray(self.embedder.transform(predictions.embeddings), dtype=np.float32)
         return ScoredBatch(
             decoded.paths,
