@@ -14,6 +14,18 @@ from http import HTTPStatus
 
 from bentoml.exceptions import BentoMLException
 
+# How much of a value an error message quotes: a million-character id is named in a line, not echoed.
+QUOTED_CHARS = 100
+
+
+def quoted(value: object) -> str:
+    """``repr(value)``, cut to its first QUOTED_CHARS characters (and how long it was) when longer."""
+    text = repr(value)
+    if len(text) <= QUOTED_CHARS:
+        return text
+    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[:QUOTED_CHARS] + "..." + length
+
 
 class BouncerError(BentoMLException):
     """A request Bouncer will not do as asked (400 unless a subclass says otherwise)."""

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bento_service.http.routes import JSON, RouteInput, validation_sentence
+from training.errors import QUOTED_CHARS
 
 
 class TrainingError(BentoMLException):
@@ -79,6 +80,21 @@ def _fixable(headers: Headers) -> bool:
 
 # Validation details a 4xx body keeps for programs (its sentence names PROBLEMS_NAMED), with their count.
 DETAILS_KEPT = 20
+# The longest error sentence answered, and the most of a value a detail's ``input`` keeps: a
+# million-character value is named, never echoed (messages quote at most QUOTED_CHARS of one).
+ERROR_CHARS = 2000
+
+
+def short(text: str, limit: int = ERROR_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _short_detail(detail: Any) -> Any:
+    if isinstance(detail, dict) and "input" in detail:
+        value = detail["input"]
+        if not isinstance(value, str | int | float | bool | None) or len(str(value)) > QUOTED_CHARS:
+            return {**detail, "input": short(json.dumps(value, default=str)[: QUOTED_CHARS + 1], QUOTED_CHARS)}
+    return detail
 
 
 def error_body(body: bytes, path: str, takes: frozenset[str], status: int = 400) -> bytes:
@@ -86,16 +102,18 @@ def error_body(body: bytes, path: str, takes: frozenset[str], status: int = 400)
     try:
         document: Any = json.loads(body)
     except ValueError:
-        text = body.decode("utf-8", "replace").strip() or HTTPStatus(status).phrase
-        return json.dumps({"error": f"{text}: {path}" if status in (404, 405) else text}).encode()
+        text = short(body.decode("utf-8", "replace").strip() or HTTPStatus(status).phrase)
+        return json.dumps({"error": f"{text}: {short(path, QUOTED_CHARS)}" if status in (404, 405) else text}).encode()
     if isinstance(document, list) and len(document) == 1 and isinstance(document[0], dict) and "error" in document[0]:
-        return json.dumps(document[0]).encode()
+        document = document[0]
     if isinstance(document, dict) and isinstance(document.get("detail"), list) and document["detail"]:
         details = document["detail"]
         document["error"] = validation_sentence(details, path, takes)
+        document["detail"] = [_short_detail(d) for d in details[:DETAILS_KEPT]]
         if len(details) > DETAILS_KEPT:
-            document["detail"] = details[:DETAILS_KEPT]
             document["detail_count"] = len(details)
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        document["error"] = short(document["error"])
         return json.dumps(document).encode()
     return body
 

@@ -96,6 +96,7 @@ UNSUPPORTED = "An upload route takes multipart/form-data only; every other route
 BAD_REQUEST = "Invalid JSON or form, a field the endpoint does not take, or a value out of range."
 BUSY = "Too many large request bodies in this worker at once (BOUNCER_MAX_BODY_BYTES_IN_FLIGHT): retry."
 TRAINING_RUNS = "A training is already running (one at a time), or, for cancel, none is."
+TRAINING_CANCELED = "The training was canceled: it has no result."
 NO_NUL = "^[^\\u0000]*$"  # no text field takes a NUL character (PostgreSQL cannot store one): a 400
 # A task's answers, as Bouncer serves them: BentoML documents other status values than it stores.
 TASK_STATES = ["pending", "in_progress", "completed", "failed", "canceled"]
@@ -162,7 +163,7 @@ def bouncer_spec(
     schemas = spec["components"]["schemas"]
     apis = {api.route: api for api in service.apis.values()}
     for task in (api.route for api in service.apis.values() if api.is_task):
-        spec.get("paths", {}).pop(task, None)  # a task runs through <task>/submit only (middleware.WritePaths)
+        spec.get("paths", {}).pop(task, None)  # a task runs through <task>/submit only (guards.WritePaths)
     for path, item in spec.get("paths", {}).items():
         for method, operation in item.items():
             if isinstance(operation, dict):
@@ -173,7 +174,34 @@ def bouncer_spec(
         if name.endswith("__Input"):
             _no_nul_in_text(schema)
     _list_classes(spec, classes)
+    _null_in_nullable_enums(spec)
+    _uploads_not_empty(spec.get("paths", {}))
     return spec
+
+
+def _null_in_nullable_enums(node: Any) -> None:
+    """A nullable enum lists null among its values: OpenAPI 3.0 allows only the values an enum lists."""
+    if isinstance(node, list):
+        for item in node:
+            _null_in_nullable_enums(item)
+    elif isinstance(node, dict):
+        if node.get("nullable") and isinstance(node.get("enum"), list) and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]
+        for value in node.values():
+            _null_in_nullable_enums(value)
+
+
+def _uploads_not_empty(node: Any) -> None:
+    """An uploaded file has at least one byte (an empty file is a 400: no image has none)."""
+    if isinstance(node, list):
+        for item in node:
+            _uploads_not_empty(item)
+    elif isinstance(node, dict):
+        if node.get("format") == "binary" and node.get("type") == "string":
+            node.setdefault("minLength", 1)
+        for key, value in node.items():
+            if key != "responses":
+                _uploads_not_empty(value)
 
 
 def _list_classes(node: Any, classes: Sequence[str] | None) -> None:
@@ -213,6 +241,8 @@ def _document_answers(
         operation["security"] = [{BEARER: []}]
     if api.is_task and action in ("submit", "retry", "cancel"):
         answers[409] = TRAINING_RUNS
+    if api.is_task and action == "get":
+        answers[409] = TRAINING_CANCELED
     for parameter in operation.get("parameters", []):
         if parameter.get("name") == "task_id":  # an empty id is a 400 ("task_id is required")
             parameter["schema"]["minLength"] = 1

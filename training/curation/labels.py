@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.folders import MissingSplitError
-from training.errors import BouncerError, Invalid
+from training.errors import BouncerError, Invalid, quoted
 from training.labels.records import ConfirmResult, ImageRecord, LabelEvent, RelabelResult
 from training.labels.store import LabelStore, open_store
 from training.labels.sync import SyncReport, import_folder
@@ -32,7 +32,7 @@ class InvalidRequest(CurationError, Invalid):
 
 def check_split(settings: Settings, split: str) -> None:
     if split not in settings.splits:
-        raise InvalidRequest(f"unknown split {split!r}; use one of {list(settings.splits)}")
+        raise InvalidRequest(f"unknown split {quoted(split)}; use one of {list(settings.splits)}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Labels:
 
     def check_label(self, label: str | None) -> None:
         if label is not None and label not in (classes := self.store.queries.classes()):
-            raise InvalidRequest(f"unknown label {label!r}; known classes: {', '.join(classes)}")
+            raise InvalidRequest(f"unknown label {quoted(label)}; known classes: {', '.join(classes)}")
 
     # --- reads --------------------------------------------------------------------
     @property

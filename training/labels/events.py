@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
+from training.errors import quoted
 from training.labels.csv_mirror import CsvMirror
 from training.labels.database import IDS_PER_QUERY, Database, current_revision
 from training.labels.errors import (
@@ -63,7 +64,7 @@ class Events:
         with self.database.write() as session:
             if session.get(ClassRow, label) is None:
                 known = ", ".join(sorted(session.scalars(select(ClassRow.name))))
-                raise UnknownLabelError(f"unknown label {label!r}; known classes: {known}")
+                raise UnknownLabelError(f"unknown label {quoted(label)}; known classes: {known}")
             rows = present_rows(session, ids)
             changes = [LabelChange(i, rows[i].label, label) for i in ids if rows[i].label != label]
             unchanged = [i for i in ids if rows[i].label == label]
@@ -243,5 +244,5 @@ def present_rows(session: Session, ids: list[str]) -> dict[str, ImageRow]:
         query = select(ImageRow).where(ImageRow.image_id.in_(chunk), ImageRow.present.is_(True))
         rows.update((row.image_id, row) for row in session.scalars(query))
     if missing := [i for i in ids if i not in rows]:
-        raise UnknownImageError(f"unknown image_id(s): {', '.join(map(repr, missing[:10]))}")
+        raise UnknownImageError(f"unknown image_id(s): {', '.join(map(quoted, missing[:10]))}")
     return rows

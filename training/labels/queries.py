@@ -16,6 +16,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import selectinload
 
 from training.data.folders import Fingerprint
+from training.errors import quoted
 from training.labels.database import IDS_PER_QUERY, Database, current_revision
 from training.labels.errors import UnknownImageError
 from training.labels.records import ImageChange, ImageRecord, LabelChange, LabelEvent
@@ -83,7 +84,7 @@ class Queries:
         with self.database.read() as session:
             row = session.get(ImageRow, image_id)
             if row is None or not row.present:
-                raise UnknownImageError(f"unknown image_id {image_id!r}")
+                raise UnknownImageError(f"unknown image_id {quoted(image_id)}")
             return ImageRecord(row.image_id, row.path, row.split, row.label, row.folder_label, row.sha256)
 
     def records(self, image_ids: Sequence[str]) -> dict[str, ImageRecord]:
@@ -130,7 +131,7 @@ class Queries:
         with self.database.read() as session:
             if image_id is not None:
                 if session.get(ImageRow, image_id) is None:
-                    raise UnknownImageError(f"unknown image_id {image_id!r}")
+                    raise UnknownImageError(f"unknown image_id {quoted(image_id)}")
                 query = query.where(
                     EventRow.event_id.in_(select(ChangeRow.event_id).where(ChangeRow.image_id == image_id))
                 )

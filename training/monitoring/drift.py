@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from training.errors import Invalid
+from training.errors import Invalid, quoted
 from training.model.reference import DriftReference
 from training.monitoring.prediction_log import PredictionLog, WindowCounts
 
@@ -57,8 +57,10 @@ class DriftInputError(Invalid):
 
 def parse_window(text: str) -> float:
     """'15m', '1h', '24h', '7d', '2w' -> seconds."""
-    if not _DURATION.match(text or ""):
-        raise DriftInputError(f"window {text!r} is not a duration like 30m, 1h, 24h, 7d or 2w (1 to 999 of s/m/h/d/w)")
+    if not _DURATION.fullmatch(text or ""):
+        raise DriftInputError(
+            f"window {quoted(text)} is not a duration like 30m, 1h, 24h, 7d or 2w (1 to 999 of s/m/h/d/w)"
+        )
     return float(text[:-1]) * _UNIT_S[text[-1]]
 
 

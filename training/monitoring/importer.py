@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from training.errors import Invalid
+from training.errors import Invalid, quoted
 from training.labels.store import LabelStore
 from training.labels.sync import import_folder
 from training.monitoring.prediction_log import PredictionLog
@@ -46,11 +46,12 @@ def import_predictions(
 ) -> list[ImportedImage]:
     """The ``limit`` most unusual pictures logged in the last ``since_s`` seconds (those flagged OOD
     unless ``ood_only`` is false), as new dataset images."""
-    split = split or settings.train_split
+    split = settings.train_split if split is None else split
     if split not in settings.splits:
-        raise ImportInputError(f"split {split!r} is not one of {list(settings.splits)}")
+        raise ImportInputError(f"split {quoted(split)} is not one of {list(settings.splits)}")
     if label is not None and label not in store.queries.classes():
-        raise ImportInputError(f"label {label!r} is not a class of this dataset ({', '.join(store.queries.classes())})")
+        classes = ", ".join(store.queries.classes())
+        raise ImportInputError(f"label {quoted(label)} is not a class of this dataset ({classes})")
     candidates = log.recent(since=time.time() - since_s, limit=limit, ood_only=ood_only, with_image=True)
     copied: list[tuple[str, str, float | None, float, str]] = []  # path, label, score, logged_at, hash
     for logged in candidates:

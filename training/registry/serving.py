@@ -24,7 +24,7 @@ import bentoml
 
 from training.curation.curator import CurationCache, Curator
 from training.curation.labels import Labels
-from training.errors import Invalid, NotFound
+from training.errors import Invalid, NotFound, quoted
 from training.labels.store import LabelStore
 from training.model.evaluation import accuracy_interval, join_warnings, small_test_warning, weak_model_warning
 from training.registry import promotions
@@ -242,7 +242,7 @@ def promote_version(settings: Settings, store: LabelStore, version: str, *, acto
     """
     tag = f"{settings.model_name}:{version}"
     if version not in {m.tag.version for m in list_versions(settings.model_name)}:
-        raise UnknownVersion(f"unknown model version {version!r}; see `models` for the registered ones")
+        raise UnknownVersion(f"unknown model version {quoted(version)}; see `models` for the registered ones")
     fitting_tag(tag, store)  # another dataset's model: its answers would name other classes
     record_promotion(settings, store, tag, actor=actor, reason=reason or "promote")
     return tag

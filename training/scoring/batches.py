@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 
 from training.data.folders import find_split_folders
 from training.data.images import ImageError, load_model_input
-from training.errors import Invalid, Missing
+from training.errors import Invalid, Missing, quoted
 from training.model.inference import OnnxClassifier
 from training.model.scores import ScoreManifest, clear_scores, new_manifest, write_manifest
 from training.settings import Settings
@@ -51,7 +51,7 @@ def list_images(settings: Settings, splits: Sequence[str]) -> list[str]:
     data_dir = settings.data_dir
     unknown = [s for s in splits if s not in settings.splits]
     if unknown:
-        raise Invalid(f"unknown split {unknown[0]!r}; the splits are {', '.join(settings.splits)}")
+        raise Invalid(f"unknown split {quoted(unknown[0])}; the splits are {', '.join(settings.splits)}")
     if not data_dir.is_dir():
         raise Missing(f"data directory {data_dir} does not exist")
     folders = find_split_folders(data_dir, settings.train_split, settings.test_split).by_split(*settings.splits)
