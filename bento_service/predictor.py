@@ -12,7 +12,6 @@ once; under load batches grow by themselves, with no timer to wait on.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -20,19 +19,20 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import numpy as np
-from PIL import Image
 
 from bento_service.live_model import LiveModel
-from training.data.images import ImageError, load_model_input
+from training.data.images import ImageError, header_pixels, load_model_input
 from training.errors import Invalid, Unavailable
 from training.model.inference import PredictionAnswer
 from training.monitoring.prediction_log import PredictionLog
 from training.registry.serving import RegisteredModel
 from training.settings import Settings
 
-# A single upload this small is decoded on the event loop: a thread hop costs more than
-# decoding it. Anything bigger (pixels, from the header) is decoded in a thread.
+# A single upload this small (pixels from its header, and bytes) is decoded on the event loop:
+# a thread hop costs more than decoding it. Anything bigger is decoded in a thread, within
+# BOUNCER_DECODE_TIMEOUT_S.
 INLINE_DECODE_PIXELS = 256 * 256
+INLINE_DECODE_BYTES = 256 * 1024
 
 
 class Overloaded(Unavailable):
@@ -65,6 +65,7 @@ class Predictor:
         self.max_wait_s = settings.batch_max_latency_ms / 1000
         self.max_upload_bytes = settings.max_upload_bytes
         self.max_pixels = settings.max_image_pixels
+        self.decode_timeout_s = settings.decode_timeout_s
         self._pending: deque[_Job] = deque()
         self._draining = False
         self.runs = 0  # ONNX runs so far; fewer than requests means concurrent requests shared runs
@@ -80,14 +81,21 @@ class Predictor:
                 raise BadUpload(message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         while True:
             size = self.live.get().image_size
-            if len(uploads) == 1 and pixel_count(uploads[0][1]) <= INLINE_DECODE_PIXELS:
+            if len(uploads) == 1 and decodes_inline(uploads[0][1]):
                 pixels = self._decode(uploads, size)
             else:
-                pixels = await asyncio.to_thread(self._decode, uploads, size)
+                pixels = await self._decode_in_thread(uploads, size)
             try:
                 return await self.predict(pixels, uploads=[data for _, data in uploads])
             except _ModelChanged:
                 continue
+
+    async def _decode_in_thread(self, uploads: Sequence[tuple[str, bytes]], size: int) -> np.ndarray:
+        """Decoded off the event loop; 503 past the decode timeout (the thread, bounded by the pixel cap, runs out)."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._decode, uploads, size), self.decode_timeout_s)
+        except TimeoutError:
+            raise Overloaded(f"decoding the upload took over {self.decode_timeout_s:g} s; try again later") from None
 
     def _decode(self, uploads: Sequence[tuple[str, bytes]], size: int) -> np.ndarray:
         rows = []
@@ -174,14 +182,9 @@ class Predictor:
             start = end
 
 
-def pixel_count(data: bytes) -> int:
-    """Width x height from the image header alone (0 if unreadable: decoding will say why, quickly)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - any unreadable header; the decode names the problem
-        return 0
-    return width * height
+def decodes_inline(data: bytes) -> bool:
+    """Whether one upload is small enough, in bytes and in header pixels, to decode on the event loop."""
+    return len(data) <= INLINE_DECODE_BYTES and 0 < header_pixels(data) <= INLINE_DECODE_PIXELS
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,31 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,
         ge=1024 * 1024,
-        description="Request bodies one worker holds at once; a request that would pass it waits for room "
-        "(up to 10 s, then 503), so concurrent large uploads cannot take the worker's memory.",
+        description="Request body bytes one worker holds at once, counted as they arrive (not as declared); a "
+        "request whose next bytes would pass it waits for room (up to 10 s, then 503), so concurrent large "
+        "uploads cannot take the worker's memory.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose request line and headers have not all arrived this long after it opened "
+        "(or after its previous answer) is answered 408 and closed: idle half-requests hold no worker.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request body that sends nothing for this long is answered 408 and its connection closed.",
+    )
+    body_min_bytes_per_s: int = Field(
+        16 * 1024,
+        ge=1,
+        description="After its first BOUNCER_BODY_IDLE_TIMEOUT_S, a request body arriving slower than this on "
+        "average is answered 408 and its connection closed (16 KiB/s: a 20 MB photo in under 21 minutes).",
+    )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An upload that takes longer to decode is answered 503 (the pixel cap already bounds the work).",
     )
     trusted_origins: str = Field(
         "",

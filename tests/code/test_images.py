@@ -100,3 +100,81 @@ def test_a_huge_image_under_the_pixel_cap_decodes_in_bounded_memory(tmp_path) ->
     )
     peak_mb = int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout)
     assert peak_mb < 450, f"peak RSS {peak_mb} MB decoding one 40 Mpx image"
+
+
+def _saved(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# An EPS that loops for ever in Ghostscript (the bytes an attacker sent), and one with a PostScript error.
+LOOPING_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n{ } loop\n"
+BROKEN_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnosuchoperator\n"
+
+
+def _ico_holding(png: bytes, said: int = 0) -> bytes:
+    """An ICO whose directory says ``said`` (0 means 256) x ``said`` pixels and which holds ``png``."""
+    import struct
+
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", said, said, 0, 0, 1, 32, len(png), 22) + png
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (LOOPING_EPS, "PostScript/EPS"),
+        (BROKEN_EPS, "PostScript/EPS"),
+        (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", "PDF"),
+        (_ico_holding(_saved(Image.new("RGB", (3000, 3000)), "PNG")), "ICO"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>', "SVG"),
+    ],
+)
+def test_formats_that_run_programs_or_hide_their_size_are_refused_by_their_bytes(payload: bytes, named: str) -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=f"{named} is not a format decoded here: send JPEG, PNG"):
+        open_image(payload, max_pixels=1_000_000)
+    assert time.monotonic() - started < 1.0  # nothing was run or decoded
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_documented_format_is_decoded(fmt: str) -> None:
+    data = _saved(Image.new("RGB", (40, 30), (200, 30, 90)), fmt)
+    assert load_model_input(data, 16, max_pixels=10_000).shape == (16, 16, 3)
+
+
+def test_a_cameras_mpo_decodes_its_first_frame_and_only_that_frame_is_sized() -> None:
+    from training.data.images import header_pixels
+
+    data = _saved(Image.new("RGB", (32, 24)), "MPO", save_all=True, append_images=[Image.new("RGB", (3000, 3000))])
+    image = open_image(data, max_pixels=1_000)
+    assert image.format == "MPO" and image.size == (32, 24) and header_pixels(data) == 32 * 24
+
+
+def test_a_multi_page_tiff_and_an_animated_gif_decode_frame_zero() -> None:
+    big = Image.new("RGB", (2000, 2000))
+    tiff = _saved(Image.new("RGB", (20, 10)), "TIFF", save_all=True, append_images=[big])
+    gif = _saved(Image.new("RGB", (20, 10)), "GIF", save_all=True, append_images=[Image.new("RGB", (20, 10), "red")])
+    assert open_image(tiff, max_pixels=1_000).size == (20, 10)
+    assert open_image(gif, max_pixels=1_000).size == (20, 10)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
+def test_a_truncated_file_of_each_format_is_refused(fmt: str) -> None:
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    data = _saved(noise, fmt)
+    with pytest.raises(ImageError):
+        open_image(data[: len(data) // 2], max_pixels=1_000_000)
+
+
+def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_refused_and_the_smallest_real_one_is_not() -> None:
+    """libjpeg fills a scan that ends early with grey and only warns: the bytes must hold a bit per 8x8 block."""
+    noise = Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    data = _saved(noise.resize((3000, 3000)), "JPEG")
+    with pytest.raises(ImageError, match="cannot hold the 3000x3000 JPEG"):
+        open_image(data[:2000] + b"\xff\xd9", max_pixels=10**7, shrink_to=64)
+    for options in ({"quality": 1, "optimize": True}, {"quality": 1, "optimize": True, "progressive": True}):
+        flat = _saved(Image.new("L", (3000, 3000), 128), "JPEG", **options)  # as few bytes as a JPEG can take
+        assert load_model_input(flat, 64, max_pixels=10**7).shape == (64, 64, 3)

@@ -284,8 +284,10 @@ class PredictionLog:
         """The upload as ``<sha256>.<ext>`` (its format from its bytes); the same picture is kept once."""
         from PIL import Image
 
+        from training.data.images import DECODED_FORMATS
+
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as image:
                 extension = (image.format or "bin").lower().replace("jpeg", "jpg")
         except Exception:  # noqa: BLE001 - it was classified, so decodable; keep it whatever it is
             extension = "bin"
