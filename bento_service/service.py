@@ -63,7 +63,7 @@ from training.curation.curator import CurationCache, Curator
 from training.curation.labels import Labels
 from training.data.folders import resolve_inside
 from training.data.images import ImageError, load_model_input
-from training.errors import NotFound, TooLarge
+from training.errors import NotFound, TooLarge, quoted
 from training.jobs.runner import TrainingCanceled, TrainingFailed, TrainRunner
 from training.labels.errors import REASON_MAX
 from training.model.ood import calibration_status
@@ -81,9 +81,9 @@ quiet_tensorflow()
 # One BLAS thread per worker (a worker per core already): OpenBLAS threads the OOD score's small
 # matrix products from 32 rows up and then busy-wait, which cost predict 25% of its throughput.
 threadpool_limits(1)
-upstream.apply()  # before the class: its input models keep what they find
 return_large_buffers_to_the_system()
 _STARTUP = get_settings()  # cheap: reads env vars only; decides the model and worker count
+upstream.apply(header_timeout_s=_STARTUP.header_timeout_s)  # before the class: its input models keep what they find
 
 
 def use_the_datasets_task_results(settings: Settings) -> Path:
@@ -105,7 +105,7 @@ def use_the_datasets_task_results(settings: Settings) -> Path:
 
 
 use_the_datasets_task_results(_STARTUP)
-# The endpoints that change something: they need the API token (see middleware.WriteGate).
+# The endpoints that change something: they need the API token (see bento_service.http.guards.TokenGuard).
 WRITE_ENDPOINTS = ("relabel", "confirm", "undo", "promote", "train", "import_predictions")
 ACTOR = "api"
 # Parameters several endpoints take, with their bounds.
@@ -374,7 +374,7 @@ class Bouncer:
         try:
             return resolve_inside(self.settings.data_dir, record.path)
         except PermissionError as exc:
-            raise NotFound(f"image {image_id!r} is not under the data directory") from exc
+            raise NotFound(f"image {quoted(image_id)} is not under the data directory") from exc
 
     @bentoml.api
     async def relabel(self, image_ids: ImageIds, label: ClassName, reason: Reason = "") -> RelabelResult:

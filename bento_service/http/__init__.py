@@ -1,8 +1,8 @@
 """Bouncer's HTTP layer over BentoML: what stands in front of the endpoints, in one package.
 
-- :mod:`~bento_service.http.guards`: the ASGI middleware in front of every endpoint (cross-site
-  writes, body sizes and types, the token, the training lock), added with BentoML's public
-  ``add_asgi_middleware``.
+- :mod:`~bento_service.http.guards`: the ASGI middleware in front of every endpoint (one path per
+  route, cross-site writes, the token, body sizes, types and pace, the training lock), added with
+  BentoML's public ``add_asgi_middleware``.
 - :mod:`~bento_service.http.errors`: domain errors -> statuses, and every 4xx body in one shape.
 - :mod:`~bento_service.http.predict_route`: ``predict``/``predict_batch`` answered by a raw route.
 - :mod:`~bento_service.http.openapi`: the OpenAPI document and page, telling the truth about every answer.
@@ -21,15 +21,18 @@ from bento_service.http import upstream
 from bento_service.http.errors import ErrorBodyFix
 from bento_service.http.guards import (
     BodyBudget,
+    BodyPace,
     CrossSiteGuard,
     RelativeRedirects,
     RequestGuard,
-    WriteGate,
+    RouteIdentity,
+    TokenGuard,
+    TrainingGate,
     write_paths,
 )
 from bento_service.http.openapi import OpenAPIInfo
 from bento_service.http.predict_route import PredictRoute
-from bento_service.http.routes import api_routes, endpoint_labeller
+from bento_service.http.routes import api_routes, endpoint_labeller, exact_paths
 from training.settings import Settings
 
 
@@ -44,12 +47,13 @@ def install(
     """Put every guard in front of ``service`` (a ``@bentoml.service`` class, its apps mounted at ``mounts``).
 
     The first added is outermost (Starlette builds the stack in list order). Outermost:
-    CrossSiteGuard (a browser's write from another site, from the headers alone); then
-    RelativeRedirects (no Host header reflected into a Location); then RequestGuard
-    (size and content type, before anything reads the body); then the raw predict route
+    RouteIdentity (one path for every guard and the router); CrossSiteGuard (a browser's
+    write from another site, from the headers alone); TokenGuard (the token, before any body
+    is read); RelativeRedirects (no Host header reflected into a Location); RequestGuard
+    (size, content type and pace, as the body arrives); then the raw predict route
     (answering predict itself in its final form); then ErrorBodyFix (so BentoML's 4xx get
-    fixed); then WriteGate (the token and the training lock); innermost: OpenAPIInfo (the
-    API's document and page). ``upstream.apply()`` must have run before the class was defined.
+    fixed); then TrainingGate (the training lock); innermost: OpenAPIInfo (the API's
+    document and page). ``upstream.apply()`` must have run before the class was defined.
     """
     routes = api_routes(
         service,
@@ -60,16 +64,19 @@ def install(
     writes = write_paths(service, write_endpoints)
     upstream.strict_inputs(service)
     upstream.label_metrics_by_route(endpoint_labeller(service, mounts))
+    service.add_asgi_middleware(RouteIdentity, known=exact_paths(service))
     service.add_asgi_middleware(CrossSiteGuard, trusted_origins=settings.trusted_origin_set)
+    service.add_asgi_middleware(TokenGuard, token=settings.api_token, write_paths=writes)
     service.add_asgi_middleware(RelativeRedirects)
     service.add_asgi_middleware(
         RequestGuard,
         routes=routes,
         budget=BodyBudget(settings.max_body_bytes_in_flight),
+        pace=BodyPace(settings.body_idle_timeout_s, settings.body_min_bytes_per_s),
         sync_task_routes=writes.sync_task_routes,
     )
     if settings.fast_predict:
         service.add_asgi_middleware(PredictRoute, routes=routes)
     service.add_asgi_middleware(ErrorBodyFix, routes=routes)
-    service.add_asgi_middleware(WriteGate, settings=settings, write_paths=writes)
+    service.add_asgi_middleware(TrainingGate, settings=settings, write_paths=writes)
     service.add_asgi_middleware(OpenAPIInfo, service=service, write_paths=writes, classes=classes)

@@ -2,18 +2,24 @@
 
 In order, outermost first (see :func:`bento_service.http.install`):
 
+- :class:`RouteIdentity`: one path for every guard and for the router. A path holding a control
+  character is a 404; a spelling of a known route (``//relabel``, ``/./relabel``, ``/relabel/``)
+  becomes that route. Every guard below looks the path up exactly, and for a path without a
+  control character Starlette's router matches a route's template exactly too.
 - :class:`CrossSiteGuard`: a browser's write from another site's page is a 403, from its headers.
+- :class:`TokenGuard`: the API token on every write, before anything reads the body.
 - :class:`RelativeRedirects`: no ``Host`` header reflected into a redirect.
 - :class:`RequestGuard`: each POST route's body checked from its headers (content type, size) and
-  read once within its cap, in a per-worker budget of bytes in flight; JSON that is no object or
-  names fields the route does not take is a 400 before BentoML lists each error.
-- :class:`WriteGate`: the API token on every write, one training at a time, a cancel that stops it."""
+  read once within its cap, at a minimum rate, in a per-worker budget of the bytes that arrived;
+  JSON that is no object or names fields the route does not take is a 400 before BentoML lists each error.
+- :class:`TrainingGate`: one training at a time (decided atomically), and a cancel that stops it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,8 +49,12 @@ from training.settings import Settings
 
 
 def authorized(token: str | None, authorization: str) -> bool:
-    """No token configured, or the header carries it (compared in constant time)."""
-    return not token or hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+    """No token configured, or the header carries it: scheme ``Bearer`` in any case (RFC 7235), the token
+    compared in constant time."""
+    if not token:
+        return True
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,72 @@ def write_paths(service: Any, endpoints: Iterable[str]) -> WritePaths:
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# U+0000-U+001F and U+007F: no route of this server holds one. Starlette compiles a route to
+# ``^/relabel$``, and ``$`` also matches before a final newline: ``/relabel\n`` would reach
+# ``relabel`` while a guard looking the path up exactly saw no route.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def canonical_path(path: str) -> str:
+    """``path`` without empty or ``.`` segments and without a trailing slash: ``//a/./b/`` -> ``/a/b``."""
+    return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+
+
+class RouteIdentity:
+    """ASGI middleware, outermost: the guards, the metrics and the router all see one path.
+
+    A path holding a control character (``%0A``, ``%0D``, ``%00``...) is a 404. A path whose
+    canonical form (:func:`canonical_path`; uvicorn has already decoded ``%2F`` to ``/``) is one
+    of ``known``, the exact paths the guards decide on, is rewritten to it: the same route with
+    the same guards. Anything else goes on unchanged, to a route's template or to the router's 404.
+    """
+
+    def __init__(self, app: ASGIApp, *, known: frozenset[str]) -> None:
+        self.app = app
+        self.known = known
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope.get("path", "")
+            if CONTROL_CHARACTERS.search(path):
+                if scope["type"] == "http":
+                    message = "no route here has a control character (such as an encoded newline) in its path"
+                    await answer(scope, receive, send, HTTPStatus.NOT_FOUND, message)
+                return  # a websocket scope that is never accepted is closed by the server (403)
+            canonical = canonical_path(path)
+            if canonical != path and canonical in self.known:
+                scope = {**scope, "path": canonical, "raw_path": canonical.encode()}
+        await self.app(scope, receive, send)
+
+
+class TokenGuard:
+    """ASGI middleware: a write without the API token is a 401 saying what is missing, before its body is read.
+
+    ``write_paths``: every path of a write endpoint (see :func:`write_paths`). Two
+    ``Authorization`` headers are a 400: servers and proxies disagree on which one counts.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None, write_paths: WritePaths) -> None:
+        self.app = app
+        self.token = token
+        self.write_paths = write_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not self.token or path not in self.write_paths:
+            await self.app(scope, receive, send)
+            return
+        sent = [value for name, value in scope.get("headers", ()) if name.lower() == b"authorization"]
+        if len(sent) > 1:
+            message = f"send one Authorization header, not {len(sent)}"
+            await answer(scope, receive, send, HTTPStatus.BAD_REQUEST, message)
+        elif not sent or not authorized(self.token, sent[0].decode("latin-1")):
+            message = f"{path} needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"
+            await answer(scope, receive, send, HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
+        else:
+            await self.app(scope, receive, send)
+
+
 # After a cancel stopped the training, how long it may wait for the task to record its answer.
 CANCEL_SETTLE_S = 30.0
 
@@ -161,10 +237,12 @@ class RelativeRedirects:
 
 
 class BodyBudget:
-    """The request bytes one worker holds at once: a request that would pass the budget waits for room.
+    """The request bytes one worker holds at once, counted as they arrive: bytes that would pass it wait for room.
 
-    Every body is read whole before an endpoint sees it, so 64 concurrent 20 MB
-    uploads held 1.3 GB. A request larger than the whole budget runs alone.
+    Every body is read whole before an endpoint sees it, so 64 concurrent 20 MB uploads
+    would hold 1.3 GB. What counts is what arrived, never what ``Content-Length``
+    declares: a connection that declares 64 MB and sends nothing holds nothing. A
+    request larger than the whole budget runs alone.
     """
 
     WAIT_S = 10.0
@@ -174,19 +252,57 @@ class BodyBudget:
         self.used = 0
         self._room = asyncio.Condition()
 
+    async def _take(self, held: int, size: int) -> None:
+        """Add ``size`` to a hold of ``held`` bytes once it fits or no one else holds any; TimeoutError after WAIT_S."""
+        async with self._room:
+            fits = lambda: self.used == held or self.used + size <= self.limit  # noqa: E731
+            await asyncio.wait_for(self._room.wait_for(fits), self.WAIT_S)
+            self.used += size
+
+    async def _give_back(self, size: int) -> None:
+        async with self._room:
+            self.used -= size
+            self._room.notify_all()
+
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of the budget for the block; TimeoutError after WAIT_S without room."""
-        async with self._room:
-            room = self._room.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
-            await asyncio.wait_for(room, self.WAIT_S)
-            self.used += size
+        """Hold ``size`` bytes of the budget for the block."""
+        await self._take(0, size)
         try:
             yield
         finally:
-            async with self._room:
-                self.used -= size
-                self._room.notify_all()
+            await self._give_back(size)
+
+    @contextlib.asynccontextmanager
+    async def holding(self) -> AsyncIterator[BudgetHold]:
+        """A hold that grows with :meth:`BudgetHold.take` as a body arrives, given back when the block ends."""
+        hold = BudgetHold(self)
+        try:
+            yield hold
+        finally:
+            if hold.size:
+                await self._give_back(hold.size)
+
+
+class BudgetHold:
+    """The part of a :class:`BodyBudget` one request holds."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    async def take(self, size: int) -> None:
+        await self.budget._take(self.size, size)
+        self.size += size
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a body may arrive: ``idle_s`` at most between two pieces, and after the first ``idle_s``
+    at least ``min_bytes_per_s`` on average. A slower body is a 408 and its connection is closed."""
+
+    idle_s: float = 10.0
+    min_bytes_per_s: int = 16 * 1024
 
 
 class RequestGuard:
@@ -194,6 +310,8 @@ class RequestGuard:
 
     415 for an upload route without multipart or a JSON route without ``application/json``;
     413 over the route's cap (from ``Content-Length`` before reading, else while reading);
+    408 for a body that stops arriving or arrives too slowly (:class:`BodyPace`);
+    503 when the worker's :class:`BodyBudget` has no room for what arrives;
     400 for JSON that is not an object, names fields the route does not take, or holds NUL;
     404 for a task's synchronous route (see :class:`WritePaths`).
     """
@@ -204,11 +322,13 @@ class RequestGuard:
         *,
         routes: Mapping[str, RouteInput],
         budget: BodyBudget | None = None,
+        pace: BodyPace | None = None,
         sync_task_routes: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.routes = routes
         self.budget = budget or BodyBudget(1 << 62)
+        self.pace = pace or BodyPace()
         self.sync_task_routes = sync_task_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,21 +352,25 @@ class RequestGuard:
         if declared.isdigit() and int(declared) > route.max_body_bytes:
             await self._too_large(scope, receive, send, route)
             return
-        try:
-            async with self.budget.reserve(int(declared) if declared.isdigit() else route.max_body_bytes):
-                await self._read_and_pass(scope, receive, send, route, media_type)
-        except TimeoutError:
-            message = "too many large requests at once; try again in a moment"
-            await answer(scope, receive, send, HTTPStatus.SERVICE_UNAVAILABLE, message, {"Retry-After": "5"})
+        async with self.budget.holding() as hold:
+            try:
+                body = await read_body(receive, route.max_body_bytes, hold=hold, pace=self.pace)
+            except BodyTooLarge:
+                await self._too_large(scope, receive, send, route)
+                return
+            except BodyTooSlow as exc:
+                await answer(scope, receive, send, HTTPStatus.REQUEST_TIMEOUT, str(exc), {"Connection": "close"})
+                return
+            except TimeoutError:
+                message = "too many large requests at once; try again in a moment"
+                headers = {"Retry-After": "5", "Connection": "close"}
+                await answer(scope, receive, send, HTTPStatus.SERVICE_UNAVAILABLE, message, headers)
+                return
+            await self._check_and_pass(scope, receive, send, route, media_type, body)
 
-    async def _read_and_pass(
-        self, scope: Scope, receive: Receive, send: Send, route: RouteInput, media_type: str
+    async def _check_and_pass(
+        self, scope: Scope, receive: Receive, send: Send, route: RouteInput, media_type: str, body: bytes
     ) -> None:
-        try:
-            body = await read_body(receive, route.max_body_bytes)
-        except BodyTooLarge:
-            await self._too_large(scope, receive, send, route)
-            return
         if not route.files and (problem := json_body_problem(body, scope["path"], route)):
             await answer(scope, receive, send, HTTPStatus.BAD_REQUEST, problem)
             return
@@ -266,7 +390,7 @@ class RequestGuard:
         else:
             setting = "BOUNCER_MAX_JSON_BYTES"
         message = f"request body over the {route.max_body_bytes}-byte limit of {scope['path']} ({setting})"
-        await answer(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+        await answer(scope, receive, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, {"Connection": "close"})
 
 
 def media_type_problem(path: str, route: RouteInput, media_type: str) -> str | None:
@@ -301,55 +425,86 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing it as soon as it passes ``limit`` bytes."""
+class BodyTooSlow(Exception):
+    """A body that stopped arriving, or arrives slower than its :class:`BodyPace`."""
+
+
+async def read_body(
+    receive: Receive, limit: int, *, hold: BudgetHold | None = None, pace: BodyPace | None = None
+) -> bytes:
+    """The whole request body, refused as soon as it passes ``limit`` bytes; each piece taken from ``hold``
+    as it arrives (TimeoutError when the budget has no room), BodyTooSlow when it breaks ``pace``."""
+    pace = pace or BodyPace()
     chunks: list[bytes] = []
     size = 0
+    started = time.monotonic()
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), pace.idle_s)
+        except TimeoutError:
+            raise BodyTooSlow(f"the request body stopped arriving: nothing for {pace.idle_s:g} s") from None
         if message["type"] != "http.request":  # client went away: let the app see the disconnect
             break
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
+        if hold is not None and chunk:
+            await hold.take(len(chunk))
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        elapsed = time.monotonic() - started
+        if elapsed > pace.idle_s and size < elapsed * pace.min_bytes_per_s:
+            raise BodyTooSlow(
+                f"the request body arrives too slowly: {size} bytes in {elapsed:.0f} s, "
+                f"under {pace.min_bytes_per_s} bytes/s (BOUNCER_BODY_MIN_BYTES_PER_S)"
+            )
     return b"".join(chunks)
 
 
-class WriteGate:
-    """ASGI middleware: a write without a valid token is a 401 saying what is missing; a second training a 409.
+class TrainingGate:
+    """ASGI middleware: one training at a time (a second start is a 409), and a cancel that stops it.
 
-    ``write_paths``: every path of a write endpoint (see :func:`write_paths`). A cancel
+    A start is claimed atomically (:meth:`~training.jobs.runner.TrainRunner.claim_start`):
+    of two submissions at once, one is a 200 and the other a 409, in any worker. A cancel
     (``PUT <task>/cancel?task_id=``) is answered here: it stops the training's process.
     """
 
     def __init__(self, app: ASGIApp, *, settings: Settings, write_paths: WritePaths) -> None:
         self.app = app
-        self.token = settings.api_token
         self.write_paths = write_paths
         self.runner = TrainRunner(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in self.write_paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        if not authorized(self.token, Headers(scope=scope).get("authorization", "")):
-            message = f"{path} needs 'Authorization: Bearer <BOUNCER_API_TOKEN>'"
-            await answer(scope, receive, send, HTTPStatus.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
         elif path in self.write_paths.cancels:
             await self._cancel(scope, receive, send)
-        elif (
-            path in self.write_paths.starts
-            and scope["method"] == "POST"
-            and (busy := await asyncio.to_thread(self.runner.busy))
-        ):
-            await answer(scope, receive, send, HTTPStatus.CONFLICT, busy)
+        elif path in self.write_paths.starts and scope["method"] == "POST":
+            await self._start(scope, receive, send)
         else:  # another method than the route's reaches the router: its 405 names the one it takes
             await self.app(scope, receive, send)
+
+    async def _start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A submission, once it holds the claim; a refused one (not a 200) gives the claim back."""
+        if busy := await asyncio.to_thread(self.runner.claim_start):
+            await answer(scope, receive, send, HTTPStatus.CONFLICT, busy)
+            return
+        accepted = False
+
+        async def watch(message: Message) -> None:
+            nonlocal accepted
+            if message["type"] == "http.response.start":
+                accepted = message["status"] < 300
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if not accepted:
+                await asyncio.to_thread(self.runner.release_claim)
 
     async def _cancel(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stop the training of ``?task_id=``: 200 once its process is gone, 409 if it is not running.

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import Message, Receive
 
+from training.errors import quoted
+
 MULTIPART = "multipart/form-data"
 
 
@@ -105,7 +107,7 @@ def json_nul_problem(body: bytes) -> str | None:
 
 def unknown_fields_message(unknown: Iterable[str], path: str, takes: Iterable[str]) -> str:
     takes = ", ".join(sorted(takes)) or "no fields"
-    return f"unknown field {', '.join(map(repr, unknown))} for {path}; it takes: {takes}"
+    return f"unknown field {', '.join(map(quoted, unknown))} for {path}; it takes: {takes}"
 
 
 # BentoML's own routes besides the endpoints (its Swagger page, spec, probes, metrics).
@@ -115,17 +117,23 @@ TASK_ACTIONS = ("submit", "status", "get", "retry", "cancel")
 OTHER_PATHS = "other"  # the one metrics label of every path no route serves
 
 
+def exact_paths(service: Any) -> frozenset[str]:
+    """Each path a route of ``service`` serves as it is (no template): endpoints, task actions, BentoML's own."""
+    exact = set(SYSTEM_PATHS)
+    for api in service.apis.values():
+        exact.add(api.route)
+        if api.is_task:
+            exact.update(f"{api.route}/{action}" for action in TASK_ACTIONS)
+    return frozenset(exact)
+
+
 def endpoint_labeller(service: Any, mounts: Mapping[str, Any]) -> Callable[[str], str]:
     """A request path -> its route's template (``/ui/thumbnail/{image_id}``), or ``other`` when nothing serves it.
 
     Metrics label requests with it: one series per route, however many paths clients make up.
     ``mounts``: path prefix -> the Starlette app mounted there.
     """
-    exact = set(SYSTEM_PATHS)
-    for api in service.apis.values():
-        exact.add(api.route)
-        if api.is_task:
-            exact.update(f"{api.route}/{action}" for action in TASK_ACTIONS)
+    exact = exact_paths(service)
 
     def label(path: str) -> str:
         if path in exact:

@@ -13,6 +13,9 @@ where it is a bug: docs/upstream/.
   task stays canceled.
 - uvicorn answers a malformed request with a plain-text 400; every 4xx here is JSON (its
   httptools protocol, which it runs whenever httptools is installed: requirements.txt pins it).
+- uvicorn waits for a request's headers for ever: a connection that opens and sends half a
+  request line holds its place for minutes. Headers must complete within
+  BOUNCER_HEADER_TIMEOUT_S of the connection opening or the previous answer (:func:`header_deadline`).
 - BentoML ignores JSON fields an endpoint does not take and coerces types (``"offset": false``
   was 0): every endpoint's generated input model forbids extra fields and, for JSON, is strict
   (:func:`strict_inputs`).
@@ -52,6 +55,18 @@ UPSTREAM_METRICS_SETUP = instruments.RunnerTrafficMetricsMiddleware._setup
 UPSTREAM_SET_RESULT = Sqlite3Store.set_result
 UPSTREAM_HTTPTOOLS_400 = httptools_impl.HttpToolsProtocol.send_400_response
 UPSTREAM_MULTIPART_SERDE = ALL_SERDE["multipart/form-data"]
+UPSTREAM_CONNECTION_MADE = httptools_impl.HttpToolsProtocol.connection_made
+UPSTREAM_CONNECTION_LOST = httptools_impl.HttpToolsProtocol.connection_lost
+UPSTREAM_MESSAGE_BEGIN = httptools_impl.HttpToolsProtocol.on_message_begin
+UPSTREAM_HEADERS_COMPLETE = httptools_impl.HttpToolsProtocol.on_headers_complete
+UPSTREAM_RESPONSE_COMPLETE = httptools_impl.HttpToolsProtocol.on_response_complete
+HEADER_DEADLINE_PATCHED = (  # what header_deadline wraps, in the order of its patches
+    UPSTREAM_CONNECTION_MADE,
+    UPSTREAM_CONNECTION_LOST,
+    UPSTREAM_MESSAGE_BEGIN,
+    UPSTREAM_HEADERS_COMPLETE,
+    UPSTREAM_RESPONSE_COMPLETE,
+)
 
 SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,12}")
 
@@ -164,6 +179,74 @@ def _httptools_400(self: Any, msg: str) -> None:
         ]
     )
     self.transport.write(b"".join(content))
+    self.transport.close()
+
+
+HEADER_TIMER = "_bouncer_header_timer"
+
+
+def header_deadline(timeout_s: float) -> None:
+    """uvicorn's httptools protocol with a deadline on each request's headers: 408 and close past it.
+
+    The clock starts when the connection opens and again when an answer is complete (the
+    keep-alive wait counts too), and stops when the headers are complete. A client that
+    sends a request line and then nothing, or a header a byte at a time, is closed after
+    ``timeout_s``; one whose request is being answered is never timed.
+    """
+    protocol = httptools_impl.HttpToolsProtocol
+
+    def arm(self: Any) -> None:
+        if getattr(self, HEADER_TIMER, None) is None:
+            setattr(self, HEADER_TIMER, self.loop.call_later(timeout_s, _headers_too_slow, self, timeout_s))
+
+    def disarm(self: Any) -> None:
+        timer = getattr(self, HEADER_TIMER, None)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, HEADER_TIMER, None)
+
+    def connection_made(self: Any, transport: Any) -> None:
+        UPSTREAM_CONNECTION_MADE(self, transport)
+        arm(self)
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        disarm(self)
+        UPSTREAM_CONNECTION_LOST(self, exc)
+
+    def on_message_begin(self: Any) -> None:
+        UPSTREAM_MESSAGE_BEGIN(self)
+        arm(self)
+
+    def on_headers_complete(self: Any) -> None:
+        disarm(self)
+        UPSTREAM_HEADERS_COMPLETE(self)
+
+    def on_response_complete(self: Any) -> None:
+        UPSTREAM_RESPONSE_COMPLETE(self)
+        if not self.transport.is_closing():
+            arm(self)
+
+    protocol.connection_made = connection_made  # type: ignore[method-assign]
+    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+    protocol.on_message_begin = on_message_begin  # type: ignore[method-assign]
+    protocol.on_headers_complete = on_headers_complete  # type: ignore[method-assign]
+    protocol.on_response_complete = on_response_complete  # type: ignore[method-assign]
+
+
+def _headers_too_slow(self: Any, timeout_s: float) -> None:
+    setattr(self, HEADER_TIMER, None)
+    if self.transport.is_closing():
+        return
+    if self.cycle is not None and not self.cycle.response_complete:
+        return  # a request is being answered (pipelined headers wait their turn): not idle
+    body = json.dumps({"error": f"the request's headers did not arrive within {timeout_s:g} s"}).encode()
+    self.transport.write(
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        + b"content-length: "
+        + str(len(body)).encode("ascii")
+        + b"\r\nconnection: close\r\n\r\n"
+        + body
+    )
     self.transport.close()
 
 
@@ -295,12 +378,13 @@ def strict_inputs(service: Any) -> None:
             spec.model_rebuild(force=True)
 
 
-def apply() -> None:
+def apply(*, header_timeout_s: float) -> None:
     """Every fix that must be in place before the service class is defined (its input models keep ``decode``)."""
     traffic.TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
     FileSchema.decode = _file_decode  # type: ignore[method-assign]
     Sqlite3Store.set_result = _set_result  # type: ignore[method-assign]
     httptools_impl.HttpToolsProtocol.send_400_response = _httptools_400  # type: ignore[method-assign]
+    header_deadline(header_timeout_s)
     GuardedMultipartSerde.register()
     install_client_error_filter()  # a 4xx is one INFO line in the server log, not an ERROR traceback
 

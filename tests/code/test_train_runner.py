@@ -154,3 +154,28 @@ def test_stopping_a_child_an_event_loop_awaits_lets_its_wait_return() -> None:
         return code
 
     assert uvloop.run(start_stop_and_wait()) < 0  # ended by a signal, and seen to end
+
+
+def test_of_two_starts_at_once_exactly_one_is_let_through(runner: TrainRunner, settings: Settings) -> None:
+    """Each claim from its own process, all released at once: the check and the claim are one step."""
+    code = textwrap.dedent(
+        """
+        import sys, time
+        from training.jobs.runner import TrainRunner
+        from training.settings import Settings
+        runner = TrainRunner(Settings())
+        start = float(sys.argv[1])
+        while time.time() < start:
+            pass
+        print(runner.claim_start() or "claimed")
+        """
+    )
+    start = time.time() + 3
+    children = [
+        subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    answers = sorted(child.communicate(timeout=60)[0].strip() for child in children)
+    assert answers.count("claimed") == 1, answers
+    assert runner.claim_start() is not None  # the claim holds until its task takes the lock or it is given back
+    runner.release_claim()
+    assert runner.claim_start() is None

@@ -211,3 +211,79 @@ def test_a_text_form_field_keeps_its_text() -> None:
     assert upstream.form_value("0", text=True) == "0" and upstream.form_value("0", text=False) == 0
     assert upstream.form_value('"test"', text=True) == "test" and upstream.form_value("null", text=True) is None
     assert upstream.form_value("train", text=True) == "train"
+
+
+@contextmanager
+def _uvicorn(*, header_timeout_s: float | None) -> Iterator[int]:
+    """A real uvicorn server (its httptools protocol) in a thread; with ``header_timeout_s``, the deadline fix on."""
+    import threading
+
+    import uvicorn
+    from uvicorn.protocols.http import httptools_impl
+
+    from training.jobs.processes import free_port
+
+    protocol = httptools_impl.HttpToolsProtocol
+    names = ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete", "on_response_complete")
+    saved = {name: getattr(protocol, name) for name in names}
+    for name, original in zip(names, upstream.HEADER_DEADLINE_PATCHED, strict=True):
+        setattr(protocol, name, original)  # the upstream methods, whatever this process patched before
+    if header_timeout_s is not None:
+        upstream.header_deadline(header_timeout_s)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_answer, port=port, http="httptools", log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            asyncio.run(asyncio.sleep(0.02))
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        for name, method in saved.items():
+            setattr(protocol, name, method)
+
+
+def _half_request_answer(port: int, wait_s: float) -> tuple[bytes, bool]:
+    """Send a request line and one header, then nothing: what came back within ``wait_s``, and whether it closed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        sock.settimeout(wait_s)
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except TimeoutError:
+            return received, False
+        return received, True
+
+
+def test_headers_that_never_complete_are_answered_408_and_closed() -> None:
+    with _uvicorn(header_timeout_s=0.5) as port:
+        received, closed = _half_request_answer(port, 5.0)
+        assert closed and received.startswith(b"HTTP/1.1 408") and b'"error"' in received
+        with socket_request(port) as answer:  # a complete request on a fresh connection is answered as ever
+            assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_upstream_uvicorn_still_waits_for_headers_for_ever() -> None:
+    """When this fails, uvicorn times out incomplete headers itself: re-check header_deadline (docs/upstream/)."""
+    with _uvicorn(header_timeout_s=None) as port:
+        received, closed = _half_request_answer(port, 2.0)
+        assert not closed and received == b""
+
+
+@contextmanager
+def socket_request(port: int) -> Iterator[bytes]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.settimeout(5)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        yield received

@@ -9,13 +9,17 @@
 - ``train_result.json``: ``{run_id, state: succeeded|failed|canceled, result|error}``.
 - ``train_job.json``: ``{run_id, task_id, pid}`` of the running child, so any worker can cancel it.
 - ``train.log``: the child's stdout/stderr.
+- ``train_claim.json``: ``{at, pid}`` of a start that was let through and whose task has not taken
+  ``train.lock`` yet, written under an ``flock`` on ``train_claim.lock``: two starts at once, one wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ class JobFiles:
     result: Path
     log: Path
     job: Path
+    claim: Path
 
     @classmethod
     def of(cls, settings: Settings) -> JobFiles:
@@ -48,6 +53,7 @@ class JobFiles:
             root / "train_result.json",
             root / "train.log",
             root / "train_job.json",
+            root / "train_claim.json",
         )
 
 
@@ -80,6 +86,17 @@ class TrainingLock:
             return True
         self.release()
         return False
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """A blocking ``flock`` on ``path`` for the block: the critical section of every process on this machine."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ReplicaTrainingLock:

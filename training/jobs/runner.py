@@ -16,9 +16,17 @@ from typing import Any
 
 import psutil
 
-from training.errors import Conflict
+from training.errors import Conflict, quoted
 from training.jobs.processes import stop_tree
-from training.jobs.protocol import LOCAL_BUSY, REPLICA_BUSY, JobFiles, ReplicaTrainingLock, TrainingLock, read_json
+from training.jobs.protocol import (
+    LOCAL_BUSY,
+    REPLICA_BUSY,
+    JobFiles,
+    ReplicaTrainingLock,
+    TrainingLock,
+    exclusive,
+    read_json,
+)
 from training.pipeline.results import RetrainResult
 from training.progress import TrainingProgress, write_json_atomic
 from training.settings import SOURCE_ROOT, Settings
@@ -27,6 +35,10 @@ log = logging.getLogger(__name__)
 # Probes (is_running) hold the lock for a moment; on a loaded machine a probe can be descheduled
 # while holding it, so a start retries for up to 2 s before calling the lock busy.
 ACQUIRE_ATTEMPTS = 100
+# How long a start that was let through keeps others out before its task holds train.lock (a
+# submitted task starts within a second; a loaded machine may take several).
+CLAIM_S = 60.0
+JUST_SUBMITTED = "a training was just submitted and is starting; watch it with train_progress"
 CANCEL_GRACE_S = 10.0  # after SIGTERM, how long the child may take to close its MLflow run before SIGKILL
 
 
@@ -63,6 +75,26 @@ class TrainRunner:
             return REPLICA_BUSY
         return None
 
+    def claim_start(self) -> str | None:
+        """Why a new training cannot start now, or None after claiming the start for the caller.
+
+        Atomic across this machine's workers: the check and the claim happen under one flock,
+        and the claim holds until the task takes ``train.lock`` (:meth:`run`), the caller gives
+        it back (:meth:`release_claim`), or CLAIM_S pass.
+        """
+        with exclusive(self.files.claim.with_suffix(".lock")):
+            if busy := self.busy():
+                return busy
+            claim = read_json(self.files.claim) or {}
+            if time.time() - float(claim.get("at", 0)) < CLAIM_S:
+                return JUST_SUBMITTED
+            write_json_atomic(self.files.claim, {"at": time.time(), "pid": os.getpid()})
+        return None
+
+    def release_claim(self) -> None:
+        """Give back a claimed start whose task was not created (the submission was refused)."""
+        self.files.claim.unlink(missing_ok=True)
+
     async def run(
         self, *, epochs: int | None, force: bool, serving_tag: str | None, actor: str, task_id: str | None = None
     ) -> RetrainResult:
@@ -75,6 +107,7 @@ class TrainRunner:
             await asyncio.sleep(0.02)
         else:
             raise TrainingBusy(LOCAL_BUSY)
+        self.release_claim()  # the lock now keeps other starts out
         if await asyncio.to_thread(ReplicaTrainingLock(self.database_url).held_elsewhere):
             lock.release()
             raise TrainingBusy(REPLICA_BUSY)
@@ -131,13 +164,13 @@ class TrainRunner:
         """The running training's process, if task ``task_id`` started it; NotRunning otherwise."""
         job = read_json(self.files.job) or {}
         if not self.is_running() or job.get("task_id") != task_id:
-            raise NotRunning(f"no running training has task_id {task_id!r}")
+            raise NotRunning(f"no running training has task_id {quoted(task_id)}")
         try:
             child = psutil.Process(int(job["pid"]))
             if str(job.get("run_id")) not in child.cmdline():  # the pid was reused: not our child
                 raise psutil.NoSuchProcess(child.pid)
         except psutil.NoSuchProcess:
-            raise NotRunning(f"the training of task {task_id!r} has already ended") from None
+            raise NotRunning(f"the training of task {quoted(task_id)} has already ended") from None
         return child
 
     def cancel(self, task_id: str) -> dict[str, Any]:
