@@ -30,7 +30,7 @@ from training.settings import Settings
 
 # A single upload this small (pixels from its header, and bytes) is decoded on the event loop:
 # a thread hop costs more than decoding it. Anything bigger is decoded in a thread, within
-# BOUNCER_DECODE_TIMEOUT_S.
+# BOUNCER_DECODE_TIMEOUT_S (see decodes_inline).
 INLINE_DECODE_PIXELS = 256 * 256
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -183,8 +183,14 @@ class Predictor:
 
 
 def decodes_inline(data: bytes) -> bool:
-    """Whether one upload is small enough, in bytes and in header pixels, to decode on the event loop."""
-    return len(data) <= INLINE_DECODE_BYTES and 0 < header_pixels(data) <= INLINE_DECODE_PIXELS
+    """Whether one upload is decoded on the event loop: small in bytes and header pixels, or refused by its header.
+
+    An upload whose header is no decoded format's is refused by the same header read, at no
+    cost; sent to a thread instead, 32 concurrent 19 MB such uploads left +900 MB in the
+    threads' malloc arenas after they were answered.
+    """
+    pixels = header_pixels(data)
+    return pixels == 0 or (len(data) <= INLINE_DECODE_BYTES and pixels <= INLINE_DECODE_PIXELS)
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,9 @@ class BodyBudget:
 
     Every body is read whole before an endpoint sees it, so 64 concurrent 20 MB uploads
     would hold 1.3 GB. What counts is what arrived, never what ``Content-Length``
-    declares: a connection that declares 64 MB and sends nothing holds nothing. A
-    request larger than the whole budget runs alone.
+    declares: a connection that declares 64 MB and sends nothing holds nothing. The
+    oldest request holding bytes never waits (so partly read bodies cannot wait on each
+    other for ever): the worker holds at most the limit plus one request's body.
     """
 
     WAIT_S = 10.0
@@ -251,37 +252,44 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
         self._room = asyncio.Condition()
+        self._holds: dict[int, BudgetHold] = {}  # in the order the requests started reading
 
-    async def _take(self, held: int, size: int) -> None:
-        """Add ``size`` to a hold of ``held`` bytes once it fits or no one else holds any; TimeoutError after WAIT_S."""
+    def _fits(self, hold: BudgetHold, size: int) -> bool:
+        if self.used + size <= self.limit:
+            return True
+        oldest = next((held for held in self._holds.values() if held.size), None)
+        return oldest is None or oldest is hold
+
+    async def _take(self, hold: BudgetHold, size: int) -> None:
+        """Add ``size`` bytes to ``hold`` once they fit (TimeoutError after WAIT_S)."""
         async with self._room:
-            fits = lambda: self.used == held or self.used + size <= self.limit  # noqa: E731
-            await asyncio.wait_for(self._room.wait_for(fits), self.WAIT_S)
+            await asyncio.wait_for(self._room.wait_for(lambda: self._fits(hold, size)), self.WAIT_S)
             self.used += size
+            hold.size += size
 
-    async def _give_back(self, size: int) -> None:
+    async def _release(self, hold: BudgetHold) -> None:
         async with self._room:
-            self.used -= size
+            self.used -= hold.size
+            hold.size = 0
+            self._holds.pop(id(hold), None)
             self._room.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of the budget for the block."""
-        await self._take(0, size)
-        try:
-            yield
-        finally:
-            await self._give_back(size)
 
     @contextlib.asynccontextmanager
     async def holding(self) -> AsyncIterator[BudgetHold]:
         """A hold that grows with :meth:`BudgetHold.take` as a body arrives, given back when the block ends."""
         hold = BudgetHold(self)
+        self._holds[id(hold)] = hold
         try:
             yield hold
         finally:
-            if hold.size:
-                await self._give_back(hold.size)
+            await self._release(hold)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of the budget for the block."""
+        async with self.holding() as hold:
+            await hold.take(size)
+            yield
 
 
 class BudgetHold:
@@ -292,8 +300,7 @@ class BudgetHold:
         self.size = 0
 
     async def take(self, size: int) -> None:
-        await self.budget._take(self.size, size)
-        self.size += size
+        await self.budget._take(self, size)
 
 
 @dataclass(frozen=True)

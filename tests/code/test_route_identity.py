@@ -195,3 +195,37 @@ def test_error_messages_quote_a_value_in_a_line() -> None:
     fixed = json.loads(error_body(json.dumps(listed).encode(), "/similar", frozenset({"k"})))
     assert len(json.dumps(fixed)) < ERROR_CHARS
     assert len(json.loads(error_body(json.dumps([{"error": "z" * 10**6}]).encode(), "/x", frozenset()))["error"]) < 3000
+
+
+def test_bodies_read_piece_by_piece_never_wait_on_each_other_for_ever() -> None:
+    """Four bodies of 60 bytes arriving 20 at a time in a budget of 100: each is read whole, none gets a 503."""
+
+    async def run() -> tuple[list[int], int]:
+        budget = BodyBudget(100)
+        budget.WAIT_S = 2.0
+        peak = 0
+
+        def pieces() -> object:
+            sent = 0
+
+            async def receive() -> dict:
+                nonlocal sent
+                await asyncio.sleep(0.01)
+                sent += 20
+                return {"type": "http.request", "body": b"z" * 20, "more_body": sent < 60}
+
+            return receive
+
+        async def request() -> int:
+            nonlocal peak
+            async with budget.holding() as hold:
+                body = await read_body(pieces(), 10**6, hold=hold)
+                peak = max(peak, budget.used)
+                await asyncio.sleep(0.05)  # the endpoint holds the body while it works
+                return len(body)
+
+        sizes = await asyncio.gather(*(request() for _ in range(4)))
+        return list(sizes), peak
+
+    sizes, peak = asyncio.run(run())
+    assert sizes == [60] * 4 and peak <= 100 + 60

@@ -80,7 +80,8 @@ class Contract:
             case.validate_response(response, checks=checks, headers=headers)
         except FailureGroup as group:  # several checks failed: record each
             found = [f for f in group.exceptions if not _lost_in_a_form(case.operation, f)]
-            self.failures[label].extend(describe(failure, kind, answered) for failure in found)
+            if found:
+                self.failures[label].extend(describe(failure, kind, answered) for failure in found)
         except Failure as failure:
             if not _lost_in_a_form(case.operation, failure):
                 self.failures[label].append(describe(failure, kind, answered))
