@@ -21,6 +21,11 @@ before and after fixing what the first k suspects held and retraining; the time 
 
     .venv/bin/python benchmarks/label_issues.py                 # all four, ~40 min on 2 cores
     .venv/bin/python benchmarks/label_issues.py --quick digits-random photos   # smaller, rougher
+    .venv/bin/python benchmarks/label_issues.py --backbones cnn,auto photos   # old default against new, one run
+
+With ``--backbones`` each dataset is trained once per backbone setting in the same session, and
+the last table gives each setting against the first: P = R at k and accuracy as differences,
+the run's time as a ratio (the worst case over the datasets first).
 """
 
 from __future__ import annotations
@@ -96,16 +101,20 @@ class Row:
     seconds: dict[str, float]
 
 
-def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None) -> Row:
+def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None, backbone: str | None = None) -> Row:
     from cleanlab.rank import get_label_quality_scores
 
     from training.curation.ranking import Neighbourhood, label_quality_ranking, vote_probabilities
     from training.data.ground_truth import read_ground_truth
     from training.pipeline.training_run import run_training
     from training.registry.serving import open_curator
+    from training.registry.store import load_registered
     from training.settings import get_settings
 
-    settings = get_settings(data_dir=root / name / "data")
+    overrides: dict[str, object] = {"data_dir": root / (backbone or "") / name / "data"}
+    if backbone is not None:
+        overrides["backbone"] = backbone
+    settings = get_settings(**overrides)
     write_dataset(name, settings.data_dir, quick=quick)
     started = time.perf_counter()
     before = run_training(settings, epochs=epochs)
@@ -167,7 +176,7 @@ def run_dataset(name: str, root: Path, *, quick: bool, epochs: int | None) -> Ro
         "ranking": ranking_seconds,
     }
     return Row(
-        name,
+        name if backbone is None else f"{name} [{backbone}: {load_registered(before.tag).metadata.recipe['backbone']}]",
         len(ids),
         k,
         int(group.sum()),
@@ -226,13 +235,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller silhouette demo (400 per class, 80 impostors)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the settings' recipe")
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: a temp dir)")
+    parser.add_argument("--backbones", help="BOUNCER_BACKBONE settings to compare, the baseline first: cnn,auto")
     args = parser.parse_args()
     if unknown := sorted(set(args.datasets) - set(DATASETS)):
         parser.error(f"unknown datasets {unknown}; choose from {', '.join(DATASETS)}")
     with workspace(args.workdir, prefix="bouncer-issues-") as root:
         os.environ.update(isolated_env(root), BOUNCER_BUILD_BENTO="false")
-        rows = [run_dataset(name, root, quick=args.quick, epochs=args.epochs) for name in args.datasets or DATASETS]
+        backbones = args.backbones.split(",") if args.backbones else [None]
+        rows = [
+            run_dataset(name, root, quick=args.quick, epochs=args.epochs, backbone=backbone)
+            for name in args.datasets or DATASETS
+            for backbone in backbones
+        ]
     print_tables(rows)
+    if len(backbones) > 1:
+        print_comparison(rows, len(backbones))
+
+
+def print_comparison(rows: list[Row], per_dataset: int) -> None:
+    """Each backbone setting against the first (the baseline) on the same dataset, worst case first."""
+    print("\n| dataset | against | P = R at k | test accuracy | run time |")
+    print("|---|---|---|---|---|")
+    lines = []
+    for start in range(0, len(rows), per_dataset):
+        baseline, *others = rows[start : start + per_dataset]
+        base_p = baseline.methods["suspects (combination)"].precision_at_k
+        for row in others:
+            delta = row.methods["suspects (combination)"].precision_at_k - base_p
+            ratio = row.seconds["run, total"] / baseline.seconds["run, total"]
+            lines.append((delta, row, baseline, ratio))
+    for delta, row, baseline, ratio in sorted(lines, key=lambda line: line[0]):
+        accuracy = row.accuracy_before - baseline.accuracy_before
+        print(f"| {row.dataset} | {baseline.dataset} | {delta:+.3f} | {accuracy:+.3f} | x{ratio:.2f} |")
 
 
 if __name__ == "__main__":

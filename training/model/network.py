@@ -1,4 +1,8 @@
-"""The networks: a small CNN trained from scratch, or a keras.applications backbone with a new head.
+"""The networks: a small CNN trained from scratch, or a pretrained backbone with a new head.
+
+Backbones: EfficientNet-Lite0 with the ImageNet weights a registry package ships
+(:mod:`training.model.efficientnet_lite`, always at hand), or a keras.applications network
+whose weights Keras downloads (or a file gives).
 
 Every network takes RGB pixels in [0, 255] (rescaling lives inside the model, so the
 exported ONNX graph needs no preprocessing beyond resize + RGB) and ends in the same
@@ -24,7 +28,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_LAYER = "embedding"
 BACKBONE_LAYER = "backbone"
-BackboneName = Literal["cnn", "mobilenet_v3_small", "efficientnet_b0"]
+BackboneName = Literal["cnn", "efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0"]
+PACKAGED = "efficientnet_lite0"  # the backbone whose weights are installed with Bouncer
 # The CNN's blocks work on at most CNN_WORKING_SIZE px: larger inputs first pass stride-2
 # stem convolutions. At 128 px without them one epoch of 520 photos took 9.4 s on 2 cores.
 CNN_WORKING_SIZE = 32
@@ -70,7 +75,7 @@ BACKBONES = {
 }
 
 
-# BOUNCER_BACKBONE=auto tries these in order: the first whose ImageNet weights are at hand is used.
+# Further backbones BOUNCER_BACKBONE=auto takes when their weights are at hand (Keras's cache or a file):
 # MobileNetV3-Small first: at 128 px on 2 cores it embedded 311 images/s, as fast as the CNN (317), and
 # EfficientNet-B0 78 (forward passes of 256 random images, best of 3 interleaved rounds; docs/label-errors.md).
 AUTO_ORDER = ("mobilenet_v3_small", "efficientnet_b0")
@@ -83,27 +88,39 @@ def keras_cache() -> Path:
     return Path(keras_home()).expanduser() / "models"
 
 
-def choose_backbone(weights: str) -> tuple[str, str, str]:
+def choose_backbone(weights: str, *, photos: bool = True, why_photos: str = "") -> tuple[str, str, str]:
     """What ``BOUNCER_BACKBONE=auto`` becomes: (backbone, weights, why), never a download.
 
-    A weights file (``BOUNCER_BACKBONE_WEIGHTS=/path``) named as Keras names one of the
-    backbones' files, or such a file in Keras's cache, gives that pretrained backbone
-    (loaded from the file: Keras's own loader would check the hash and download again
-    when it differs); otherwise, or with weights ``none``, the CNN from scratch.
+    ``photos``: the train images look like photos (colour, large enough: see
+    :func:`training.model.recipe.looks_like_photos`); drawings and thumbnails get the CNN from
+    scratch, which measures better on them. For photos: a keras.applications weights file named
+    in BOUNCER_BACKBONE_WEIGHTS gives that backbone; otherwise EfficientNet-Lite0 with its packaged
+    ImageNet weights, or, should they be missing, what Keras's cache holds, else the CNN (saying why).
     """
     if weights == "none":
         return "cnn", "none", "auto: the CNN from scratch (BOUNCER_BACKBONE_WEIGHTS=none)"
+    if not photos:
+        return "cnn", "none", f"auto: the CNN from scratch ({why_photos or 'not photos'})"
     if weights != "imagenet":
         path = Path(weights).expanduser()
         named = [name for name in AUTO_ORDER if BACKBONES[name].weights_file == path.name]
         if path.is_file() and named:
             return named[0], str(path), f"auto: {named[0]} with the weights file {path}"
+    from training.model import efficientnet_lite
+
+    try:
+        efficientnet_lite.packaged_weights()
+    except efficientnet_lite.WeightsError as exc:
+        missing = str(exc)
+    else:
+        return PACKAGED, "imagenet", f"auto: {PACKAGED} with its packaged ImageNet weights ({why_photos or 'photos'})"
     cache = keras_cache()
     for name in AUTO_ORDER:
         cached = cache / BACKBONES[name].weights_file
         if cached.is_file():
-            return name, str(cached), f"auto: {name}, its ImageNet weights are in Keras's cache ({cached})"
-    return "cnn", "none", f"auto: the CNN from scratch (no backbone's ImageNet weights in {cache} or given as a file)"
+            return name, str(cached), f"auto: {name}, its ImageNet weights are in Keras's cache ({missing})"
+    log.warning("%s; the CNN is trained from scratch instead", missing)
+    return "cnn", "none", f"auto: the CNN from scratch, because {missing}"
 
 
 class BackboneWeightsError(Invalid):
@@ -134,6 +151,12 @@ def build_classifier(
     inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     if backbone == "cnn":
         features = _cnn_features(inputs, image_size)
+    elif backbone == PACKAGED:
+        network = _packaged_backbone(image_size, weights)
+        network.name = BACKBONE_LAYER
+        pretrained = is_pretrained(backbone, weights)
+        network.trainable = not pretrained
+        features = network(inputs, training=False) if pretrained else network(inputs)
     elif backbone in BACKBONES:
         network = _load_backbone(BACKBONES[backbone], image_size, weights)
         network.name = BACKBONE_LAYER
@@ -141,7 +164,7 @@ def build_classifier(
         network.trainable = not pretrained
         features = network(inputs, training=False) if pretrained else network(inputs)
     else:
-        raise ValueError(f"unknown backbone {backbone!r}; use cnn, {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone {backbone!r}; use cnn, {PACKAGED}, {', '.join(BACKBONES)}")
     x = layers.Dropout(0.2)(features)
     embedding = layers.Dense(embedding_width, activation="relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(0.3)(embedding)
@@ -169,6 +192,21 @@ def _conv(x: keras.KerasTensor, filters: int, *, strides: int = 1) -> keras.Kera
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=0.9)(x)
     return layers.ReLU()(x)
+
+
+def _packaged_backbone(image_size: int, weights: str) -> keras.Model:
+    """EfficientNet-Lite0: ``imagenet`` from the installed package, a legacy PyTorch file's path, or ``none``."""
+    from training.model import efficientnet_lite
+
+    if weights == "none":
+        return efficientnet_lite.build(image_size)
+    path = None if weights == "imagenet" else Path(weights).expanduser()
+    if path is not None and not path.is_file():
+        raise BackboneWeightsError(f"BOUNCER_BACKBONE_WEIGHTS={weights}: no such file")
+    try:
+        return efficientnet_lite.pretrained(image_size, weights=path)
+    except Invalid as exc:  # the package missing or corrupt, a file of other weights
+        raise BackboneWeightsError(f"{PACKAGED}: {exc}") from exc
 
 
 def _load_backbone(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
@@ -236,6 +274,20 @@ def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
         if isinstance(layer, keras.Model):
             found += all_layers(layer)
     return found
+
+
+def head_model(classifier: keras.Model) -> keras.Model:
+    """The backbone's pooled features -> logits, through the classifier's own head layers (weights shared).
+
+    Training it trains the classifier's head: with a frozen backbone the features of each image
+    are computed once and the head learns from them (:func:`training.model.fit.train_classifier`).
+    """
+    names = [layer.name for layer in classifier.layers]
+    backbone = classifier.get_layer(BACKBONE_LAYER)
+    inputs = x = keras.Input(tuple(backbone.output.shape[1:]), name="features")
+    for layer in classifier.layers[names.index(BACKBONE_LAYER) + 1 :]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:

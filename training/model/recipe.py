@@ -28,6 +28,9 @@ AUTO_SIZE_MIN, AUTO_SIZE_MAX = 32, 160  # below 32 the CNN's pooling runs out; a
 AUTO_SIZE_STEP = 8
 SIZE_SAMPLE = 500  # image headers read to decide the size: enough for a stable median, quick at 1M files
 PHOTO_AUGMENT_FROM = 64  # auto augmentation: photo from this input size on, light (drawings, thumbnails) below
+# BOUNCER_BACKBONE=auto: the pretrained backbone for train images mostly in colour and at least this large.
+PHOTO_COLOUR_SHARE = 0.5
+PHOTO_FROM_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -45,30 +48,67 @@ class Recipe:
         }
 
 
-def auto_image_size(data_dir: Path, paths: Sequence[str], *, seed: int) -> tuple[int, str]:
-    """The median shorter side of (a sample of) the images, clipped and rounded; and how it was found."""
+@dataclass(frozen=True)
+class HeaderSample:
+    """What the headers of (a sample of) the train images say: their shorter sides and colour modes."""
+
+    sides: list[int]
+    colour: int  # how many are colour (not greyscale or 1-bit)
+
+    @property
+    def median_side(self) -> float:
+        return statistics.median(self.sides) if self.sides else 0.0
+
+
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def sample_headers(data_dir: Path, paths: Sequence[str], *, seed: int) -> HeaderSample:
+    """The headers of up to SIZE_SAMPLE train images, a seeded sample (header reads only: quick at 1M files)."""
     rng = np.random.default_rng(seed)
     sample = [paths[i] for i in sorted(rng.choice(len(paths), size=min(SIZE_SAMPLE, len(paths)), replace=False))]
-    sides = []
+    sides, colour = [], 0
     for path in sample:
         try:
             with Image.open(data_dir / path) as image:  # reads the header only
                 sides.append(min(image.size))
+                colour += image.mode not in GREY_MODES
         except OSError:
             continue
-    if not sides:
+    return HeaderSample(sides, colour)
+
+
+def auto_image_size(headers: HeaderSample) -> tuple[int, str]:
+    """The median shorter side of the sampled images, clipped and rounded; and how it was found."""
+    if not headers.sides:
         return AUTO_SIZE_MIN, "auto: no readable image, smallest size"
-    median = statistics.median(sides)
+    median = headers.median_side
     size = int(np.clip(round(median / AUTO_SIZE_STEP) * AUTO_SIZE_STEP, AUTO_SIZE_MIN, AUTO_SIZE_MAX))
-    return size, f"auto: median shorter side {median:g} px of {len(sides)} train images"
+    return size, f"auto: median shorter side {median:g} px of {len(headers.sides)} train images"
+
+
+def looks_like_photos(headers: HeaderSample) -> tuple[bool, str]:
+    """Photos (most in colour, median shorter side at least PHOTO_FROM_SIDE px) get the pretrained backbone.
+
+    Greyscale drawings and thumbnails (animal-mnist's 28 px silhouettes, 8 px digits) measure
+    better with the CNN from scratch: benchmarks/label_issues.py, docs/label-errors.md.
+    """
+    if not headers.sides:
+        return False, "no readable train image"
+    share = headers.colour / len(headers.sides)
+    median = headers.median_side
+    photos = share >= PHOTO_COLOUR_SHARE and median >= PHOTO_FROM_SIDE
+    kind = "photos" if photos else "not photos"
+    return photos, f"{kind}: {share:.0%} in colour, median shorter side {median:g} px"
 
 
 def resolve_recipe(
     settings: Settings, train_paths: Sequence[str], *, epochs: int | None = None, verbose: int = 0
 ) -> Recipe:
     """The concrete recipe for training on ``train_paths`` (relative to DATA_DIR) with ``settings``."""
+    headers = sample_headers(settings.data_dir, train_paths, seed=settings.seed)
     if settings.image_size == "auto":
-        size, size_from = auto_image_size(settings.data_dir, train_paths, seed=settings.seed)
+        size, size_from = auto_image_size(headers)
     else:
         size, size_from = settings.image_size, "setting"
     batch_size = auto_batch_size(len(train_paths)) if settings.batch_size == "auto" else settings.batch_size
@@ -77,7 +117,8 @@ def resolve_recipe(
         augment = "photo" if size >= PHOTO_AUGMENT_FROM else "light"
     backbone, weights, backbone_from = settings.backbone, settings.backbone_weights, "setting"
     if backbone == "auto":
-        backbone, weights, backbone_from = choose_backbone(weights)
+        photos, why = looks_like_photos(headers)
+        backbone, weights, backbone_from = choose_backbone(weights, photos=photos, why_photos=why)
         log.info("backbone %s", backbone_from)
     weights = weights if backbone != "cnn" else "none"
     fine_tune_epochs = settings.fine_tune_epochs if is_pretrained(backbone, weights) else 0
