@@ -171,9 +171,9 @@ class Predictor:
                     job.future.set_exception(exc)
             return
         answers = answer_rows(outputs.probabilities, model.class_names, model.version, outputs.ood, outputs.ood_warning)
-        if self.log is not None and outputs.embeddings is not None:
+        if self.log is not None and outputs.similarity is not None:
             uploads = None if any(job.uploads is None for job in jobs) else [u for job in jobs for u in job.uploads]
-            self.log.record(model, answers, outputs.embeddings, uploads)
+            self.log.record(model, answers, outputs.similarity, uploads)
         start = 0
         for job in jobs:
             end = start + len(job.pixels)
@@ -196,7 +196,7 @@ def decodes_inline(data: bytes) -> bool:
 @dataclass(frozen=True)
 class Outputs:
     probabilities: np.ndarray  # (n, K)
-    embeddings: np.ndarray | None  # (n, D), when the OOD score or the log needs them
+    similarity: np.ndarray | None  # (n, D) what the embedder reduces (Predictions.similarity), for the log
     ood: tuple[list[float], list[bool | None]] | None  # (ood_score, ood) per row; None for a version without a scorer
     ood_warning: str | None = None  # why `ood` is null: the version's threshold is uncalibrated
 
@@ -212,13 +212,13 @@ def infer(model: RegisteredModel, pixels: np.ndarray, want_embeddings: bool, sco
         return Outputs(model.classifier.probabilities(pixels), None, None)
     outputs = model.classifier.outputs(pixels)
     if scorer is None:
-        return Outputs(outputs.probabilities, outputs.embeddings, None)
+        return Outputs(outputs.probabilities, outputs.similarity, None)
     scores, flags = scorer.score(outputs.embeddings, outputs.early)
     if scorer.calibrated is False:
         return Outputs(
-            outputs.probabilities, outputs.embeddings, (scores.tolist(), [None] * len(scores)), scorer.warning
+            outputs.probabilities, outputs.similarity, (scores.tolist(), [None] * len(scores)), scorer.warning
         )
-    return Outputs(outputs.probabilities, outputs.embeddings, (scores.tolist(), flags.tolist()))
+    return Outputs(outputs.probabilities, outputs.similarity, (scores.tolist(), flags.tolist()))
 
 
 def answer_rows(

@@ -175,13 +175,13 @@ class Settings(BaseSettings):
         ),
     )
     backbone: BackboneName = Field(
-        "cnn",
+        "auto",
         description=(
-            "cnn: the small CNN from scratch. auto: for photos (train images mostly in colour, median shorter "
-            "side >= 64 px) a pretrained backbone, EfficientNet-Lite0 with the ImageNet weights its package ships "
-            "(or a keras.applications one whose weights file is given or cached), for drawings and thumbnails the "
-            "CNN. efficientnet_lite0, mobilenet_v3_small or efficientnet_b0 choose one; the run records which "
-            "and why (recipe backbone_from)."
+            "auto: for photos (train images mostly in colour, median shorter side >= 64 px) a pretrained "
+            "backbone, EfficientNet-Lite0 with the ImageNet weights its package ships (or a keras.applications "
+            "one whose weights file is given, or cached when the package is missing); for drawings and thumbnails "
+            "the CNN from scratch, which measures better there. cnn, efficientnet_lite0, mobilenet_v3_small or "
+            "efficientnet_b0 choose one; the run records which and why (recipe backbone_from)."
         ),
     )
     backbone_weights: str = Field(

@@ -37,6 +37,7 @@ def test_a_backbone_from_scratch_trains_exports_and_registers(
     model = load_registered(result.tag)
     assert model.metadata.recipe["backbone"] == backbone
     assert result.parity["max_abs_diff_probabilities"] <= settings.parity_tolerance
+    assert not model.classifier.has_features  # trained whole: no features the labels did not shape
     if folds:
         assert model.audit is not None and model.audit.out_of_fold.shape == (30, 3)  # fold networks from scratch
     else:
@@ -216,6 +217,9 @@ def test_auto_backbone_is_packaged_or_at_hand_for_photos_and_the_cnn_for_drawing
     registered = load_registered(result.tag)
     assert registered.metadata.recipe["backbone"] == "efficientnet_lite0"
     assert "packaged ImageNet weights" in registered.metadata.recipe["backbone_from"]
+    # similar, trace and expand search the frozen backbone's features, which no label shaped
+    assert registered.classifier.has_features and registered.embedder.n_features_in_ == efficientnet_lite.FEATURES
+    assert result.parity["max_abs_diff_features"] is not None and result.parity["max_abs_diff_features"] < 1e-3
     trained = keras.models.load_model(
         Path(__import__("bentoml").models.get(result.tag).path_of("model.keras")), compile=False
     )

@@ -16,6 +16,10 @@ OUTPUT_EMBEDDING = "embedding"
 # Optional: per-channel spatial means, then means of squares, of the network's first activation (the
 # OOD score's low-level half, training.model.ood). Versions exported before issue 25 lack it.
 OUTPUT_EARLY = "early_features"
+# Optional: a frozen pretrained backbone's pooled features, which no label shaped. Where a graph has
+# them, the embedder, the vector index (similar, trace, expand) and the drift vectors work on them;
+# the OOD score stays on the head's embedding (its energy part reads logits = embedding @ kernel).
+OUTPUT_FEATURES = "features"
 
 
 class PredictionAnswer(TypedDict):
@@ -48,6 +52,13 @@ class Predictions:
     probabilities: np.ndarray  # (n, K) float32
     embeddings: np.ndarray  # (n, D) float32
     early: np.ndarray | None = None  # (n, E) float32, for graphs with the early_features output
+    features: np.ndarray | None = None  # (n, F) float32, for graphs with the features output
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """What the embedder reduces into the index's space: the backbone's features where the graph has
+        them, else the embedding."""
+        return self.features if self.features is not None else self.embeddings
 
 
 class OnnxClassifier:
@@ -71,7 +82,9 @@ class OnnxClassifier:
         self.image_size = image_size
         names = {o.name for o in self.session.get_outputs()}
         self.has_early = OUTPUT_EARLY in names
-        self._outputs = [OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING] + ([OUTPUT_EARLY] if self.has_early else [])
+        self.has_features = OUTPUT_FEATURES in names
+        self._outputs = [OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING]
+        self._outputs += ([OUTPUT_EARLY] if self.has_early else []) + ([OUTPUT_FEATURES] if self.has_features else [])
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities only (n, K) for one batch of (n, s, s, 3) images: what ``predict`` serves."""
@@ -82,8 +95,11 @@ class OnnxClassifier:
         """Probabilities, embeddings (and early features) of one batch in one run: what ``predict`` serves
         with an OOD score."""
         self._check(images)
-        found = self.session.run(self._outputs, {INPUT_NAME: images.astype(np.float32)})
-        return Predictions(found[0], found[1], found[2] if self.has_early else None)
+        run = self.session.run(self._outputs, {INPUT_NAME: images.astype(np.float32)})
+        found = dict(zip(self._outputs, run, strict=True))
+        return Predictions(
+            found[OUTPUT_PROBABILITIES], found[OUTPUT_EMBEDDING], found.get(OUTPUT_EARLY), found.get(OUTPUT_FEATURES)
+        )
 
     def _check(self, images: np.ndarray) -> None:
         expected = (self.image_size, self.image_size, 3)
@@ -106,9 +122,11 @@ class OnnxClassifier:
                 np.zeros((0, len(self.class_names)), np.float32),
                 np.zeros((0, dims[OUTPUT_EMBEDDING]), np.float32),
                 np.zeros((0, dims[OUTPUT_EARLY]), np.float32) if self.has_early else None,
+                np.zeros((0, dims[OUTPUT_FEATURES]), np.float32) if self.has_features else None,
             )
         return Predictions(
             np.concatenate([c.probabilities for c in chunks]),
             np.concatenate([c.embeddings for c in chunks]),
             np.concatenate([c.early for c in chunks]) if self.has_early else None,  # type: ignore[misc]
+            np.concatenate([c.features for c in chunks]) if self.has_features else None,  # type: ignore[misc]
         )

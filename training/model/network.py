@@ -22,7 +22,7 @@ import keras
 from keras import layers
 
 from training.errors import Invalid
-from training.model.inference import INPUT_NAME, OUTPUT_EARLY, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES
+from training.model.inference import INPUT_NAME, OUTPUT_EARLY, OUTPUT_EMBEDDING, OUTPUT_FEATURES, OUTPUT_PROBABILITIES
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,18 @@ def inference_model(classifier: keras.Model, *, early: bool = True) -> keras.Mod
     }
     if early:
         outputs[OUTPUT_EARLY] = early_features(classifier)
+    if (features := frozen_features(classifier)) is not None:
+        outputs[OUTPUT_FEATURES] = features
     return keras.Model(classifier.input, outputs, name="bouncer_inference")
+
+
+def frozen_features(classifier: keras.Model) -> keras.KerasTensor | None:
+    """The pooled features of a frozen pretrained backbone (the head's input), or None: a network trained
+    whole (the CNN, a backbone from scratch or fine-tuned) has no features the labels did not shape."""
+    names = [layer.name for layer in classifier.layers]
+    if BACKBONE_LAYER not in names or classifier.get_layer(BACKBONE_LAYER).trainable:
+        return None
+    return classifier.layers[names.index(BACKBONE_LAYER) + 1].input
 
 
 def early_features(classifier: keras.Model) -> keras.KerasTensor:

@@ -11,7 +11,14 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from training.model.inference import INPUT_NAME, OUTPUT_EARLY, OUTPUT_EMBEDDING, OUTPUT_PROBABILITIES, OnnxClassifier
+from training.model.inference import (
+    INPUT_NAME,
+    OUTPUT_EARLY,
+    OUTPUT_EMBEDDING,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBABILITIES,
+    OnnxClassifier,
+)
 from training.model.network import all_layers
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ class ParityReport:
     max_abs_diff_embedding: float
     tolerance: float
     max_abs_diff_early: float | None = None  # relative to the largest early feature (they reach thousands)
+    max_abs_diff_features: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,7 +63,7 @@ def export_onnx(inference: keras.Model, image_size: int) -> onnx.ModelProto:
     finally:
         optimizer_log.setLevel(level)
     outputs = {o.name for o in model_proto.graph.output}
-    if outputs != {OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING, OUTPUT_EARLY}:
+    if outputs - {OUTPUT_FEATURES} != {OUTPUT_PROBABILITIES, OUTPUT_EMBEDDING, OUTPUT_EARLY}:
         raise ParityError(f"exported graph has outputs {sorted(outputs)}")
     onnx.checker.check_model(model_proto)
     return model_proto
@@ -89,6 +97,11 @@ def check_parity(
         max_abs_diff_embedding=float(np.max(np.abs(actual.embeddings - expected[OUTPUT_EMBEDDING]))),
         tolerance=tolerance,
         max_abs_diff_early=early,
+        max_abs_diff_features=(
+            float(np.max(np.abs(actual.features - expected[OUTPUT_FEATURES]), initial=0.0))
+            if actual.features is not None and OUTPUT_FEATURES in expected
+            else None
+        ),
     )
     log.info(
         "ONNX parity on %d images: max |diff| probabilities %.3g, embedding %.3g, early features %s (relative)",

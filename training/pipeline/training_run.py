@@ -360,7 +360,7 @@ def _predict(classifier: OnnxClassifier, images: DecodedImages) -> Predictions:
 
 
 def _fields(predictions: Predictions) -> tuple[np.ndarray | None, ...]:
-    return predictions.probabilities, predictions.embeddings, predictions.early
+    return predictions.probabilities, predictions.embeddings, predictions.early, predictions.features
 
 
 def _empty(images: DecodedImages) -> np.ndarray:
@@ -416,6 +416,8 @@ def _export(
     }
     if parity.max_abs_diff_early is not None:
         figures["max_rel_diff_early_features"] = parity.max_abs_diff_early
+    if parity.max_abs_diff_features is not None:
+        figures["max_abs_diff_features"] = parity.max_abs_diff_features
     kernel, bias = keras_inference.get_layer("logits").get_weights()
     head = Head(np.asarray(kernel), np.asarray(bias))
     return _Exported(keras_inference, inference_model(model, early=False), onnx_model, classifier, figures, head)
@@ -441,13 +443,13 @@ def _embed(settings: Settings, data: _Dataset, train: Predictions, test: Predict
     from training.model.embedder import fit_embedder
 
     rows = fit_sample(len(train.embeddings), settings)
-    embedder = fit_embedder(settings.embedder, train.embeddings[rows], settings.embedding_dim, seed=settings.seed)
+    embedder = fit_embedder(settings.embedder, train.similarity[rows], settings.embedding_dim, seed=settings.seed)
     records = data.train + data.test
     step = 65_536  # reduced a slice at a time: no second copy of every embedding (0.5 GB at 1M images)
     vectors = np.concatenate(
         [
             embedder.transform(part[start : start + step]).astype(np.float32)
-            for part in (train.embeddings, test.embeddings)
+            for part in (train.similarity, test.similarity)
             for start in range(0, len(part), step)
         ]
     )
@@ -501,7 +503,7 @@ def _baseline(
     if ood is not None and not ood.calibrated:
         log.warning("OOD score uncalibrated: %s", ood.warning)
     held_out, source = (test, settings.test_split) if len(data.test) else (train, settings.train_split)
-    vectors = embedder.transform(held_out.embeddings).astype(np.float32)
+    vectors = embedder.transform(held_out.similarity).astype(np.float32)
     reference = fit_reference(
         data.classes,
         held_out.probabilities,

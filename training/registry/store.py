@@ -66,7 +66,7 @@ class RegisteredModel:
 
     def reduce(self, images: np.ndarray) -> np.ndarray:
         """Vectors in the index's space for images that are not in the index (e.g. uploads)."""
-        return self.embedder.transform(self.classifier.predict(images).embeddings)
+        return self.embedder.transform(self.classifier.predict(images).similarity)
 
 
 def register_model(

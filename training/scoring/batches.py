@@ -126,7 +126,7 @@ class Scorer:
         """(K, D, d): the row widths of probabilities, embeddings and vectors, from one blank image."""
         size = self.classifier.image_size
         predictions = self.classifier.predict(np.zeros((1, size, size, 3), np.uint8))
-        vectors = self.embedder.transform(predictions.embeddings)
+        vectors = self.embedder.transform(predictions.similarity)
         return predictions.probabilities.shape[1], predictions.embeddings.shape[1], vectors.shape[1]
 
     def read(self, path: str) -> tuple[str, np.ndarray]:
@@ -164,7 +164,7 @@ class Scorer:
             empty = (np.zeros((0, k), np.float32), np.zeros((0, d_embedding), np.float32))
             return ScoredBatch([], [], *empty, np.zeros((0, d_vector), np.float32), decoded.skipped)
         predictions = self.classifier.predict(decoded.images)  # ONNX runs sized by pixels, not the whole chunk
-        vectors = np.asarray(self.embedder.transform(predictions.embeddings), dtype=np.float32)
+        vectors = np.asarray(self.embedder.transform(predictions.similarity), dtype=np.float32)
         return ScoredBatch(
             decoded.paths,
             decoded.sha256,
