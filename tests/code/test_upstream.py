@@ -287,3 +287,12 @@ def socket_request(port: int) -> Iterator[bytes]:
         while chunk := sock.recv(4096):
             received += chunk
         yield received
+
+
+def test_upstream_starlette_routes_still_match_a_trailing_newline() -> None:
+    """When this fails, Starlette anchors route patterns at the very end: RouteIdentity's 404 for control
+    characters stays as a second line (docs/upstream/starlette-route-trailing-newline.md)."""
+    from starlette.routing import compile_path
+
+    pattern, _, _ = compile_path("/relabel")
+    assert pattern.match("/relabel\n") is not None
