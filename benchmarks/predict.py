@@ -22,6 +22,7 @@ workspace (demo data + a short training) in a temp dir, never touching your stor
 
     .venv/bin/python benchmarks/predict.py                        # ~4 min on 2 cores
     .venv/bin/python benchmarks/predict.py --baseline-ref e0342bb --seconds 30
+    .venv/bin/python benchmarks/predict.py --demo photos --skip-naive   # the pretrained backbone at 160 px
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--tag", help="serve this existing model version (uses your env's stores)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs for the throw-away model")
+    parser.add_argument(
+        "--demo",
+        choices=("silhouettes", "photos"),
+        default="silhouettes",
+        help="the throw-away model's data: 28 px drawings (the CNN) or 160 px photos (EfficientNet-Lite0 by default)",
+    )
     parser.add_argument("--baseline-ref", help="also serve Bouncer as it was at this git commit")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive Keras server")
     parser.add_argument("--workdir", type=Path, help="keep the workspace and server logs here (default: a temp dir)")
@@ -154,11 +161,11 @@ def main() -> None:
         if args.tag is None:
             env.update(isolated_env(root))
             print("preparing a throw-away workspace (demo data + short training) ...", flush=True)
-            tag = train_throwaway(env, args.epochs)
+            tag = train_throwaway(env, args.epochs, **({"demo": "PhotoDemoSpec()"} if args.demo == "photos" else {}))
         else:
             tag = args.tag
         data_dir = Path(env.get("BOUNCER_DATA_DIR", "data"))
-        images = [p.read_bytes() for p in sorted((data_dir / "test").glob("*/*.png"))[:256]]
+        images = [p.read_bytes() for p in sorted((data_dir / "test").glob("*/*.*"))[:256]]
         if not images:
             raise SystemExit(f"no test images under {data_dir / 'test'}")
         env["BOUNCER_MODEL_TAG"] = tag
