@@ -288,17 +288,45 @@ def train_classifier(
             epochs=epochs,
             callbacks=callbacks,
         )
-        return _trained(
+    else:
+        history = _fit_network(
             model,
-            class_names,
-            history,
-            total=total,
-            started=started,
             x_train=x_train,
-            x_val=x_val,
-            y_val=y_val,
+            y_train=y_train,
+            validation=validation,
             config=config,
+            epochs=epochs,
+            fine_tune_epochs=fine_tune_epochs,
+            callbacks=callbacks,
         )
+    wall = time.perf_counter() - started
+    validation_accuracy = None
+    if x_val is not None:
+        logits = predict_logits(model, x_val)
+        validation_accuracy = float(np.mean(logits.argmax(axis=1) == y_val))
+    log.info(
+        "trained %d of %d epochs (batch %d, %d images) in %.1fs",
+        len(history),
+        total,
+        config.batch_size,
+        len(x_train),
+        wall,
+    )
+    return TrainedClassifier(model, class_names, history, len(history), wall, total, validation_accuracy)
+
+
+def _fit_network(
+    model: keras.Model,
+    *,
+    x_train: DecodedImages,
+    y_train: np.ndarray,
+    validation: tf.data.Dataset | None,
+    config: TrainConfig,
+    epochs: int,
+    fine_tune_epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> list[dict[str, float]]:
+    """The whole network on augmented images (a pretrained backbone's head first, then ``fine_tune_epochs``)."""
     train_data = make_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     history = _fit(model, train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
     if fine_tune_epochs:
@@ -318,17 +346,7 @@ def train_classifier(
     recompute_batchnorm_statistics(
         model, make_dataset(x_train, y_train, batch_size=STATISTICS_BATCH, seed=config.seed, augment=config.augment)
     )
-    return _trained(
-        model,
-        class_names,
-        history,
-        total=total,
-        started=started,
-        x_train=x_train,
-        x_val=x_val,
-        y_val=y_val,
-        config=config,
-    )
+    return history
 
 
 def _fit_head_on_features(
@@ -359,34 +377,6 @@ def _fit_head_on_features(
     if x_val is not None and y_val is not None:
         validation = tf.data.Dataset.from_tensor_slices((predict_logits(extractor, x_val), y_val)).batch(PREDICT_BATCH)
     return _fit(head_model(model), train_data, validation, config.learning_rate, epochs, callbacks, config.verbose)
-
-
-def _trained(
-    model: keras.Model,
-    class_names: list[str],
-    history: list[dict[str, float]],
-    *,
-    total: int,
-    started: float,
-    x_train: DecodedImages,
-    x_val: DecodedImages | None,
-    y_val: np.ndarray | None,
-    config: TrainConfig,
-) -> TrainedClassifier:
-    wall = time.perf_counter() - started
-    validation_accuracy = None
-    if x_val is not None:
-        logits = predict_logits(model, x_val)
-        validation_accuracy = float(np.mean(logits.argmax(axis=1) == y_val))
-    log.info(
-        "trained %d of %d epochs (batch %d, %d images) in %.1fs",
-        len(history),
-        total,
-        config.batch_size,
-        len(x_train),
-        wall,
-    )
-    return TrainedClassifier(model, class_names, history, len(history), wall, total, validation_accuracy)
 
 
 def predict_logits(model: keras.Model, images: DecodedImages) -> np.ndarray:
