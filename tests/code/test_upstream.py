@@ -249,16 +249,11 @@ def _half_request_answer(port: int, wait_s: float) -> tuple[bytes, bool]:
     """Send a request line and one header, then nothing: what came back within ``wait_s``, and whether it closed."""
     import socket
 
+    from tests.sockets import read_until_closed
+
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
-        sock.settimeout(wait_s)
-        received = b""
-        try:
-            while chunk := sock.recv(4096):
-                received += chunk
-        except TimeoutError:
-            return received, False
-        return received, True
+        return read_until_closed(sock, wait_s)
 
 
 def test_headers_that_never_complete_are_answered_408_and_closed() -> None:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.conftest import TrainedDemo, eventually
 from tests.service.conftest import Deployment
+from tests.sockets import read_until_closed
 
 pytestmark = pytest.mark.slow
 
@@ -162,17 +163,6 @@ def test_uploads_that_would_run_a_program_or_hide_their_size_are_a_400_and_nobod
     assert probes and max(probes) < 2.0, f"/readyz waited {max(probes):.1f} s while the uploads were refused"
 
 
-def _read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
-    sock.settimeout(limit_s)
-    received = b""
-    try:
-        while chunk := sock.recv(4096):
-            received += chunk
-    except TimeoutError:
-        return received + b"<still open>"
-    return received
-
-
 def test_idle_connections_hold_no_budget_and_are_closed(deployment: Deployment) -> None:
     """20 connections declare 64 MiB bodies and send nothing, 5 never finish their headers; everyone else is served."""
     url, port = deployment.url, int(deployment.url.rsplit(":", 1)[1])
@@ -201,9 +191,11 @@ def test_idle_connections_hold_no_budget_and_are_closed(deployment: Deployment) 
         assert set(statuses) == {200}, statuses
         assert time.monotonic() - started < DEADLINE_S, "ordinary requests waited behind idle connections"
         for sock in idle:
-            assert _read_until_closed(sock, 20).startswith(b"HTTP/1.1 408"), "an idle body kept its connection"
+            received, closed = read_until_closed(sock, 20)
+            assert closed and received.startswith(b"HTTP/1.1 408"), "an idle body kept its connection"
         for sock in half:
-            assert _read_until_closed(sock, 20).startswith(b"HTTP/1.1 408"), "half a request kept its connection"
+            received, closed = read_until_closed(sock, 20)
+            assert closed and received.startswith(b"HTTP/1.1 408"), "half a request kept its connection"
     finally:
         for sock in idle + half:
             sock.close()
