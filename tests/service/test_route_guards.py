@@ -214,11 +214,15 @@ def test_two_training_starts_at_once_are_one_200_and_one_409(deployment: Deploym
     statuses = sorted(response.status_code for response in answers)
     assert statuses == [200, 409], [response.text for response in answers]
     task_id = next(response.json()["task_id"] for response in answers if response.status_code == 200)
+
+    def progress() -> dict:
+        return httpx.post(f"{url}/train_progress", json={}, timeout=30).json()
+
+    # its child process starts a moment after the 200: a cancel before that finds nothing to stop (409)
+    assert eventually(lambda: progress().get("task_id") == task_id, timeout=120)
     canceled = httpx.put(f"{url}/train/cancel", params={"task_id": task_id}, headers=AUTH, timeout=120)
     assert canceled.status_code in (200, 409), canceled.text  # 409: it had already ended
-    assert eventually(
-        lambda: httpx.post(f"{url}/train_progress", json={}, timeout=30).json()["state"] != "running", timeout=60
-    )
+    assert eventually(lambda: progress()["state"] != "running", timeout=120)
 
 
 @pytest.mark.parametrize(
