@@ -284,13 +284,6 @@ class BodyBudget:
         finally:
             await self._release(hold)
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of the budget for the block."""
-        async with self.holding() as hold:
-            await hold.take(size)
-            yield
-
 
 class BudgetHold:
     """The part of a :class:`BodyBudget` one request holds."""

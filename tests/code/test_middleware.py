@@ -268,7 +268,8 @@ def test_the_body_budget_makes_large_requests_take_turns() -> None:
 
         async def request(name: str, size: int) -> None:
             nonlocal peak
-            async with budget.reserve(size):
+            async with budget.holding() as hold:
+                await hold.take(size)
                 peak = max(peak, budget.used)
                 events.append(f"{name} in")
                 await asyncio.sleep(0.01)
@@ -289,8 +290,9 @@ def test_the_body_budget_gives_up_after_its_wait() -> None:
     async def run() -> None:
         budget = BodyBudget(100)
         budget.WAIT_S = 0.05
-        async with budget.reserve(90), budget.reserve(20):
-            pass
+        async with budget.holding() as first, budget.holding() as second:
+            await first.take(90)
+            await second.take(20)
 
     with pytest.raises(TimeoutError):
         asyncio.run(run())
